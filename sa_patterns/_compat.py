@@ -1,0 +1,127 @@
+"""The few places where SQLAlchemy 2.0 and 2.1 behave differently, in one module.
+
+The package supports ``SQLAlchemy>=2.0.30,<2.2``; code elsewhere calls these helpers instead of
+testing versions itself, so the day 2.0 support ends this module is all that goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import sqlalchemy
+from sqlalchemy.engine import Result
+from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.sql import ClauseElement, ColumnElement, Select
+from sqlalchemy.sql.lambdas import StatementLambdaElement
+from sqlalchemy.sql.selectable import FromGrouping, Join
+from sqlalchemy.sql.visitors import iterate, replacement_traverse
+
+__all__ = ["SQLALCHEMY_21", "add_parameters", "where_entities_as_froms"]
+
+#: True on SQLAlchemy 2.1 or later.
+SQLALCHEMY_21: bool = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2]) >= (2, 1)
+
+
+def add_parameters(
+    state: ORMExecuteState, parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+) -> Result[Any] | None:
+    """Run ``state``'s statement with ``parameters`` (each set a superset of the original one).
+
+    A ``do_orm_execute`` hook must ``return`` what this returns. SQLAlchemy 2.1 reads back
+    ``state.parameters`` after the hooks (returns ``None``); 2.0 ignores a new value there, so the
+    statement is run with the new parameters through ``state.invoke_statement`` (the hooks after
+    this one still run, on the new parameters) and its result is returned to the caller.
+    """
+    if SQLALCHEMY_21:
+        state.parameters = parameters if isinstance(parameters, Mapping) else list(parameters)
+        return None
+    if isinstance(parameters, Mapping):
+        return state.invoke_statement(params=dict(parameters))
+    return state.invoke_statement(params=[dict(p) for p in parameters])
+
+
+def _where_entities(select: Select[Any]) -> list[Any]:
+    """ORM entities (mapper or alias inspections) named in ``select``'s WHERE, not in subqueries."""
+    found: list[Any] = []
+    stack: list[Any] = list(select._where_criteria)
+    while stack:
+        elem = stack.pop()
+        info = elem._annotations.get("parententity")
+        if info is not None and info not in found:
+            found.append(info)
+        if isinstance(elem, ColumnElement):
+            stack.extend(elem.get_children())
+    return found
+
+
+def _surface(froms: Iterable[Any]) -> set[Any]:
+    """The tables and aliases in ``froms`` (joins opened), with their clones."""
+    found: set[Any] = set()
+    stack = list(froms)
+    while stack:
+        from_ = stack.pop()
+        found.update(from_._cloned_set)
+        if isinstance(from_, Join):
+            stack.extend((from_.left, from_.right))
+        elif isinstance(from_, FromGrouping):
+            stack.append(from_.element)
+    return found
+
+
+def _missing(select: Select[Any], enclosing: frozenset[Any]) -> list[Any]:
+    """Entities in ``select``'s WHERE that it neither selects nor names as a FROM, and that are
+    not correlated to an enclosing SELECT (whose criteria covers them, as 2.1 decides too).
+
+    A SELECT with ``.join()``s is left alone: an extra FROM would change the joins' left side.
+    """
+    if select._setup_joins:
+        return []
+    present = _surface([*select._from_obj, *select.columns_clause_froms])
+    return [
+        info
+        for info in _where_entities(select)
+        if info.selectable not in present and not enclosing.intersection(info.selectable._cloned_set)
+    ]
+
+
+def _explicit_froms(select: Select[Any], enclosing: frozenset[Any]) -> Select[Any]:
+    outer = enclosing | _surface(select.get_final_froms())
+
+    def nested(element: Any, **kw: Any) -> Any:
+        if element is not select and isinstance(element, Select):
+            return _explicit_froms(element, outer)
+        return None
+
+    result = cast("Select[Any]", replacement_traverse(select, {}, nested))
+    missing = _missing(result, enclosing)
+    return result.select_from(*(info.entity for info in missing)) if missing else result
+
+
+def where_entities_as_froms(statement: Any) -> Any:
+    """SQLAlchemy 2.0: name each ORM entity that a SELECT references only in its WHERE clause
+    (``exists().where(Child.parent_id == Parent.id)``) as an explicit FROM of that SELECT.
+
+    ``with_loader_criteria`` applies to the entities a SELECT selects or names as FROMs; from 2.1
+    it also covers entities referenced only in WHERE (sqlalchemy#13070). Naming them as FROMs
+    gives 2.0 the same filtering; the SQL is unchanged otherwise (the table was in that FROM list
+    already, and a correlated one is skipped, as 2.1 does). A no-op on 2.1, and on 2.0 for
+    statements without such a SELECT (the common case: one walk, nothing copied).
+    """
+    if SQLALCHEMY_21 or not isinstance(statement, ClauseElement) or isinstance(
+        statement, StatementLambdaElement
+    ):
+        return statement
+    if not any(
+        isinstance(elem, Select) and _missing(elem, frozenset()) for elem in iterate(statement)
+    ):
+        return statement
+    if isinstance(statement, Select):
+        return _explicit_froms(statement, frozenset())
+    table = getattr(statement, "table", None)  # ORM UPDATE/DELETE: subqueries correlate to it
+    enclosing = frozenset(_surface([table])) if isinstance(table, ClauseElement) else frozenset()
+
+    def each(element: Any, **kw: Any) -> Any:
+        return _explicit_froms(element, enclosing) if isinstance(element, Select) else None
+
+    return replacement_traverse(statement, {}, each)

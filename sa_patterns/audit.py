@@ -1,0 +1,516 @@
+"""Audit log written by the database: ``Audited``, the ``audit_log`` table and its query helpers.
+
+PostgreSQL does the recording. Each audited table gets one plpgsql function and three
+**statement-level** ``AFTER`` triggers whose transition tables (``REFERENCING OLD TABLE / NEW
+TABLE``) hold every row the statement touched, so a bulk UPDATE of N rows costs one trigger call
+and one ``INSERT ... SELECT``, not N calls. ORM, bulk and raw SQL writes are all recorded, in the
+writer's transaction (a rollback leaves nothing). The function, the triggers and the log table are
+registered on the model's ``MetaData``, so ``alembic revision --autogenerate`` writes them.
+
+Why the UPDATE statement pairs old and new rows with a ``FULL JOIN`` behind ``OFFSET 0``:
+plpgsql caches each statement's plan per connection, planned for the transition table size of
+the *first* call. After a 1-row UPDATE an inner join is cached as a nested loop, which turns
+quadratic on a later 1,000-row statement (measured 10-700x slower). A full join cannot be run as
+a nested loop (only hash or merge joins), so every cached plan stays linear; ``OFFSET 0`` keeps
+the planner from reducing it back to an inner/left join. No re-planning per call is paid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy import MetaData, Table
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Mapper
+from sqlalchemy.sql.elements import ColumnElement
+
+from .context import ACTOR_SETTING, REQUEST_SETTING
+from .errors import ConfigurationError
+from .schema import Entity, Function, Trigger, qualified, quote, quote_literal, register
+
+__all__ = [
+    "AUDIT_OPERATIONS",
+    "Audited",
+    "audit_entries",
+    "audit_log_table",
+    "audit_objects",
+    "purge",
+]
+
+#: Values of ``audit_log.operation``.
+AUDIT_OPERATIONS = ("INSERT", "UPDATE", "DELETE", "SOFT_DELETE", "RESTORE")
+
+_LOG_KEY = "sa_patterns.audit_log"
+_OLD, _NEW = "sa_old", "sa_new"
+MAX_IDENT = 63
+
+
+def ident(base: str, suffix: str) -> str:
+    """``base_suffix`` within PostgreSQL's 63-byte identifier limit (stable hash when cut)."""
+    name = f"{base}_{suffix}"
+    if len(name.encode()) <= MAX_IDENT:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{base[: MAX_IDENT - len(suffix) - 11]}_{digest}_{suffix}"
+
+
+# --------------------------------------------------------------------------------------------
+# the log table
+
+
+def audit_log_table(
+    metadata: MetaData,
+    *,
+    name: str = "audit_log",
+    schema: str | None = None,
+    partition_by_month: bool = False,
+    premake: int = 3,
+    retention_months: int | None = None,
+) -> Table:
+    """The ``audit_log`` table of ``metadata``, defined on first use.
+
+    The first ``Audited`` model defines it with the defaults; call this before your models to
+    choose another name or schema, or monthly partitions. It is a real table on your metadata,
+    so autogenerate creates it, its indexes and its append-only guard.
+
+    ``partition_by_month=True`` makes it ``PARTITION BY RANGE (recorded_at)`` (primary key
+    ``(id, recorded_at)``) with a maintenance function (see :mod:`sa_patterns.partitioning`) that
+    creates the current month and ``premake`` ahead and, with ``retention_months``, drops whole
+    months older than that: retention without a ``DELETE``.
+    """
+    existing = metadata.info.get(_LOG_KEY)
+    if existing is not None:
+        if (existing.name, existing.schema) != (name, schema):
+            raise ConfigurationError(
+                f"this MetaData already has its audit log {qualified(existing.schema, existing.name)}; "
+                "call audit_log_table(metadata, name=..., schema=...) before the first Audited "
+                "model is defined, and only once."
+            )
+        table: Table = existing
+        return table
+    table = Table(
+        name,
+        metadata,
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        # "C" collation: byte comparisons in its index, no locale rules for identifiers
+        sa.Column("table_name", sa.Text(collation="C"), nullable=False),
+        sa.Column("operation", sa.Text, nullable=False),
+        sa.Column("primary_key", postgresql.JSONB, nullable=False),
+        sa.Column("old_row", postgresql.JSONB),
+        sa.Column("new_row", postgresql.JSONB),
+        sa.Column("changed_columns", postgresql.JSONB),
+        sa.Column("actor_id", sa.Text),
+        sa.Column("request", postgresql.JSONB),
+        sa.Column("transaction_id", sa.BigInteger, nullable=False),
+        sa.Column("tenant_id", sa.Text),
+        sa.Column(
+            "recorded_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.func.now(),
+            primary_key=partition_by_month,
+        ),
+        schema=schema,
+        comment="Append-only change log written by sa_patterns triggers.",
+    )
+    # What the query helpers filter on; kept few and cheap because each is paid on every write.
+    # A hash index on the key: no jsonb comparisons on insert (a btree on (table_name,
+    # primary_key) cost more than the rest of the trigger together).
+    sa.Index(ident(name, "primary_key"), table.c.primary_key, postgresql_using="hash")
+    sa.Index(ident(name, "table"), table.c.table_name, table.c.recorded_at)
+    sa.Index(
+        ident(name, "actor"),
+        table.c.actor_id,
+        table.c.recorded_at,
+        postgresql_where=table.c.actor_id.is_not(None),
+    )
+    sa.Index(ident(name, "recorded_at"), table.c.recorded_at, postgresql_using="brin")
+    if partition_by_month:
+        from .partitioning import partition_table, range_partition
+
+        spec = range_partition("recorded_at", interval="month", premake=premake, retention=retention_months)
+        partition_table(table, spec, owner="audit_log_table()")
+    metadata.info[_LOG_KEY] = table
+    guard = ident(name, "append_only")
+    register(
+        metadata,
+        Function(
+            schema,
+            guard,
+            returns="trigger",
+            body=(
+                "BEGIN\n"
+                "  RAISE EXCEPTION '% is append-only: % is refused', TG_TABLE_NAME, TG_OP\n"
+                "    USING ERRCODE = 'insufficient_privilege',\n"
+                "    HINT = 'Audit entries are never changed. Its owner removes old ones with "
+                "sa_patterns.audit.purge().';\n"
+                "END;"
+            ),
+        ),
+        Trigger(
+            schema,
+            name,
+            guard,
+            when="BEFORE UPDATE OR DELETE OR TRUNCATE",
+            function=f"{qualified(schema, guard)}()",
+            for_each="STATEMENT",
+        ),
+    )
+    return table
+
+
+def _log_for(metadata: MetaData) -> Table:
+    table: Table | None = metadata.info.get(_LOG_KEY)
+    return table if table is not None else audit_log_table(metadata)
+
+
+# --------------------------------------------------------------------------------------------
+# the trigger function
+
+
+def _jsonb_keys(names: Iterable[str]) -> str:
+    names = list(names)
+    if not names:
+        return "'{}'::text[]"
+    return "ARRAY[" + ", ".join(quote_literal(n) for n in names) + "]::text[]"
+
+
+def _pk_object(alias: str, pk: list[str]) -> str:
+    return "jsonb_build_object(" + ", ".join(f"{quote_literal(c)}, {alias}.{quote(c)}" for c in pk) + ")"
+
+
+def _needs_text_compare(column: sa.Column[Any]) -> bool:
+    """Types without an ``=`` operator (json, xml, geometric) are compared as text."""
+    try:
+        dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+        name = column.type.compile(dialect=dialect).split("(")[0].strip().upper()
+    except Exception:  # a type the dialect cannot render: compare as text, always valid
+        return True
+    return name in {"JSON", "XML", "POINT", "LINE", "LSEG", "BOX", "PATH", "POLYGON", "CIRCLE"}
+
+
+def _function_body(table: Table, log: Table, exclude: Collection[str]) -> str:
+    columns = [c.name for c in table.columns]
+    pk = [c.name for c in table.primary_key.columns]
+    logged = [c for c in columns if c not in exclude]
+    drop = f" - {_jsonb_keys(sorted(exclude))}" if exclude else ""
+    has_tenant = "tenant_id" in columns
+    soft = "deleted_at" in columns
+    target = qualified(log.schema, log.name)
+    insert_cols = (
+        "table_name, operation, primary_key, old_row, new_row, changed_columns, actor_id, "
+        "request, transaction_id, tenant_id, recorded_at"
+    )
+    # Inline, not plpgsql variables: no per-call assignments, and no parameters in the cached
+    # plans (these are stable functions, evaluated per row at negligible cost).
+    ctx = (
+        f"nullif(current_setting({quote_literal(ACTOR_SETTING)}, true), ''), "
+        f"nullif(current_setting({quote_literal(REQUEST_SETTING)}, true), '')::jsonb, "
+        "pg_current_xact_id()::text::bigint"
+    )
+    table_expr = "TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME"
+    at = "clock_timestamp()"
+
+    def tenant(expr: str) -> str:
+        return f"({expr})::text" if has_tenant else "NULL"
+
+    join = " AND ".join(f"sa_o.{quote(c)} = sa_n.{quote(c)}" for c in pk)
+    first = quote(f"o_{pk[0]}")
+    first_new = quote(f"n_{pk[0]}")
+    pk_old = "jsonb_build_object(" + ", ".join(f"{quote_literal(c)}, d.{quote('o_' + c)}" for c in pk) + ")"
+    pk_new = "jsonb_build_object(" + ", ".join(f"{quote_literal(c)}, d.{quote('n_' + c)}" for c in pk) + ")"
+    # Typed comparisons (cheap, short-circuiting); jsonb is built only for the changed values,
+    # as JSON text joined by concat_ws (which skips the NULLs of unchanged columns).
+    inner = [f"sa_o.{quote(c)} AS {quote('o_' + c)}, sa_n.{quote(c)} AS {quote('n_' + c)}" for c in pk]
+    flags: list[str] = []
+    old_parts: list[str] = []
+    new_parts: list[str] = []
+    name_parts: list[str] = []
+    for i, column in enumerate(logged):
+        col = table.c[column]
+        cast = "::text" if _needs_text_compare(col) else ""
+        flag = f"sa_c{i}"
+        flags.append(flag)
+        inner.append(f"sa_o.{quote(column)}{cast} IS DISTINCT FROM sa_n.{quote(column)}{cast} AS {flag}")
+        if column not in pk:
+            inner.append(f"sa_o.{quote(column)} AS {quote('o_' + column)}, sa_n.{quote(column)} AS {quote('n_' + column)}")
+        key = quote_literal(json.dumps(column) + ":")
+        old_parts.append(f"CASE WHEN d.{flag} THEN {key} || coalesce(to_json(d.{quote('o_' + column)})::text, 'null') END")
+        new_parts.append(f"CASE WHEN d.{flag} THEN {key} || coalesce(to_json(d.{quote('n_' + column)})::text, 'null') END")
+        name_parts.append(f"CASE WHEN d.{flag} THEN {quote_literal(json.dumps(column))} END")
+    inner.append(f"CASE WHEN sa_n.{quote(pk[0])} IS NULL THEN to_jsonb(sa_o.*){drop} END AS sa_old_row")
+    inner.append(f"CASE WHEN sa_o.{quote(pk[0])} IS NULL THEN to_jsonb(sa_n.*){drop} END AS sa_new_row")
+    if has_tenant:
+        inner.append("coalesce(sa_n.tenant_id, sa_o.tenant_id)::text AS sa_tenant")
+    if soft:
+        inner.append("sa_o.deleted_at IS NULL AS sa_was_live, sa_n.deleted_at IS NULL AS sa_is_live")
+
+    def obj(parts: list[str], full: str) -> str:
+        return f"coalesce(d.{full}, ('{{' || concat_ws(',', {', '.join(parts)}) || '}}')::jsonb)"
+
+    paired = f"d.{first} IS NOT NULL AND d.{first_new} IS NOT NULL"
+    changed_any = " OR ".join(f"d.{f}" for f in flags) or "false"
+    operation = (
+        f"CASE WHEN d.{first} IS NULL THEN 'INSERT' WHEN d.{first_new} IS NULL THEN 'DELETE'"
+        + (
+            " WHEN d.sa_was_live AND NOT d.sa_is_live THEN 'SOFT_DELETE'"
+            " WHEN d.sa_is_live AND NOT d.sa_was_live THEN 'RESTORE'"
+            if soft
+            else ""
+        )
+        + " ELSE 'UPDATE' END"
+    )
+    # quoted identifiers and literals only
+    update_sql = f"""\
+    INSERT INTO {target} ({insert_cols})
+    SELECT {table_expr}, {operation},
+           CASE WHEN d.{first} IS NULL THEN {pk_new} ELSE {pk_old} END,
+           CASE WHEN d.{first} IS NOT NULL THEN {obj(old_parts, "sa_old_row")} END,
+           CASE WHEN d.{first_new} IS NOT NULL THEN {obj(new_parts, "sa_new_row")} END,
+           CASE WHEN {paired} THEN ('[' || concat_ws(',', {', '.join(name_parts) or "NULL"}) || ']')::jsonb END,
+           {ctx}, {"d.sa_tenant" if has_tenant else "NULL"}, {at}
+    FROM (
+      SELECT {(","+chr(10)+"             ").join(inner)}
+      FROM {_OLD} sa_o FULL JOIN {_NEW} sa_n ON {join}
+      OFFSET 0
+    ) d
+    WHERE d.{first} IS NULL OR d.{first_new} IS NULL OR {changed_any};"""  # noqa: S608
+    return f"""\
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO {target} ({insert_cols})
+    SELECT {table_expr}, 'INSERT', {_pk_object("sa_n", pk)}, NULL, to_jsonb(sa_n.*){drop}, NULL, {ctx},
+           {tenant("sa_n.tenant_id")}, {at}
+    FROM {_NEW} sa_n;
+  ELSIF TG_OP = 'DELETE' THEN
+    INSERT INTO {target} ({insert_cols})
+    SELECT {table_expr}, 'DELETE', {_pk_object("sa_o", pk)}, to_jsonb(sa_o.*){drop}, NULL, NULL, {ctx},
+           {tenant("sa_o.tenant_id")}, {at}
+    FROM {_OLD} sa_o;
+  ELSE
+    -- FULL JOIN: never a nested loop, whatever size the cached plan was made for.
+    -- OFFSET 0: keeps it a full join. Unpaired rows are primary-key changes.
+{update_sql}
+  END IF;
+  RETURN NULL;
+END;"""  # noqa: S608
+
+
+def audit_objects(table: Table, log: Table, exclude: Collection[str] = ()) -> list[Entity]:
+    """The function and the three statement-level triggers that audit ``table`` into ``log``."""
+    if not table.primary_key.columns:
+        raise ConfigurationError(
+            f"Audited table {table.name!r} has no primary key; the log identifies rows by it. "
+            "Declare a primary key."
+        )
+    fn = ident(table.name, "audit")
+    call = f"{qualified(table.schema, fn)}()"
+    function = Function(
+        table.schema, fn, returns="trigger", body=_function_body(table, log, exclude)
+    )
+    triggers = [
+        Trigger(
+            table.schema,
+            table.name,
+            ident(table.name, f"audit_{op.lower()[:3]}"),
+            when=f"AFTER {op}",
+            function=call,
+            for_each="STATEMENT",
+            referencing=referencing,
+        )
+        for op, referencing in (
+            ("INSERT", f"NEW TABLE AS {_NEW}"),
+            ("UPDATE", f"OLD TABLE AS {_OLD} NEW TABLE AS {_NEW}"),
+            ("DELETE", f"OLD TABLE AS {_OLD}"),
+        )
+    ]
+    return [function, *triggers]
+
+
+# --------------------------------------------------------------------------------------------
+# the mixin
+
+
+class Audited:
+    """Mixin: every INSERT, UPDATE and DELETE on the table lands in ``audit_log``.
+
+    ``__audit_exclude__ = {"password"}`` keeps columns out of the log (their changes alone
+    produce no entry). The triggers are written by Alembic autogenerate (or
+    ``sa_patterns.create_all`` in tests), never at ``after_create``.
+    """
+
+    __audit_exclude__: ClassVar[Collection[str]] = ()
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        table = cls.__dict__.get("__table__")
+        if not isinstance(table, Table):
+            return  # abstract base, mixin or single-table-inheritance subclass
+        exclude = set(getattr(cls, "__audit_exclude__", ()) or ())
+        if isinstance(getattr(cls, "__audit_exclude__", ()), str):
+            raise ConfigurationError(
+                f"{cls.__name__}.__audit_exclude__ is a string; write a set of column names, "
+                f"e.g. {{{cls.__audit_exclude__!r}}}."
+            )
+        unknown = exclude - set(table.c.keys())
+        if unknown:
+            raise ConfigurationError(
+                f"{cls.__name__}.__audit_exclude__ names {sorted(unknown)}, which are not columns "
+                f"of {table.name!r} (columns: {sorted(table.c.keys())}). Use column names."
+            )
+        pk_excluded = exclude & {c.name for c in table.primary_key.columns}
+        if pk_excluded:
+            raise ConfigurationError(
+                f"{cls.__name__}.__audit_exclude__ names the primary key {sorted(pk_excluded)}; "
+                "every entry records its row's key. Remove it from the excludes."
+            )
+        log = _log_for(table.metadata)
+        if table is log:
+            raise ConfigurationError("the audit log itself cannot be Audited.")
+        register(table.metadata, *audit_objects(table, log, exclude))
+
+
+# --------------------------------------------------------------------------------------------
+# query helpers
+
+_pg_class = sa.table(
+    "pg_class", sa.column("oid"), sa.column("relname"), sa.column("relnamespace"), schema="pg_catalog"
+)
+_pg_namespace = sa.table("pg_namespace", sa.column("oid"), sa.column("nspname"), schema="pg_catalog")
+
+
+def table_name_expr(table: Table) -> ColumnElement[str]:
+    """``schema.table`` as the triggers write it; resolved by the search path when unqualified."""
+    if table.schema:
+        return sa.literal(f"{table.schema}.{table.name}", sa.Text)
+    regclass = sa.func.to_regclass(sa.literal(quote(table.name), sa.Text))
+    found = (
+        sa.select(_pg_namespace.c.nspname.concat(".").concat(_pg_class.c.relname))
+        .where(_pg_class.c.relnamespace == _pg_namespace.c.oid, _pg_class.c.oid == regclass)
+        .scalar_subquery()
+    )
+    return sa.type_coerce(found, sa.Text)
+
+
+def _table_of(target: object) -> Table:
+    if isinstance(target, Table):
+        return target
+    mapper = sa.inspect(target, raiseerr=False)
+    if isinstance(mapper, Mapper):
+        local = mapper.local_table
+        if isinstance(local, Table):
+            return local
+    state_mapper = getattr(mapper, "mapper", None)
+    if isinstance(state_mapper, Mapper) and isinstance(state_mapper.local_table, Table):
+        return state_mapper.local_table
+    raise ConfigurationError(
+        f"audit_entries() takes a mapped class, a mapped object or a Table, got {target!r}."
+    )
+
+
+def _primary_key_of(obj: object, table: Table) -> dict[str, Any]:
+    state = sa.inspect(obj, raiseerr=True)
+    identity = getattr(state, "identity", None)
+    if identity is None:
+        raise ConfigurationError(
+            f"{obj!r} has no primary key yet (not flushed); flush it before asking for its entries."
+        )
+    mapper = state.mapper
+    return {
+        col.name: value
+        for col, value in zip(mapper.primary_key, identity, strict=True)
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def audit_entries(
+    target: object = None,
+    *,
+    primary_key: Mapping[str, Any] | Any = None,
+    actor: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    operations: Iterable[str] | None = None,
+    transaction_id: int | None = None,
+    metadata: MetaData | None = None,
+) -> sa.Select[Any]:
+    """A ``select()`` of audit entries, oldest first, narrowed by what you pass.
+
+    ``target`` is a mapped class or ``Table`` (its entries) or a mapped object (that row's
+    entries). ``primary_key`` is a dict, or a scalar for single-column keys. ``since`` is
+    inclusive, ``until`` exclusive. Each filter is served by an index on the log.
+    """
+    table = _table_of(target) if target is not None else None
+    md = table.metadata if table is not None else metadata
+    if md is None or md.info.get(_LOG_KEY) is None:
+        raise ConfigurationError(
+            "audit_entries() needs an Audited model (or metadata=) whose MetaData has an audit log."
+        )
+    log: Table = md.info[_LOG_KEY]
+    query = sa.select(log).order_by(log.c.id)
+    if table is not None:
+        query = query.where(log.c.table_name == table_name_expr(table))
+        if target is not None and not isinstance(target, (type, Table)):
+            primary_key = _primary_key_of(target, table)
+    if primary_key is not None:
+        if table is None:
+            raise ConfigurationError("audit_entries(primary_key=...) needs the model as target.")
+        if not isinstance(primary_key, Mapping):
+            pk_cols = list(table.primary_key.columns)
+            if len(pk_cols) != 1:
+                raise ConfigurationError(
+                    f"{table.name!r} has a composite key; pass primary_key as a dict of "
+                    f"{[c.name for c in pk_cols]}."
+                )
+            primary_key = {pk_cols[0].name: primary_key}
+        value = {k: _jsonable(v) for k, v in primary_key.items()}
+        query = query.where(log.c.primary_key == sa.cast(sa.literal(value, postgresql.JSONB), postgresql.JSONB))
+    if actor is not None:
+        query = query.where(log.c.actor_id == str(actor))
+    if since is not None:
+        query = query.where(log.c.recorded_at >= since)
+    if until is not None:
+        query = query.where(log.c.recorded_at < until)
+    if operations is not None:
+        ops = list(operations)
+        bad = set(ops) - set(AUDIT_OPERATIONS)
+        if bad:
+            raise ConfigurationError(f"unknown audit operations {sorted(bad)}; use {AUDIT_OPERATIONS}.")
+        query = query.where(log.c.operation.in_(ops))
+    if transaction_id is not None:
+        query = query.where(log.c.transaction_id == transaction_id)
+    return query
+
+
+def purge(bind: Any, metadata: MetaData, *, before: dt.datetime) -> int:
+    """Delete audit entries recorded before ``before``; returns how many. Owner only.
+
+    The append-only guard refuses every ``DELETE``; this lifts it for the current transaction
+    only (``ALTER TABLE ... DISABLE TRIGGER``, which only the table's owner, typically the
+    migration role, may run) and puts it back before returning. A partitioned log does not need
+    this: its maintenance function drops whole months past the retention instead.
+    ``bind`` is a ``Connection`` or ``Session`` inside a transaction you commit.
+    """
+    log: Table | None = metadata.info.get(_LOG_KEY)
+    if log is None:
+        raise ConfigurationError("purge(): this MetaData has no audit log (no Audited model).")
+    target = qualified(log.schema, log.name)
+    guard = quote(ident(log.name, "append_only"))
+    bind.execute(sa.text(f"ALTER TABLE {target} DISABLE TRIGGER {guard}"))
+    try:
+        result = bind.execute(sa.delete(log).where(log.c.recorded_at < before))
+    finally:
+        bind.execute(sa.text(f"ALTER TABLE {target} ENABLE TRIGGER {guard}"))
+    return int(result.rowcount)

@@ -1,0 +1,121 @@
+"""``sa-patterns doctor``: check a live database against the models, list what is unsafe.
+
+Checks are plain functions in :data:`CHECKS`, so other patterns add theirs by appending
+``(name, "module:function")``; each takes a :class:`DoctorContext` and returns problems (text
+that says what is wrong and how to fix it). Exit status 1 when any check finds a problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import MetaData, create_engine
+from sqlalchemy.engine import Connection
+
+from .._spec import load_metadata, load_object
+from ..database import normalise_url
+from ..errors import ConfigurationError
+
+__all__ = ["CHECKS", "DoctorContext", "add_parser", "run_checks"]
+
+
+@dataclass
+class DoctorContext:
+    """What a check sees: a connection as the *application's* role, and the models."""
+
+    connection: Connection
+    metadata: MetaData
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+Check = Callable[[DoctorContext], Iterable[str]]
+
+#: ``(name, "module:function")``: imported only when the doctor runs.
+CHECKS: list[tuple[str, str]] = [
+    ("row level security", "sa_patterns.cli.doctor:check_rls"),
+    ("toolkit objects present and current", "sa_patterns.health:check_toolkit_objects"),
+    ("foreign keys have a supporting index", "sa_patterns.health:check_foreign_key_indexes"),
+    ("no invalid indexes", "sa_patterns.health:check_invalid_indexes"),
+    ("partitions ready for the next period", "sa_patterns.health:check_partitions"),
+    ("search vectors indexed", "sa_patterns.health:check_tsvector_indexes"),
+    ("materialized views populated", "sa_patterns.health:check_matviews_populated"),
+    ("materialized views fresh", "sa_patterns.health:check_matview_freshness"),
+]
+
+
+def parse_age(text: str) -> float:
+    """``"90"`` (seconds), ``"30m"``, ``"6h"`` or ``"2d"`` → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        return float(value) * units[unit]
+    except ValueError:
+        raise ConfigurationError(f"--matview-max-age {text!r}: use e.g. 90, 30m, 6h or 2d.") from None
+
+
+def check_rls(ctx: DoctorContext) -> list[str]:
+    from ..testing.rls import rls_problems
+
+    return rls_problems(ctx.connection, ctx.metadata, role=ctx.options.get("app_role"))
+
+
+def run_checks(ctx: DoctorContext) -> list[tuple[str, list[str]]]:
+    """Each check's name and problems, in :data:`CHECKS` order."""
+    results = []
+    for name, spec in CHECKS:
+        fn: Check = load_object(spec, what="doctor check")
+        results.append((name, list(fn(ctx))))
+    return results
+
+
+def _run(args: argparse.Namespace) -> int:
+    raw = args.url or os.environ.get("DATABASE_URL", "")
+    if not raw:
+        raise ConfigurationError("doctor needs --url or DATABASE_URL (connect as the app role).")
+    metadata = load_metadata(args.metadata)
+    engine = create_engine(normalise_url(raw))
+    try:
+        with engine.connect() as conn:
+            options = {"app_role": args.app_role}
+            if args.matview_max_age:
+                options["matview_max_age"] = parse_age(args.matview_max_age)
+            results = run_checks(DoctorContext(conn, metadata, options))
+    finally:
+        engine.dispose()
+    if args.format == "json":
+        payload = {"ok": not any(p for _, p in results), "checks": [{"check": n, "problems": p} for n, p in results]}
+        print(json.dumps(payload, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="sa-patterns doctor", show_lines=True)
+        table.add_column("check")
+        table.add_column("result")
+        for name, problems in results:
+            table.add_row(name, "\n".join(f"[red]✗[/] {p}" for p in problems) or "[green]ok[/]")
+        Console().print(table)
+    return 1 if any(problems for _, problems in results) else 0
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "doctor", help="check the database against the models (RLS ready for the app role, ...)"
+    )
+    parser.add_argument("--url", help="database URL (default: DATABASE_URL)")
+    parser.add_argument(
+        "--metadata", required=True, help="models as package.module:Base (or :metadata)"
+    )
+    parser.add_argument(
+        "--app-role", help="the role the application connects as (default: the URL's user)"
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--matview-max-age", help="report materialized views not refreshed within this (e.g. 6h)"
+    )
+    parser.set_defaults(func=_run)

@@ -1,0 +1,242 @@
+"""Keyrings: several named 256-bit keys, one of them active, loaded from outside the code.
+
+A value is always *written* with the active key and may be *read* with any key of the ring,
+which is what makes rotation possible without downtime: add a new key as active, deploy, run
+``sa-patterns rotate-keys``, then drop the old key. Blind-index (HMAC) keys are a separate set
+in the same ring, so the key that can decrypt is never the key that makes searchable hashes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import inspect
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..errors import ConfigurationError, KeyNotFound
+from .envelope import header
+
+if TYPE_CHECKING:
+    from ..context import TenantId
+
+__all__ = ["KeyContext", "Keyring", "KeyringProvider", "generate_key", "resolve_provider"]
+
+KEY_SIZE = 32
+_KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_GENERATE_HINT = (
+    "Generate one with: python -c \"import sa_patterns.encryption as e; print(e.generate_key())\""
+)
+
+
+def generate_key() -> str:
+    """A fresh random 256-bit key, base64-encoded for an environment variable or a secret store."""
+    return base64.b64encode(os.urandom(KEY_SIZE)).decode("ascii")
+
+
+@dataclass(frozen=True)
+class KeyContext:
+    """What a per-tenant keyring provider receives: where the value lives and whose it is.
+
+    ``tenant`` is the tenant of :func:`sa_patterns.tenant_scope` when the value is encrypted or
+    decrypted (``None`` outside a scope).
+    """
+
+    table: str
+    column: str
+    tenant: TenantId | None
+
+
+def _check_keys(keys: Mapping[str, bytes], what: str) -> dict[str, bytes]:
+    checked: dict[str, bytes] = {}
+    for key_id, key in keys.items():
+        if not isinstance(key_id, str) or not _KEY_ID.match(key_id):
+            raise ConfigurationError(
+                f"{what} id {key_id!r} is invalid: use 1-64 characters from A-Z a-z 0-9 . _ -"
+            )
+        if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_SIZE:
+            size = len(key) if isinstance(key, (bytes, bytearray, str)) else type(key).__name__
+            raise ConfigurationError(
+                f"{what} {key_id!r} must be exactly {KEY_SIZE} random bytes (AES-256), got "
+                f"{size}. Pass raw bytes (base64 only in environment variables). {_GENERATE_HINT}"
+            )
+        checked[key_id] = bytes(key)
+    return checked
+
+
+def _pick_active(ids: list[str], active: str | None, what: str) -> str | None:
+    if active is None:
+        return ids[0] if ids else None
+    if active not in ids:
+        raise ConfigurationError(
+            f"the active {what} {active!r} is not in the keyring (it holds {sorted(ids)})."
+        )
+    return active
+
+
+class Keyring:
+    """Named 32-byte keys with one active key, plus optional blind-index keys.
+
+    ``Keyring({"k1": key1, "k2": key2}, active="k2")``. Without ``active`` the first key is
+    active (as with ``MultiFernet``). ``index_keys`` are the HMAC keys for blind indexes, with
+    ``active_index`` chosen the same way. Invalid keys raise :class:`ConfigurationError` here,
+    at start-up, never at the first row. ``repr()`` shows key ids only.
+    """
+
+    __slots__ = ("_aeads", "_headers", "_index_keys", "active", "active_index")
+
+    def __init__(
+        self,
+        keys: Mapping[str, bytes],
+        active: str | None = None,
+        *,
+        index_keys: Mapping[str, bytes] | None = None,
+        active_index: str | None = None,
+    ) -> None:
+        checked = _check_keys(keys, "key")
+        if not checked:
+            raise ConfigurationError(f"a Keyring needs at least one key. {_GENERATE_HINT}")
+        self.active: str = _pick_active(list(checked), active, "key") or ""
+        self._aeads = {key_id: AESGCM(key) for key_id, key in checked.items()}
+        self._headers = {key_id: header(key_id) for key_id in checked}
+        self._index_keys = _check_keys(index_keys or {}, "index key")
+        self.active_index: str | None = _pick_active(
+            list(self._index_keys), active_index, "index key"
+        )
+
+    @classmethod
+    def from_env(
+        cls, name: str = "SA_PATTERNS_KEYS", environ: Mapping[str, str] | None = None
+    ) -> Keyring:
+        """Load ``NAME="id:base64key,id:base64key"`` (first = active, or ``NAME_ACTIVE``).
+
+        Blind-index keys come from ``NAME_INDEX`` in the same format (``NAME_INDEX_ACTIVE``).
+        A missing variable or a malformed key raises :class:`ConfigurationError` naming it.
+        """
+        env = os.environ if environ is None else environ
+        raw = env.get(name, "").strip()
+        if not raw:
+            raise ConfigurationError(
+                f"environment variable {name} is not set: set it to 'key_id:base64key' (comma "
+                f"separated, the first is active) before the first encrypted value is used. "
+                f"{_GENERATE_HINT}"
+            )
+        index_raw = env.get(f"{name}_INDEX", "").strip()
+        return cls(
+            _parse(raw, name),
+            env.get(f"{name}_ACTIVE") or None,
+            index_keys=_parse(index_raw, f"{name}_INDEX") if index_raw else None,
+            active_index=env.get(f"{name}_INDEX_ACTIVE") or None,
+        )
+
+    generate_key = staticmethod(generate_key)
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(self._aeads)
+
+    @property
+    def index_key_ids(self) -> tuple[str, ...]:
+        return tuple(self._index_keys)
+
+    def aead(self, key_id: str) -> AESGCM:
+        """The cipher for ``key_id``; :class:`KeyNotFound` when the ring does not hold it."""
+        try:
+            return self._aeads[key_id]
+        except KeyError:
+            raise KeyNotFound(
+                f"key id {key_id!r} is not in the keyring (it holds {sorted(self._aeads)}). Add "
+                "the retired key back to the keyring, or restore the value from a backup.",
+                key_id=key_id,
+            ) from None
+
+    def header(self, key_id: str) -> bytes:
+        return self._headers[key_id]
+
+    def mac(self, data: bytes, key_id: str | None = None) -> bytes:
+        """``key_id || ":" || HMAC-SHA256(index key, data)``; the active index key by default."""
+        key_id = key_id or self.active_index
+        if key_id is None:
+            raise ConfigurationError(
+                "this keyring has no blind-index keys: a blind_index column needs index_keys= "
+                "(or SA_PATTERNS_KEYS_INDEX in the environment), separate from the encryption keys."
+            )
+        try:
+            key = self._index_keys[key_id]
+        except KeyError:
+            raise KeyNotFound(
+                f"index key id {key_id!r} is not in the keyring", key_id=key_id
+            ) from None
+        return key_id.encode("ascii") + b":" + hmac.new(key, data, hashlib.sha256).digest()
+
+    def macs(self, data: bytes) -> list[bytes]:
+        """The blind index of ``data`` under every index key (lookups during an HMAC rotation)."""
+        return [self.mac(data, key_id) for key_id in self._index_keys]
+
+    def __repr__(self) -> str:
+        extra = f", index_keys={list(self._index_keys)}" if self._index_keys else ""
+        return f"Keyring(keys={list(self._aeads)}, active={self.active!r}{extra})"
+
+    def __reduce__(self) -> str:
+        raise TypeError("a Keyring holds key material and is not picklable")
+
+
+def _parse(raw: str, name: str) -> dict[str, bytes]:
+    keys: dict[str, bytes] = {}
+    for position, entry in enumerate(p.strip() for p in raw.split(",") if p.strip()):
+        key_id, sep, encoded = entry.partition(":")
+        if not sep:
+            raise ConfigurationError(
+                f"{name}: entry {position + 1} is not 'key_id:base64key' (no ':' found)."
+            )
+        try:
+            keys[key_id.strip()] = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigurationError(
+                f"{name}: the key of {key_id.strip()!r} is not valid base64. {_GENERATE_HINT}"
+            ) from None
+    return keys
+
+
+KeyringProvider: TypeAlias = "Keyring | Callable[[], Keyring] | Callable[[KeyContext], Keyring]"
+
+
+def resolve_provider(
+    provider: KeyringProvider,
+) -> tuple[Keyring | None, Callable[[KeyContext], Keyring] | None]:
+    """Split a provider into a fixed keyring or a per-context function.
+
+    A zero-argument callable is *deferred*, not per-call: the caller invokes it once (models
+    import before keys are loaded). A one-argument callable is called with a :class:`KeyContext`
+    whenever a value is sealed or opened, which is how per-tenant keyrings work.
+    """
+    if isinstance(provider, Keyring):
+        return provider, None
+    if not callable(provider):
+        raise ConfigurationError(
+            f"keyring= takes a Keyring or a callable returning one, got {type(provider).__name__}."
+        )
+    try:
+        params = inspect.signature(provider).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: treat as zero-argument
+        return None, None
+    required = [
+        p
+        for p in params
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(required) == 1:
+        return None, provider  # type: ignore[return-value]
+    if required:
+        raise ConfigurationError(
+            "a keyring provider takes no argument (a deferred keyring) or one KeyContext "
+            f"argument (per-tenant keyrings); {provider!r} takes {len(required)}."
+        )
+    return None, None

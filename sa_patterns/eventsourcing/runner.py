@@ -1,0 +1,513 @@
+"""Catch-up runner for asynchronous projections: checkpointed, crash-safe, woken by NOTIFY.
+
+**Which order, and why it cannot skip an event.** Appends run concurrently, so neither the
+identity ``id`` nor ``recorded_at`` is a safe cursor: a transaction may take id 7, commit after
+the transaction that took id 8, and a reader that already moved past 8 would never see 7.
+Each event row therefore stores its writer's ``pg_current_xact_id()`` (``transaction_id``),
+and the runner only reads events whose writing transaction is older than the oldest transaction
+still in progress in this database, as seen by its own snapshot (``pg_current_snapshot()``,
+see ``_HORIZON``): every transaction below that horizon that could write the table has
+finished, so no row below it can appear later. Within that settled prefix the order
+``(transaction_id, id)`` is final, and the checkpoint is a position in it. The cost is latency,
+not correctness: a long-open transaction in the same database holds the horizon back until
+it ends. The alternative (one advisory lock serialising every append until commit) would make
+positions contiguous but would serialise all writers; see ``docs/event-sourcing.md``.
+
+**Why a crash neither skips nor double-applies.** One batch is one transaction: read events
+after the checkpoint, run the handlers, move the checkpoint. A crash anywhere before the commit
+rolls back both the read-model writes and the checkpoint move; the restarted runner repeats the
+batch from the old checkpoint. A transaction-scoped advisory lock per projection keeps two
+runners from working on the same projection at once.
+
+**Waking up.** The event table's trigger ``NOTIFY``s its channel when an appending transaction
+commits. ``run_forever`` ``LISTEN``s on a dedicated connection (psycopg 3 ``notifies()``) and
+touches the database only when notified, when events were held back by the horizon (short
+back-off), or after ``idle_timeout`` as a safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    func,
+    literal_column,
+    select,
+    text,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session
+
+from ..context import TENANT_SETTING
+from ..errors import ConfigurationError
+from ..schema import quote
+from .events import EventRegistry, RecordedEvent
+from .projections import Projection
+from .store import _event_columns, _table_of, decode
+from .tables import TENANT_COLUMN, event_channel
+
+__all__ = ["AsyncProjectionRunner", "BatchResult", "ProjectionRunner"]
+
+#: The settled horizon, evaluated once per statement (an InitPlan) on the statement's own
+#: snapshot: the smallest transaction id still in progress *that could write to this database*,
+#: else the snapshot's xmax. An in-progress xid is skipped only when pg_stat_activity (or
+#: pg_prepared_xacts) positively places it in another database, which cannot write our table;
+#: an xid we cannot place holds the horizon back (late, never wrong). So a long transaction in
+#: another database of the cluster does not delay projections.
+_HORIZON: ColumnElement[int] = literal_column(
+    """(SELECT LEAST(
+  pg_snapshot_xmax(s.snap)::text::bigint,
+  (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s.snap) AS x
+    WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                      WHERE a.backend_xid = xid(x) AND a.datid <> s.db)
+      AND NOT EXISTS (SELECT 1 FROM pg_prepared_xacts p
+                      WHERE p.transaction = xid(x) AND p.database <> current_database())))
+FROM (SELECT pg_current_snapshot() AS snap,
+             (SELECT oid FROM pg_database WHERE datname = current_database()) AS db) AS s)""",
+    BigInteger,
+)
+_LOCK_NAMESPACE = "sa_patterns.projection:"
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch did: events read, events handled, and whether more may be waiting."""
+
+    read: int
+    applied: int
+    full: bool
+
+
+class _Core:
+    """The synchronous, connection-level logic shared by both runners."""
+
+    def __init__(
+        self,
+        events: type[Any] | Table,
+        checkpoints: type[Any] | Table,
+        registry: EventRegistry,
+        projections: Sequence[Projection],
+        batch_size: int,
+    ) -> None:
+        self.table = _table_of(events, "events")
+        self.checkpoints = _table_of(checkpoints, "checkpoints")
+        self.registry = registry
+        if not projections:
+            raise ConfigurationError("a ProjectionRunner needs at least one Projection.")
+        names = [p.name for p in projections]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"projection names must be unique, got {names}.")
+        if batch_size < 1:
+            raise ConfigurationError("batch_size must be >= 1.")
+        self.projections = {p.name: p for p in projections}
+        self.batch_size = batch_size
+        self.channel = (
+            event_channel(events) if not isinstance(events, Table) else self.table.name
+        )
+        self.tenant_aware = TENANT_COLUMN in self.table.c
+        self._handled_names: dict[str, set[str]] = {}
+
+    def projection(self, which: Projection | str) -> Projection:
+        name = which if isinstance(which, str) else which.name
+        try:
+            return self.projections[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"projection {name!r} is not one of this runner's: {sorted(self.projections)}."
+            ) from None
+
+    def _handled(self, projection: Projection) -> set[str]:
+        names = self._handled_names.get(projection.name)
+        if names is None:
+            names = {self.registry.name_of(t) for t in projection.event_types}
+            self._handled_names[projection.name] = names
+        return names
+
+    def _lock(self, conn: Connection, projection: Projection) -> None:
+        # Transaction-scoped, and assigns no transaction id (so it does not move the horizon).
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": _LOCK_NAMESPACE + projection.name},
+        )
+
+    def position(self, conn: Connection, projection: Projection) -> tuple[int, int]:
+        cp = self.checkpoints
+        row = conn.execute(
+            select(cp.c.transaction_id, cp.c.event_id).where(cp.c.name == projection.name)
+        ).first()
+        return (row.transaction_id, row.event_id) if row is not None else (0, 0)
+
+    def _save_position(
+        self, conn: Connection, projection: Projection, position: tuple[int, int], applied: int,
+        *, reset: bool = False,
+    ) -> None:
+        cp = self.checkpoints
+        stmt = pg_insert(cp).values(
+            name=projection.name,
+            transaction_id=position[0],
+            event_id=position[1],
+            events_applied=applied,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[cp.c.name],
+            set_={
+                "transaction_id": stmt.excluded.transaction_id,
+                "event_id": stmt.excluded.event_id,
+                "events_applied": stmt.excluded.events_applied
+                if reset
+                else cp.c.events_applied + stmt.excluded.events_applied,
+                "updated_at": func.now(),
+            },
+        )
+        conn.execute(stmt)
+
+    def batch(self, conn: Connection, projection: Projection) -> BatchResult:
+        """One batch in the caller's transaction on ``conn`` (the caller commits)."""
+        self._lock(conn, projection)
+        position = self.position(conn, projection)
+        t = self.table
+        rows = conn.execute(
+            select(*_event_columns(t))
+            .where(
+                tuple_(t.c.transaction_id, t.c.id) > tuple_(*position),  # type: ignore[arg-type, unused-ignore]  # 2.0 stubs: expressions only
+                t.c.transaction_id < _HORIZON,
+            )
+            .order_by(t.c.transaction_id, t.c.id)
+            .limit(self.batch_size)
+        ).all()
+        if not rows:
+            return BatchResult(0, 0, False)
+        handled = self._handled(projection)
+        applied = 0
+        tenant: object = None
+        with Session(bind=conn) as session:
+            for row in rows:
+                if row.event_type not in handled:
+                    continue
+                event: RecordedEvent[Any] = decode(self.registry, t, row)
+                if self.tenant_aware and event.tenant_id != tenant:
+                    # Read models under row-level security see the event's tenant.
+                    tenant = event.tenant_id
+                    session.execute(
+                        text("SELECT set_config(:n, :v, true)"),
+                        {"n": TENANT_SETTING, "v": str(tenant)},
+                    )
+                projection.apply(session, event)
+                applied += 1
+            session.flush()
+        last = rows[-1]
+        self._save_position(conn, projection, (last.transaction_id, last.id), applied)
+        return BatchResult(len(rows), applied, len(rows) == self.batch_size)
+
+    def reset(self, conn: Connection, projection: Projection) -> None:
+        if projection.reset is None:
+            raise ConfigurationError(
+                f"rebuilding {projection!r} needs a way to empty its read model: decorate a "
+                "function with @projection.resetter (or pass Projection(..., reset=fn))."
+            )
+        self._lock(conn, projection)
+        with Session(bind=conn) as session:
+            projection.reset(session)
+            session.flush()
+        self._save_position(conn, projection, (0, 0), 0, reset=True)
+
+    def latest(self, conn: Connection) -> tuple[int, int] | None:
+        """The last event committed now (whether or not it is below the horizon yet)."""
+        t = self.table
+        row = conn.execute(
+            select(t.c.transaction_id, t.c.id)
+            .order_by(t.c.transaction_id.desc(), t.c.id.desc())
+            .limit(1)
+        ).first()
+        return (row.transaction_id, row.id) if row is not None else None
+
+    def held_back(self, conn: Connection, projection: Projection) -> bool:
+        """Committed events exist past the checkpoint but are not below the horizon yet."""
+        t = self.table
+        position = self.position(conn, projection)
+        return bool(
+            conn.execute(
+                select(
+                    select(t.c.id)
+                    .where(tuple_(t.c.transaction_id, t.c.id) > tuple_(*position))  # type: ignore[arg-type, unused-ignore]  # 2.0 stubs: expressions only
+                    .exists()
+                )
+            ).scalar()
+        )
+
+
+class ProjectionRunner:
+    """Applies events to asynchronous projections after they commit.
+
+    ::
+
+        runner = ProjectionRunner(engine, BankEvent, checkpoints=Checkpoint,
+                                  registry=events, projections=[balances])
+        runner.run_once()        # apply every settled event, then return
+        runner.catch_up()        # ... at least everything committed before the call
+        runner.rebuild(balances) # empty the read model and replay from the first event
+        runner.run_forever(stop=threading.Event())   # LISTEN/NOTIFY driven loop
+
+    Handlers get a ``Session`` bound to the batch's connection, not an installed one: the
+    runner works across tenants and sets ``app.tenant_id`` to each event's tenant so that
+    read models under row-level security accept the writes.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        events: type[Any] | Table,
+        *,
+        checkpoints: type[Any] | Table,
+        registry: EventRegistry,
+        projections: Sequence[Projection],
+        batch_size: int = 500,
+    ) -> None:
+        self.engine = engine
+        self._core = _Core(events, checkpoints, registry, projections, batch_size)
+        #: counters for monitoring: batches run, events applied, notifications received
+        self.stats = {"batches": 0, "applied": 0, "wakeups": 0}
+
+    def _selected(self, which: Iterable[Projection | str] | None) -> list[Projection]:
+        if which is None:
+            return list(self._core.projections.values())
+        return [self._core.projection(p) for p in which]
+
+    def run_batch(self, projection: Projection | str) -> BatchResult:
+        """One batch of one projection in its own transaction."""
+        proj = self._core.projection(projection)
+        with self.engine.begin() as conn:
+            result = self._core.batch(conn, proj)
+        self.stats["batches"] += 1
+        self.stats["applied"] += result.applied
+        return result
+
+    def run_once(self, projections: Iterable[Projection | str] | None = None) -> int:
+        """Apply every settled event to each projection; returns the events applied."""
+        applied = 0
+        for projection in self._selected(projections):
+            while True:
+                result = self.run_batch(projection)
+                applied += result.applied
+                if not result.full:
+                    break
+        return applied
+
+    def position(self, projection: Projection | str) -> tuple[int, int]:
+        """The checkpoint ``(transaction_id, event_id)`` of a projection."""
+        with self.engine.connect() as conn:
+            return self._core.position(conn, self._core.projection(projection))
+
+    def catch_up(self, *, timeout: float = 60.0) -> int:
+        """Apply at least every event committed before the call, waiting (with back-off) for
+        older in-flight transactions to finish; ``TimeoutError`` after ``timeout`` seconds."""
+        with self.engine.connect() as conn:
+            target = self._core.latest(conn)
+        applied = self.run_once()
+        if target is None:
+            return applied
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while any(self.position(p) < target for p in self._core.projections):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"projections did not reach event {target} within {timeout}s: a long "
+                    "transaction is holding the settled horizon back (see pg_stat_activity)."
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+            applied += self.run_once()
+        return applied
+
+    def rebuild(self, projection: Projection | str) -> int:
+        """Empty the read model, reset its checkpoint, and replay the whole log into it.
+
+        The reset commits before the replay, so readers may see a partial read model while
+        the replay runs; build into a new table and swap names if that matters.
+        """
+        proj = self._core.projection(projection)
+        with self.engine.begin() as conn:
+            self._core.reset(conn, proj)
+        return self.run_once([proj])
+
+    def _held_back(self) -> bool:
+        with self.engine.connect() as conn:
+            return any(self._core.held_back(conn, p) for p in self._core.projections.values())
+
+    def run_forever(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        idle_timeout: float = 30.0,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """Loop until ``stop`` is set: catch up, then sleep until a NOTIFY arrives.
+
+        The database is queried only after a notification, after ``idle_timeout`` seconds of
+        silence (a safety net), or with a short back-off while committed events wait behind
+        the horizon. ``on_error`` sees a failed batch (then the loop continues after a pause);
+        without it the error propagates.
+        """
+        stop = stop or threading.Event()
+        raw = self.engine.raw_connection()
+        listener: Any = raw.driver_connection
+        raw.detach()  # LISTEN state must never go back to the pool
+        try:
+            listener.autocommit = True
+            listener.execute(f"LISTEN {quote(self._core.channel)}")
+            pause = 0.0
+            while not stop.is_set():
+                try:
+                    self.run_once()
+                    pause = min(max(pause * 2, 0.01), 1.0) if self._held_back() else 0.0
+                except Exception as exc:
+                    if on_error is None:
+                        raise
+                    on_error(exc)
+                    pause = 1.0
+                wait = pause or idle_timeout
+                deadline = time.monotonic() + wait
+                while not stop.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    got = list(listener.notifies(timeout=min(remaining, 0.25), stop_after=1))
+                    if got:
+                        self.stats["wakeups"] += 1
+                        break
+        finally:
+            raw.close()
+
+
+class AsyncProjectionRunner:
+    """:class:`ProjectionRunner` for an ``AsyncEngine``; handlers stay sync (``run_sync``)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        events: type[Any] | Table,
+        *,
+        checkpoints: type[Any] | Table,
+        registry: EventRegistry,
+        projections: Sequence[Projection],
+        batch_size: int = 500,
+    ) -> None:
+        self.engine = engine
+        self._core = _Core(events, checkpoints, registry, projections, batch_size)
+        self.stats = {"batches": 0, "applied": 0, "wakeups": 0}
+
+    async def run_batch(self, projection: Projection | str) -> BatchResult:
+        proj = self._core.projection(projection)
+        async with self.engine.begin() as conn:
+            result = await conn.run_sync(self._core.batch, proj)
+        self.stats["batches"] += 1
+        self.stats["applied"] += result.applied
+        return result
+
+    async def run_once(self, projections: Iterable[Projection | str] | None = None) -> int:
+        selected = (
+            list(self._core.projections.values())
+            if projections is None
+            else [self._core.projection(p) for p in projections]
+        )
+        applied = 0
+        for projection in selected:
+            while True:
+                result = await self.run_batch(projection)
+                applied += result.applied
+                if not result.full:
+                    break
+        return applied
+
+    async def position(self, projection: Projection | str) -> tuple[int, int]:
+        proj = self._core.projection(projection)
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(self._core.position, proj)
+
+    async def catch_up(self, *, timeout: float = 60.0) -> int:
+        async with self.engine.connect() as conn:
+            target = await conn.run_sync(self._core.latest)
+        applied = await self.run_once()
+        if target is None:
+            return applied
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            positions = [await self.position(p) for p in self._core.projections]
+            if all(p >= target for p in positions):
+                return applied
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"projections did not reach event {target} within {timeout}s.")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+            applied += await self.run_once()
+
+    async def rebuild(self, projection: Projection | str) -> int:
+        proj = self._core.projection(projection)
+        async with self.engine.begin() as conn:
+            await conn.run_sync(self._core.reset, proj)
+        return await self.run_once([proj])
+
+    async def _held_back(self) -> bool:
+        async with self.engine.connect() as conn:
+            for p in self._core.projections.values():
+                if await conn.run_sync(self._core.held_back, p):
+                    return True
+        return False
+
+    async def run_forever(
+        self,
+        *,
+        stop: asyncio.Event | None = None,
+        idle_timeout: float = 30.0,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """The asyncio twin of :meth:`ProjectionRunner.run_forever` (psycopg ``AsyncConnection``)."""
+        stop = stop or asyncio.Event()
+        raw = await self.engine.raw_connection()
+        listener: Any = raw.driver_connection
+        raw.detach()  # LISTEN state must never go back to the pool
+        try:
+            await listener.set_autocommit(True)
+            await listener.execute(f"LISTEN {quote(self._core.channel)}")
+            pause = 0.0
+            while not stop.is_set():
+                try:
+                    await self.run_once()
+                    pause = min(max(pause * 2, 0.01), 1.0) if await self._held_back() else 0.0
+                except Exception as exc:
+                    if on_error is None:
+                        raise
+                    on_error(exc)
+                    pause = 1.0
+                wait = pause or idle_timeout
+                deadline = time.monotonic() + wait
+                while not stop.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    got = [
+                        n
+                        async for n in listener.notifies(
+                            timeout=min(remaining, 0.25), stop_after=1
+                        )
+                    ]
+                    if got:
+                        self.stats["wakeups"] += 1
+                        break
+        finally:
+            # close the driver connection here, in the event loop; the detached pool wrapper
+            # holds nothing else
+            await listener.close()

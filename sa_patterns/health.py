@@ -1,0 +1,237 @@
+"""Schema health checks for ``sa-patterns doctor``: the live database against the models.
+
+Each check takes the doctor's context (``ctx.connection``, ``ctx.metadata``) and returns
+problems as sentences that say what is wrong and how to fix it. None of them writes anything,
+and none crashes on a database that has none of the toolkit's objects: it reports instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Protocol
+
+from sqlalchemy import MetaData, Table, text
+from sqlalchemy.engine import Connection
+
+from .partitioning import partition_specs
+from .schema.catalog import diff
+from .schema.objects import qualified
+from .schema.registry import is_real_table, registered
+
+__all__ = [
+    "check_foreign_key_indexes",
+    "check_invalid_indexes",
+    "check_matview_freshness",
+    "check_matviews_populated",
+    "check_partitions",
+    "check_toolkit_objects",
+    "check_tsvector_indexes",
+]
+
+
+class _Context(Protocol):
+    connection: Connection
+    metadata: MetaData
+
+
+def _tables(metadata: MetaData) -> list[Table]:
+    return [t for t in metadata.tables.values() if is_real_table(t)]
+
+
+def _oid(conn: Connection, table: Table) -> Any:
+    return conn.execute(text("SELECT to_regclass(:t)"), {"t": qualified(table.schema, table.name)}).scalar()
+
+
+_FK_WITHOUT_INDEX = text(
+    """
+    SELECT con.conname, array_agg(a.attname ORDER BY k.n) AS cols
+    FROM pg_catalog.pg_constraint con
+    CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, n)
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+    WHERE con.contype = 'f' AND con.conrelid = to_regclass(:t)
+      AND NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index i
+        WHERE i.indrelid = con.conrelid AND i.indpred IS NULL
+          AND (i.indkey::int2[])[0:cardinality(con.conkey) - 1] @> con.conkey
+          AND (i.indkey::int2[])[0:cardinality(con.conkey) - 1] <@ con.conkey)
+    GROUP BY con.conname ORDER BY con.conname
+    """
+)
+
+
+def check_foreign_key_indexes(ctx: _Context) -> list[str]:
+    """A foreign key with no index leading with its columns makes every parent DELETE or key
+    UPDATE scan the child table, under lock."""
+    problems = []
+    for table in _tables(ctx.metadata):
+        if _oid(ctx.connection, table) is None:
+            continue
+        rows = ctx.connection.execute(_FK_WITHOUT_INDEX, {"t": qualified(table.schema, table.name)})
+        for name, cols in rows:
+            problems.append(
+                f"{table.fullname}: foreign key {name} ({', '.join(cols)}) has no supporting index; "
+                f"add Index(..., {', '.join(repr(c) for c in cols)}) (or index=True on the column)."
+            )
+    return problems
+
+
+_INVALID = text(
+    "SELECT c.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+    "WHERE i.indrelid = to_regclass(:t) AND NOT i.indisvalid ORDER BY 1"
+)
+
+
+def check_invalid_indexes(ctx: _Context) -> list[str]:
+    """An index left invalid by a failed ``CREATE INDEX CONCURRENTLY`` costs writes and serves
+    no read."""
+    problems = []
+    for table in _tables(ctx.metadata):
+        if _oid(ctx.connection, table) is None:
+            continue
+        for (name,) in ctx.connection.execute(_INVALID, {"t": qualified(table.schema, table.name)}):
+            problems.append(
+                f"{table.fullname}: index {name} is INVALID (a failed concurrent build); "
+                f"DROP INDEX CONCURRENTLY {name} and create it again."
+            )
+    return problems
+
+
+def check_toolkit_objects(ctx: _Context) -> list[str]:
+    """Triggers, functions, policies and views the models need but the database lacks or holds
+    in an older definition (an unapplied migration, or a hand edit)."""
+    tables = [t for t in _tables(ctx.metadata) if _oid(ctx.connection, t) is not None]
+    changes = diff(ctx.connection, registered(ctx.metadata), tables)
+    problems = [f"missing: {e.describe()}; run the migrations (alembic upgrade head)." for e in changes.create]
+    problems += [
+        f"stale: {new.describe()} differs from the models; autogenerate and apply a migration."
+        for new, _old in changes.replace
+    ]
+    return problems
+
+
+def _next_period(now: dt.datetime, interval: str) -> dt.datetime:
+    if interval == "day":
+        return (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    if interval == "week":
+        start = (now - dt.timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+        return start + dt.timedelta(days=7)
+    if interval == "month":
+        return dt.datetime(now.year + now.month // 12, now.month % 12 + 1, 1)
+    return dt.datetime(now.year + 1, 1, 1)
+
+
+_COVERS = text(
+    "SELECT count(*) FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid "
+    "WHERE i.inhparent = to_regclass(:t) AND c.relname = :part"
+)
+
+
+def check_partitions(ctx: _Context) -> list[str]:
+    """A range-partitioned table must already have next period's partition, or inserts start
+    failing when the period turns."""
+    problems = []
+    formats = {"day": "%Y%m%d", "week": "%G%V", "month": "%Y%m", "year": "%Y"}
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    for key, spec in partition_specs(ctx.metadata).items():
+        table = ctx.metadata.tables[key]
+        if spec.strategy != "range" or spec.interval is None or _oid(ctx.connection, table) is None:
+            continue
+        upcoming = _next_period(now, spec.interval)
+        part = f"{table.name}_p{upcoming.strftime(formats[spec.interval])}"
+        found = ctx.connection.execute(_COVERS, {"t": qualified(table.schema, table.name), "part": part}).scalar()
+        if not found:
+            problems.append(
+                f"{table.fullname}: no partition for the next {spec.interval} ({part}); run "
+                "`sa-patterns partitions maintain` (and schedule it)."
+            )
+    return problems
+
+
+_TSVECTOR_WITHOUT_GIN = text(
+    """
+    SELECT a.attname FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped
+      AND a.atttypid = 'pg_catalog.tsvector'::regtype
+      AND NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+        WHERE i.indrelid = a.attrelid AND am.amname IN ('gin', 'gist') AND a.attnum = ANY (i.indkey))
+    """
+)
+
+
+def check_tsvector_indexes(ctx: _Context) -> list[str]:
+    """A tsvector column without a GIN index makes every search a sequential scan."""
+    problems = []
+    for table in _tables(ctx.metadata):
+        if _oid(ctx.connection, table) is None:
+            continue
+        for (name,) in ctx.connection.execute(_TSVECTOR_WITHOUT_GIN, {"t": qualified(table.schema, table.name)}):
+            problems.append(
+                f"{table.fullname}.{name}: tsvector column without a GIN index; searches scan the "
+                "whole table. Add Index(..., postgresql_using='gin')."
+            )
+    return problems
+
+
+_POPULATED = text(
+    "SELECT ispopulated FROM pg_catalog.pg_matviews "
+    "WHERE schemaname = coalesce(:schema, current_schema()) AND matviewname = :name"
+)
+
+
+def check_matviews_populated(ctx: _Context) -> list[str]:
+    """A materialized view created ``WITH NO DATA`` (or never refreshed since) fails every read
+    and cannot be refreshed concurrently."""
+    from .schema.objects import MaterializedView
+
+    problems = []
+    for entity in registered(ctx.metadata):
+        if not isinstance(entity, MaterializedView):
+            continue
+        populated = ctx.connection.execute(_POPULATED, {"schema": entity.schema, "name": entity.name}).scalar()
+        if populated is False:
+            problems.append(
+                f"materialized view {entity.name} was never refreshed (not populated); run "
+                "`sa-patterns refresh` once (without --concurrently)."
+            )
+    return problems
+
+
+def _last_refresh_sql() -> Any:
+    from .views import QUALIFIED_NAME, REFRESH_LOG
+
+    return text(
+        "SELECT extract(epoch FROM clock_timestamp() - refreshed_at) FROM "  # noqa: S608
+        f"{REFRESH_LOG} WHERE view_name = {QUALIFIED_NAME}"
+    )
+
+
+def check_matview_freshness(ctx: _Context) -> list[str]:
+    """With ``options["matview_max_age"]`` (seconds): materialized views whose last refresh
+    recorded by sa_patterns (``refresh()``, ``refresh_all()``, ``sa-patterns refresh``) is
+    older than that, or was never recorded."""
+    from .schema.objects import MaterializedView
+
+    max_age = getattr(ctx, "options", {}).get("matview_max_age")
+    if max_age is None:
+        return []
+    from .views import REFRESH_LOG
+
+    if not ctx.connection.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": REFRESH_LOG}).scalar():
+        return [f"the refresh log {REFRESH_LOG} is missing; run the migrations."]
+    problems = []
+    for entity in registered(ctx.metadata):
+        if not isinstance(entity, MaterializedView):
+            continue
+        name = qualified(entity.schema, entity.name)
+        age = ctx.connection.execute(_last_refresh_sql(), {"v": name}).scalar()
+        if age is None:
+            problems.append(f"materialized view {name}: no refresh recorded; refresh it with sa-patterns refresh.")
+        elif float(age) > max_age:
+            problems.append(
+                f"materialized view {name} was last refreshed {float(age) / 3600:.1f} h ago "
+                f"(limit {max_age / 3600:.1f} h); schedule sa-patterns refresh (or pg_cron)."
+            )
+    return problems

@@ -1,0 +1,40 @@
+"""Database objects (extensions, functions, triggers, policies, RLS, views) for patterns and
+migrations. Generated migrations reference these classes as ``sa_patterns.schema.<Kind>``."""
+
+from .catalog import Diff, diff, read_catalog
+from .objects import (
+    Entity,
+    Extension,
+    Function,
+    MaterializedView,
+    Policy,
+    RowLevelSecurity,
+    Trigger,
+    View,
+    qualified,
+    quote,
+    quote_literal,
+)
+from .registry import NOT_A_TABLE, create_all, drop_all, register, registered
+
+__all__ = [
+    "NOT_A_TABLE",
+    "Diff",
+    "Entity",
+    "Extension",
+    "Function",
+    "MaterializedView",
+    "Policy",
+    "RowLevelSecurity",
+    "Trigger",
+    "View",
+    "create_all",
+    "diff",
+    "drop_all",
+    "qualified",
+    "quote",
+    "quote_literal",
+    "read_catalog",
+    "register",
+    "registered",
+]
