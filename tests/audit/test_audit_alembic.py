@@ -1,0 +1,141 @@
+"""Audited/Versioned through Alembic autogenerate: create → upgrade → no diff → a source column
+added (history column + replaced functions follow) → downgrade to nothing. Checked in the catalog."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic.autogenerate import compare_metadata, produce_migrations
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import Engine, MetaData, String, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+import sa_patterns.alembic
+from sa_patterns import Audited, Versioned
+from sa_patterns.audit import audit_log_table
+
+
+def build(*, extra: bool = False, partitioned: bool = False) -> MetaData:
+    class Base(DeclarativeBase):
+        pass
+
+    if partitioned:
+        audit_log_table(Base.metadata, partition_by_month=True, premake=2, retention_months=12)
+
+    if extra:
+
+        class Item(Versioned, Audited, Base):
+            __tablename__ = "al_item"
+            __audit_exclude__ = frozenset({"secret"})
+            id: Mapped[int] = mapped_column(primary_key=True)
+            name: Mapped[str] = mapped_column(String(50))
+            secret: Mapped[str | None]
+            subtitle: Mapped[str | None]
+    else:
+
+        class Item(Versioned, Audited, Base):  # type: ignore[no-redef]
+            __tablename__ = "al_item"
+            __audit_exclude__ = frozenset({"secret"})
+            id: Mapped[int] = mapped_column(primary_key=True)
+            name: Mapped[str] = mapped_column(String(50))
+            secret: Mapped[str | None]
+
+    return Base.metadata
+
+
+def migrate(engine: Engine, md: MetaData) -> list[str]:
+    with engine.begin() as conn:
+        ctx = MigrationContext.configure(conn, opts={**sa_patterns.alembic.configure_kwargs(), "target_metadata": md})
+        script = produce_migrations(ctx, md)
+        op = Operations(ctx)
+        names = []
+        flat = []
+        for migrate_op in script.upgrade_ops.ops:
+            flat.extend(getattr(migrate_op, "ops", [migrate_op]))  # ModifyTableOps holds add_column
+        for migrate_op in flat:
+            op.invoke(migrate_op)
+            entity = getattr(migrate_op, "entity", None)
+            what = entity.describe() if entity is not None else getattr(migrate_op, "table_name", "")
+            names.append(f"{type(migrate_op).__name__}:{what}")
+        return names
+
+
+def diffs(engine: Engine, md: MetaData) -> list[Any]:
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={**sa_patterns.alembic.configure_kwargs(), "target_metadata": md})
+        return list(compare_metadata(ctx, md))
+
+
+def objects(engine: Engine, schema: str) -> dict[str, set[str]]:
+    with engine.connect() as conn:
+        def q(sql: str) -> set[str]:
+            return {r[0] for r in conn.execute(text(sql), {"s": schema})}
+
+        return {
+            "functions": q("SELECT proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE nspname = :s"),
+            "triggers": q("SELECT tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = :s AND NOT tgisinternal"),
+            "tables": q("SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = :s AND relkind IN ('r', 'p')"),
+            "history_columns": q("SELECT column_name FROM information_schema.columns WHERE table_schema = :s AND table_name = 'al_item_history'"),
+        }
+
+
+def test_autogenerate_roundtrip(engine: Engine, db_schema: str) -> None:
+    ops = migrate(engine, build())
+    assert any(o.startswith("CreateTableOp:audit_log") for o in ops)
+    assert any(o.startswith("CreateTableOp:al_item_history") for o in ops)
+    found = objects(engine, db_schema)
+    assert found["functions"] == {"al_item_audit", "al_item_history", "audit_log_append_only"}
+    assert found["triggers"] == {
+        "al_item_audit_ins", "al_item_audit_upd", "al_item_audit_del",
+        "al_item_history_ins", "al_item_history_upd", "al_item_history_del", "audit_log_append_only",
+    }
+    assert diffs(engine, build()) == []  # no false diff (types, nullability, indexes, objects)
+
+    with engine.begin() as conn:  # the triggers the migration made really work
+        conn.execute(text("INSERT INTO al_item (id, name, secret) VALUES (1, 'a', 's')"))
+        conn.execute(text("UPDATE al_item SET name = 'b'"))
+        assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one() == 2
+        assert conn.execute(text("SELECT count(*) FROM al_item_history")).scalar_one() == 2
+
+    # a column added to the source: the history table and both functions follow
+    changed = build(extra=True)
+    kinds = sorted(type(d[0] if isinstance(d, list) else d).__name__ if not isinstance(d, tuple) else d[0] for d in diffs(engine, changed))
+    assert kinds.count("add_column") == 2
+    ops = migrate(engine, changed)
+    assert sorted(o.split(":")[1] for o in ops if o.startswith("ReplaceEntityOp")) == [
+        "function al_item_audit", "function al_item_history"]
+    assert "subtitle" in objects(engine, db_schema)["history_columns"]
+    assert diffs(engine, changed) == []
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE al_item SET subtitle = 'x'"))
+        row = conn.execute(text("SELECT new_row FROM audit_log ORDER BY id DESC LIMIT 1")).scalar_one()
+        assert row == {"subtitle": "x"}
+        # old entries stay readable with the columns they had
+        first = conn.execute(text("SELECT new_row FROM audit_log ORDER BY id LIMIT 1")).scalar_one()
+        assert first == {"id": 1, "name": "a"}
+
+    # downgrade to nothing: no toolkit object is left behind
+    migrate(engine, MetaData())
+    assert objects(engine, db_schema) == {"functions": set(), "triggers": set(), "tables": set(), "history_columns": set()}
+
+
+def test_partitioned_log_roundtrip(engine: Engine, db_schema: str) -> None:
+    md = build(partitioned=True)
+    migrate(engine, md)
+    with engine.begin() as conn:
+        kind = conn.execute(text("SELECT relkind FROM pg_class WHERE oid = 'audit_log'::regclass")).scalar_one()
+        assert kind == "p"
+        parts = conn.execute(text(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'audit_log'::regclass")).scalar_one()
+        assert parts == 3  # this month and two ahead, made by the migration
+        conn.execute(text("INSERT INTO al_item (id, name) VALUES (1, 'a')"))
+        assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one() == 1
+    with engine.connect() as conn:  # partitions are data, never a migration
+        ctx = MigrationContext.configure(conn, opts={**sa_patterns.alembic.configure_kwargs(), "target_metadata": md})
+        upgrade = produce_migrations(ctx, md).upgrade_ops
+        assert upgrade is not None
+        # nothing at all: partitions (and the indexes they inherit) are never diffed
+        assert upgrade.ops == []
+    migrate(engine, MetaData())
+    assert objects(engine, db_schema)["tables"] == set()

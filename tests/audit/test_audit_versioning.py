@@ -1,0 +1,182 @@
+"""Versioned: the history table, history(), as_of() in joins, revert(); sync and async."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from audit_models import Base, Doc, Page
+from sqlalchemy import DDL, Engine, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import sa_patterns
+from sa_patterns import Audited, ConfigurationError, NotFound, Versioned, as_of, history, revert
+from sa_patterns.testing.plugin import SQL
+from sa_patterns.versioning import Version, history_table
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tables(engine: Engine) -> Iterator[None]:
+    with engine.begin() as conn:
+        sa_patterns.create_all(conn, Base.metadata)
+    yield
+
+
+def stamp(session: Session) -> datetime:
+    value: datetime = session.execute(text("SELECT clock_timestamp()")).scalar_one()
+    return value
+
+
+def test_versions_are_opened_and_closed_by_the_database(session: Session, sql: SQL) -> None:
+    page = Page(id=1, title="v1")
+    session.add(page)
+    session.flush()
+    page.title = "v2"
+    session.flush()
+    session.execute(text("UPDATE au_page SET views = views"))  # no real change: no version
+    session.execute(update(Page).values(title="v3"))  # bulk: versioned too
+    rows = sql("SELECT id, title, version, valid_from, valid_to FROM au_page_history ORDER BY version")
+    assert [(r.title, r.version) for r in rows] == [("v1", 1), ("v2", 2), ("v3", 3)]
+    assert rows[0].valid_to == rows[1].valid_from and rows[1].valid_to == rows[2].valid_from
+    assert rows[2].valid_to is None
+    session.delete(page)
+    session.flush()
+    assert sql("SELECT count(*) FROM au_page_history WHERE valid_to IS NULL")[0][0] == 0
+    # a key reused after a delete continues the numbering
+    session.add(Page(id=1, title="again"))
+    session.flush()
+    assert sql("SELECT max(version) FROM au_page_history WHERE id = 1")[0][0] == 4
+
+
+def test_history_as_of_and_revert(session: Session, sql: SQL) -> None:
+    page = Page(id=1, title="first")
+    other = Page(id=2, title="other")
+    session.add_all([page, other])
+    session.flush()
+    t1 = stamp(session)
+    page.title = "second"
+    session.flush()
+    t2 = stamp(session)
+    page.title = "third"
+    session.flush()
+
+    versions = history(session, page)
+    assert [v.version for v in versions] == [1, 2, 3]
+    assert [v.values["title"] for v in versions] == ["first", "second", "third"]
+    assert versions[-1].is_current and not versions[0].is_current
+
+    # as_of is a selectable: filter it, join it
+    old = as_of(Page, t1)
+    assert session.execute(select(old.c.title).where(old.c.id == 1)).scalar_one() == "first"
+    at_t2 = as_of(Page, t2)
+    joined = session.execute(
+        select(Page.title, at_t2.c.title).join(at_t2, at_t2.c.id == Page.id).order_by(Page.id)
+    ).all()
+    assert joined == [("third", "second"), ("other", "other")]
+    before_anything = as_of(Page, datetime(2000, 1, 1, tzinfo=UTC))
+    assert session.execute(select(before_anything)).all() == []
+
+    revert(session, page, 1)
+    session.flush()
+    assert sql("SELECT title FROM au_page WHERE id = 1")[0][0] == "first"
+    assert [v.values["title"] for v in history(session, page)] == ["first", "second", "third", "first"]
+    revert(session, page, versions[1])  # a Version object works too
+    session.flush()
+    assert page.title == "second"
+    # the revert is an ordinary, audited UPDATE
+    ops = sql("SELECT operation FROM audit_log WHERE table_name LIKE '%.au_page' ORDER BY id")
+    assert [r[0] for r in ops][-2:] == ["UPDATE", "UPDATE"]
+    with pytest.raises(NotFound, match="no version 99"):
+        revert(session, page, 99)
+
+
+async def test_async_history_and_revert(async_session: AsyncSession) -> None:
+    page = Page(id=1, title="a")
+    async_session.add(page)
+    await async_session.flush()
+    page.title = "b"
+    await async_session.flush()
+    versions = await async_session.run_sync(history, page)
+    assert [v.values["title"] for v in versions] == ["a", "b"]
+    await async_session.run_sync(revert, page, 1)
+    await async_session.flush()
+    got = (await async_session.execute(select(as_of(Page, datetime.now(UTC))).where(text("id = 1")))).one()
+    assert got.title == "a"
+
+
+def test_history_table_follows_the_source_columns() -> None:
+    hist = history_table(Page)
+    assert [c.name for c in hist.columns] == ["id", "title", "views", "version", "valid_from", "valid_to"]
+    assert [c.name for c in hist.primary_key.columns] == ["id", "version"]
+    # no defaults, no NOT NULL beyond the key: old versions never block a source change
+    assert all(c.nullable for c in hist.columns if c.name in ("title", "views"))
+    assert all(c.server_default is None and c.default is None for c in hist.columns)
+
+
+def test_configuration_errors_teach() -> None:
+    with pytest.raises(ConfigurationError, match="version bookkeeping"):
+
+        class B1(DeclarativeBase):
+            pass
+
+        class Bad(Versioned, B1):
+            __tablename__ = "bad_v"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            version: Mapped[int]
+
+    with pytest.raises(ConfigurationError, match="not Versioned"):
+        history_table(Doc)
+    with pytest.raises(ConfigurationError, match="flush it"):
+        history(None, Page(id=9, title="x"))  # type: ignore[arg-type]
+    assert Version(1, datetime.now(UTC), None, {}).is_current
+
+
+def test_columns_named_like_the_trigger_aliases(engine: Engine) -> None:
+    """Columns called o, n, d or sa_row must not shadow the triggers' row references."""
+
+    class LocalBase(DeclarativeBase):
+        pass
+
+    class Odd(Versioned, Audited, LocalBase):
+        __tablename__ = "au_odd"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        o: Mapped[int | None]
+        n: Mapped[int | None]
+        d: Mapped[int | None]
+
+    history_tbl = history_table(Odd)
+    with engine.begin() as conn:
+        LocalBase.metadata.create_all(conn, tables=[Odd.__table__, history_tbl])
+        for entity in sa_patterns.schema.registered(LocalBase.metadata):
+            if "au_odd" in entity.describe():
+                for statement in entity.create_statements():
+                    conn.execute(DDL(statement))
+        conn.execute(text("INSERT INTO au_odd VALUES (1, 1, 2, 3)"))
+        conn.execute(text("UPDATE au_odd SET n = 20"))
+        rows = conn.execute(text(
+            "SELECT operation, old_row, new_row FROM audit_log WHERE table_name LIKE '%.au_odd' ORDER BY id")).all()
+        assert rows == [("INSERT", None, {"id": 1, "o": 1, "n": 2, "d": 3}), ("UPDATE", {"n": 2}, {"n": 20})]
+        versions = conn.execute(text("SELECT version, n FROM au_odd_history ORDER BY version")).all()
+        assert versions == [(1, 2), (2, 20)]
+        conn.execute(text("DROP TABLE au_odd, au_odd_history"))
+        conn.execute(text("DROP FUNCTION au_odd_audit(), au_odd_history()"))
+        conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+        conn.execute(text("DELETE FROM audit_log WHERE table_name LIKE '%.au_odd'"))
+        conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
+
+
+def test_backfill_opens_version_one_for_existing_rows(session: Session, sql: SQL) -> None:
+    from sa_patterns.versioning import backfill
+
+    session.add(Page(id=1, title="tracked"))
+    session.flush()
+    # rows written while the triggers were off (as before Versioned was added)
+    session.execute(text("ALTER TABLE au_page DISABLE TRIGGER au_page_history_ins"))
+    session.execute(text("INSERT INTO au_page (id, title, views) VALUES (2, 'old', 0), (3, 'older', 0)"))
+    session.execute(text("ALTER TABLE au_page ENABLE TRIGGER au_page_history_ins"))
+    assert backfill(session, Page) == 2
+    assert backfill(session, Page) == 0  # idempotent
+    rows = sql("SELECT id, version, valid_to FROM au_page_history ORDER BY id")
+    assert [tuple(r) for r in rows] == [(1, 1, None), (2, 1, None), (3, 1, None)]

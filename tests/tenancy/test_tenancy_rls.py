@@ -1,0 +1,187 @@
+"""The database wall: row-level security as a NOBYPASSRLS, non-owner app role.
+
+Superusers bypass RLS, so every test here connects as (or switches to) the app role; a test run
+as the superuser would pass vacuously.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import URL, Connection, Engine, create_engine, event, select, text
+from sqlalchemy.exc import DBAPIError, ProgrammingError
+from sqlalchemy.orm import Session, sessionmaker
+from tenancy_models import ADMIN_ROLE, APP_ROLE, Base, Project, StrDoc
+
+import sa_patterns
+from sa_patterns.cli import main as cli_main
+from sa_patterns.schema import quote
+from sa_patterns.testing.rls import assert_rls_ready, rls_problems
+
+
+def role_engine(pg_url: URL, schema: str, role: str, **kw: object) -> Engine:
+    """Log in *as* the role (SET ROLE under a superuser session would still allow SET ROLE)."""
+    options = f"-csearch_path={schema},public"
+    return create_engine(pg_url.set(username=role), connect_args={"options": options}, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def seeded_db(tenancy_tables: Engine) -> Iterator[Engine]:
+    with tenancy_tables.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO tn_projects (id, tenant_id, name) VALUES (11, 1, 'a'), (12, 1, 'b'), (21, 2, 'c')"))
+    yield tenancy_tables
+    with tenancy_tables.begin() as conn:
+        conn.execute(text("TRUNCATE tn_tasks, tn_projects, tn_str_docs, tn_uuid_docs"))
+
+
+@pytest.fixture(scope="module")
+def app_engine(pg_url: URL, db_schema: str, seeded_db: Engine) -> Iterator[Engine]:
+    eng = role_engine(pg_url, db_schema, APP_ROLE, pool_size=1, max_overflow=0)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="module")
+def admin_engine(pg_url: URL, db_schema: str, seeded_db: Engine) -> Iterator[Engine]:
+    eng = role_engine(pg_url, db_schema, ADMIN_ROLE)
+    yield eng
+    eng.dispose()
+
+
+def factory(engine: Engine) -> sessionmaker[Session]:
+    return sa_patterns.install(sessionmaker(engine))  # type: ignore[return-value]
+
+
+RAW = text("SELECT id FROM tn_projects ORDER BY id")
+
+
+def test_app_role_is_really_subject_to_rls(app_engine: Engine) -> None:
+    with app_engine.connect() as conn:
+        who = conn.execute(text(
+            "SELECT session_user, current_user, rolsuper, rolbypassrls FROM pg_roles "
+            "WHERE rolname = current_user")).one()
+    assert who == (APP_ROLE, APP_ROLE, False, False)
+
+
+def test_raw_sql_is_filtered_by_rls(app_engine: Engine) -> None:
+    Session = factory(app_engine)
+    with sa_patterns.tenant_scope(1), Session() as s:
+        assert s.scalars(RAW).all() == [11, 12]
+    with sa_patterns.tenant_scope(2), Session() as s:
+        assert s.scalars(RAW).all() == [21]
+    with Session() as s:  # no tenant: raw SQL sees nothing (the ORM would raise)
+        assert s.scalars(RAW).all() == []
+    with app_engine.connect() as conn:  # not even through a plain connection
+        assert conn.execute(RAW).all() == []
+
+
+def test_with_check_refuses_writing_another_tenant(app_engine: Engine) -> None:
+    Session = factory(app_engine)
+    with sa_patterns.tenant_scope(1), Session() as s:
+        with pytest.raises(ProgrammingError, match="row-level security"):
+            s.execute(text("INSERT INTO tn_projects (id, tenant_id, name) VALUES (30, 2, 'x')"))
+        s.rollback()
+        # UPDATE of another tenant's rows matches nothing
+        assert s.execute(text("UPDATE tn_projects SET name = 'x' WHERE id = 21")).rowcount == 0  # type: ignore[attr-defined]
+        s.rollback()
+
+
+def test_pool_reuse_without_tenant_sees_nothing(app_engine: Engine) -> None:
+    Session = factory(app_engine)
+    with sa_patterns.tenant_scope(1), Session() as s:
+        pid = s.scalar(text("SELECT pg_backend_pid()"))
+        assert s.scalars(RAW).all() == [11, 12]
+        s.commit()
+    with app_engine.connect() as conn:  # pool_size=1: the very same server connection
+        assert conn.scalar(text("SELECT pg_backend_pid()")) == pid
+        assert conn.scalar(text("SELECT current_setting('app.tenant_id', true)")) in ("", None)
+        assert conn.execute(RAW).all() == []
+    # an ORM session without tenant fails closed
+    with Session() as s, pytest.raises(sa_patterns.TenantRequired):
+        s.scalars(select(Project)).all()
+
+
+def test_all_tenants_needs_the_admin_role(app_engine: Engine, admin_engine: Engine) -> None:
+    with sa_patterns.all_tenants(), factory(app_engine)() as s:
+        # the ORM filter is lifted, but the app role cannot see across tenants
+        assert s.scalars(select(Project.id)).all() == []
+    with sa_patterns.all_tenants(), factory(admin_engine)() as s:
+        assert sorted(s.scalars(select(Project.id))) == [11, 12, 21]
+    with sa_patterns.tenant_scope(2), factory(admin_engine)() as s:
+        assert s.scalars(RAW).all() == [21]  # the admin role is scoped too unless it asks
+
+
+def test_app_role_cannot_forge_the_bypass(app_engine: Engine) -> None:
+    with app_engine.connect() as conn:
+        conn.execute(text("SELECT set_config('app.all_tenants', 'on', true)"))
+        assert conn.execute(RAW).all() == []
+        with pytest.raises(DBAPIError, match="permission denied"):
+            conn.execute(text(f"SET LOCAL ROLE {quote(ADMIN_ROLE)}"))
+
+
+def test_hostile_setting_is_data(app_engine: Engine) -> None:
+    with app_engine.connect() as conn:
+        conn.execute(text("SELECT set_config('app.tenant_id', :v, true)"), {"v": "' or 1=1 --"})
+        assert conn.execute(text("SELECT id FROM tn_str_docs")).all() == []
+        with pytest.raises(DBAPIError, match="invalid input syntax"):
+            conn.execute(RAW)  # a bigint policy cannot read it: an error, never a match
+    with sa_patterns.tenant_scope("x' OR 'a'='a"), factory(app_engine)() as s:
+        assert s.scalars(select(StrDoc)).all() == []
+
+
+def test_set_local_role_in_a_transaction(connection: Connection) -> None:
+    """The superuser fixture connection, switched to the app role for one transaction."""
+    connection.execute(text(f"SET LOCAL ROLE {quote(APP_ROLE)}"))
+    connection.execute(text("SELECT set_config('app.tenant_id', '2', true)"))
+    assert connection.execute(RAW).scalars().all() == [21]
+
+
+def test_assert_rls_ready(connection: Connection) -> None:
+    assert_rls_ready(connection, Base.metadata, role=APP_ROLE)
+    with pytest.raises(AssertionError, match="superuser"):
+        assert_rls_ready(connection, Base.metadata, role="postgres")
+    connection.execute(text("ALTER TABLE tn_str_docs NO FORCE ROW LEVEL SECURITY"))
+    connection.execute(text("DROP POLICY tn_uuid_docs_tenant_isolation ON tn_uuid_docs"))
+    connection.execute(text(f"GRANT {quote(ADMIN_ROLE)} TO {quote(APP_ROLE)}"))
+    problems = "\n".join(rls_problems(connection, Base.metadata, role=APP_ROLE))
+    assert "tn_str_docs: row level security is not FORCEd" in problems
+    assert "tn_uuid_docs has no policy" in problems
+    assert f"belongs to {ADMIN_ROLE}" in problems
+    connection.execute(text("ALTER TABLE tn_projects DISABLE ROW LEVEL SECURITY"))
+    connection.execute(text(f"ALTER TABLE tn_tasks OWNER TO {quote(APP_ROLE)}"))
+    problems = "\n".join(rls_problems(connection, Base.metadata, role=APP_ROLE))
+    assert "tn_projects: row level security is not enabled" in problems
+    assert "tn_tasks is owned by" in problems
+
+
+def test_doctor_cli(pg_url: URL, db_schema: str, seeded_db: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    url = pg_url.update_query_dict({"options": f"-csearch_path={db_schema},public"})
+    raw = url.render_as_string(hide_password=False)
+    code = cli_main(["doctor", "--url", raw, "--metadata", "tenancy_models:Base", "--app-role", APP_ROLE, "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report
+    assert report["ok"] and {"check": "row level security", "problems": []} in report["checks"]
+    assert cli_main(["doctor", "--url", raw, "--metadata", "tenancy_models:Base"]) == 1
+    out = capsys.readouterr().out
+    assert "row level security" in out and "superuser" in out
+
+
+def test_one_set_config_per_transaction_not_per_query(app_engine: Engine) -> None:
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(app_engine, "before_cursor_execute", count)
+    try:
+        with sa_patterns.tenant_scope(1), factory(app_engine).begin() as s:
+            for _ in range(5):
+                s.scalars(select(Project)).all()
+                s.scalars(RAW).all()
+    finally:
+        event.remove(app_engine, "before_cursor_execute", count)
+    assert sum("set_config" in st for st in statements) == 1
+    assert len(statements) == 11
