@@ -6,6 +6,7 @@ caller sees a clear error."""
 from __future__ import annotations
 
 import base64
+import logging
 import subprocess
 import sys
 import threading
@@ -184,7 +185,8 @@ def test_lock_timeout_is_a_clear_error_and_writes_nothing(db: Engine) -> None:
     assert _audit_updates(db) == 0
 
 
-def test_deadlock_victim_is_retried_whole(db: Engine) -> None:
+def test_deadlock_victim_is_retried_whole(db: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sa_patterns.transactions")
     _reset_ledger(db)
     Session = sa_patterns.install(sessionmaker(db))
     barrier = threading.Barrier(2)
@@ -211,7 +213,11 @@ def test_deadlock_victim_is_retried_whole(db: Engine) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert sorted(attempts.values()) == [1, 2], "exactly one victim, re-run once"
+    # A victim's retry may race the winner for the row it released and deadlock again: the
+    # number of re-runs varies, but each one followed a 40P01 and each unit landed once.
+    retries = [r.getMessage() for r in caplog.records if r.name == "sa_patterns.transactions"]
+    assert retries and all(m.endswith("SQLSTATE 40P01") for m in retries), retries
+    assert sum(attempts.values()) == 2 + len(retries)
     with db.connect() as conn:
         assert dict(conn.execute(text("SELECT id, n FROM fault_ledger WHERE id IN (1, 2)")).all()) == {1: 2, 2: 2}
     assert _audit_updates(db) == 4, "the victim's rolled-back attempt left no audit rows"
