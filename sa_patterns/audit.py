@@ -180,8 +180,22 @@ def _jsonb_keys(names: Iterable[str]) -> str:
     return "ARRAY[" + ", ".join(quote_literal(n) for n in names) + "]::text[]"
 
 
-def _pk_object(alias: str, pk: list[str]) -> str:
-    return "jsonb_build_object(" + ", ".join(f"{quote_literal(c)}, {alias}.{quote(c)}" for c in pk) + ")"
+_INTEGER_TYPES = (sa.SmallInteger, sa.Integer, sa.BigInteger)
+
+
+def _pk_json(table: Table, values: Mapping[str, str]) -> str:
+    """The key as jsonb, built as JSON text and parsed once.
+
+    ``jsonb_build_object`` classifies the type of every argument on every call; for a log row
+    per changed row that was the most expensive expression of the trigger. An integer's text
+    form is already a JSON number; other types go through ``to_json``.
+    """
+    parts = []
+    for name, expr in values.items():
+        literal = isinstance(table.c[name].type, _INTEGER_TYPES)
+        value = f"{expr}::text" if literal else f"to_json({expr})::text"
+        parts.append(f"{quote_literal(json.dumps(name) + ':')} || {value}")
+    return "('{' || " + " || ',' || ".join(parts) + " || '}')::jsonb"
 
 
 def _needs_text_compare(column: sa.Column[Any]) -> bool:
@@ -206,12 +220,12 @@ def _function_body(table: Table, log: Table, exclude: Collection[str]) -> str:
         "table_name, operation, primary_key, old_row, new_row, changed_columns, actor_id, "
         "request, transaction_id, tenant_id, recorded_at"
     )
-    # Inline, not plpgsql variables: no per-call assignments, and no parameters in the cached
-    # plans (these are stable functions, evaluated per row at negligible cost).
+    # Scalar subqueries, not plpgsql variables: each is an InitPlan, evaluated once per
+    # statement (not per row), and the cached plans hold no parameters.
     ctx = (
-        f"nullif(current_setting({quote_literal(ACTOR_SETTING)}, true), ''), "
-        f"nullif(current_setting({quote_literal(REQUEST_SETTING)}, true), '')::jsonb, "
-        "pg_current_xact_id()::text::bigint"
+        f"(SELECT nullif(current_setting({quote_literal(ACTOR_SETTING)}, true), '')), "
+        f"(SELECT nullif(current_setting({quote_literal(REQUEST_SETTING)}, true), '')::jsonb), "
+        "(SELECT pg_current_xact_id()::text::bigint)"
     )
     table_expr = "TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME"
     at = "clock_timestamp()"
@@ -222,8 +236,8 @@ def _function_body(table: Table, log: Table, exclude: Collection[str]) -> str:
     join = " AND ".join(f"sa_o.{quote(c)} = sa_n.{quote(c)}" for c in pk)
     first = quote(f"o_{pk[0]}")
     first_new = quote(f"n_{pk[0]}")
-    pk_old = "jsonb_build_object(" + ", ".join(f"{quote_literal(c)}, d.{quote('o_' + c)}" for c in pk) + ")"
-    pk_new = "jsonb_build_object(" + ", ".join(f"{quote_literal(c)}, d.{quote('n_' + c)}" for c in pk) + ")"
+    # key columns are NOT NULL: the old key, or the new one for an unpaired new row
+    pk_either = _pk_json(table, {c: f"coalesce(d.{quote('o_' + c)}, d.{quote('n_' + c)})" for c in pk})
     # Typed comparisons (cheap, short-circuiting); jsonb is built only for the changed values,
     # as JSON text joined by concat_ws (which skips the NULLs of unchanged columns).
     inner = [f"sa_o.{quote(c)} AS {quote('o_' + c)}, sa_n.{quote(c)} AS {quote('n_' + c)}" for c in pk]
@@ -269,7 +283,7 @@ def _function_body(table: Table, log: Table, exclude: Collection[str]) -> str:
     update_sql = f"""\
     INSERT INTO {target} ({insert_cols})
     SELECT {table_expr}, {operation},
-           CASE WHEN d.{first} IS NULL THEN {pk_new} ELSE {pk_old} END,
+           {pk_either},
            CASE WHEN d.{first} IS NOT NULL THEN {obj(old_parts, "sa_old_row")} END,
            CASE WHEN d.{first_new} IS NOT NULL THEN {obj(new_parts, "sa_new_row")} END,
            CASE WHEN {paired} THEN ('[' || concat_ws(',', {', '.join(name_parts) or "NULL"}) || ']')::jsonb END,
@@ -284,12 +298,12 @@ def _function_body(table: Table, log: Table, exclude: Collection[str]) -> str:
 BEGIN
   IF TG_OP = 'INSERT' THEN
     INSERT INTO {target} ({insert_cols})
-    SELECT {table_expr}, 'INSERT', {_pk_object("sa_n", pk)}, NULL, to_jsonb(sa_n.*){drop}, NULL, {ctx},
+    SELECT {table_expr}, 'INSERT', {_pk_json(table, {c: "sa_n." + quote(c) for c in pk})}, NULL, to_jsonb(sa_n.*){drop}, NULL, {ctx},
            {tenant("sa_n.tenant_id")}, {at}
     FROM {_NEW} sa_n;
   ELSIF TG_OP = 'DELETE' THEN
     INSERT INTO {target} ({insert_cols})
-    SELECT {table_expr}, 'DELETE', {_pk_object("sa_o", pk)}, to_jsonb(sa_o.*){drop}, NULL, NULL, {ctx},
+    SELECT {table_expr}, 'DELETE', {_pk_json(table, {c: "sa_o." + quote(c) for c in pk})}, to_jsonb(sa_o.*){drop}, NULL, NULL, {ctx},
            {tenant("sa_o.tenant_id")}, {at}
     FROM {_OLD} sa_o;
   ELSE

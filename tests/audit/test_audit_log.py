@@ -157,6 +157,19 @@ def test_composite_key_and_key_change(session: Session, sql: SQL) -> None:
     assert rows[3].new_row == {"a": 1, "b": "z", "note": "n"}
 
 
+def test_key_values_that_need_json_escaping(session: Session, sql: SQL) -> None:
+    """The key is built as JSON text: quotes, backslashes, control and non-ASCII characters
+    in a text key must arrive as the same value, for INSERT, UPDATE and DELETE alike."""
+    odd = 'q"\\\n\té'
+    session.add(Pair(a=-7, b=odd, note="n"))
+    session.flush()
+    session.execute(text("UPDATE au_pair SET note = 'm' WHERE a = -7"))
+    session.execute(text("DELETE FROM au_pair WHERE a = -7"))
+    got = sql("SELECT operation, primary_key = jsonb_build_object('a', -7, 'b', CAST(:b AS text)) "
+              "FROM audit_log WHERE table_name LIKE '%au_pair' ORDER BY id", b=odd)
+    assert got == [("INSERT", True), ("UPDATE", True), ("DELETE", True)]
+
+
 def test_encrypted_columns_are_logged_as_ciphertext(session: Session, sql: SQL) -> None:
     session.add(Card(id=1, number="4111 1111 1111 1111"))
     session.flush()
