@@ -26,14 +26,14 @@ from sqlalchemy.types import TypeDecorator
 from sqlalchemy_utils import StringEncryptedType
 from sqlalchemy_utils.types.encrypted.encrypted_type import AesGcmEngine, FernetEngine
 
-from bench.harness import Row, Section, Table, compare, timed
+from bench.harness import Row, Section, Table, compare, sized, timed
 from sa_patterns import EncryptedString, Keyring
 
 NAME = "encryption"
 TITLE = "Encrypted columns (EncryptedString vs sqlalchemy-utils vs a minimal AESGCM type)"
 
-ROWS = 5_000
-MICRO_PASSES = 15
+ROWS = sized(2_000, 5_000)
+MICRO_PASSES = sized(8, 15)
 KEY = os.urandom(32)
 PASSPHRASE = "bench-only passphrase"
 RING = Keyring({"bench": KEY}, index_keys={"bench-idx": os.urandom(32)})

@@ -58,14 +58,14 @@ from sqlalchemy.orm import (
 )
 
 import sa_patterns
-from bench.harness import Row, Section, Table, compare
+from bench.harness import Row, Section, Table, compare, sized
 
 NAME = "soft_delete"
 TITLE = "Soft delete (SoftDeleteMixin vs hand-written filter vs sqlalchemy-easy-softdelete)"
 
 AUTHORS = 2_000
 POSTS = 10_000
-QUERIES = 2_000
+QUERIES = sized(400, 2_000)
 BULK_ROWS = 100_000
 SCHEMA = "bench_soft_delete"
 PHASES = ("pk", "selectin", "join", "joinedload")

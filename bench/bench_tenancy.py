@@ -37,7 +37,7 @@ from sqlalchemy.orm import (
 )
 
 import sa_patterns
-from bench.harness import Section, compare
+from bench.harness import Section, compare, sized
 from sa_patterns.tenancy import tenant_foreign_key, tenant_unique
 
 NAME = "tenancy"
@@ -46,8 +46,8 @@ TITLE = "Tenancy (TenantMixin + SoftDeleteMixin vs hand-written WHERE; set_confi
 TENANTS = 20
 PROJECTS = 2_000
 TASKS = 10_000
-QUERIES = 1_000
-TRANSACTIONS = 1_000
+QUERIES = sized(400, 1_000)
+TRANSACTIONS = sized(400, 1_000)
 SCHEMA = "bench_tenancy"
 PHASES = ("pk", "join", "selectin", "joinedload")
 

@@ -9,7 +9,9 @@ markers), so modules never overwrite each other's figures.
 from __future__ import annotations
 
 import gc
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +63,15 @@ class Section:
         return "\n".join(parts)
 
 
+FULL_ENV = "SA_PATTERNS_BENCH_FULL"
+
+
+def sized(default: int, full: int) -> int:
+    """A workload size: ``default`` keeps the whole default run under 10 minutes on a 2-core
+    machine; ``python -m bench --full`` uses ``full``, the sizes the issues name."""
+    return full if os.environ.get(FULL_ENV) == "1" else default
+
+
 def timed(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
     gc.collect()
     start = clock()
@@ -86,6 +97,7 @@ def compare(
     own cost, steady when other processes share the machine.
     """
     samples: dict[str, list[float]] = {name: [] for name in cases}
+    began = time.monotonic()
     for rep in range(warmup + reps):
         order = list(cases) if rep % 2 == 0 else list(reversed(list(cases)))
         for name in order:
@@ -100,4 +112,5 @@ def compare(
         if baseline is not None:
             ratio = statistics.median(v / b for v, b in zip(values, samples[baseline], strict=True))
         rows.append(Row(name, statistics.median(values), min(values), max(values), ratio))
+    print(f"[bench] {time.monotonic() - began:6.1f} s  {title}", file=sys.stderr, flush=True)
     return Table(title, rows, baseline)
