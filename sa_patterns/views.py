@@ -238,7 +238,7 @@ def _refresh(connection: Connection, schema: str | None, name: str, concurrently
     # A never-populated view cannot be refreshed concurrently, and has no readers to spare.
     mode = "CONCURRENTLY " if concurrently and populated else ""
     connection.execute(DDL(f"REFRESH MATERIALIZED VIEW {mode}{target}"))  # type: ignore[no-untyped-call]
-    _log_refresh(connection, target)
+    _log_refresh(connection, schema, target)
     return target
 
 
@@ -253,15 +253,17 @@ QUALIFIED_NAME = (
     "(SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(:v))"
 )
-_LOG_UPSERT = text(
-    f"INSERT INTO {REFRESH_LOG} (view_name, refreshed_at) VALUES ({QUALIFIED_NAME}, clock_timestamp()) "  # noqa: S608
+# {log} is a quoted identifier from qualified(); the view's name is a bound parameter.
+_LOG_UPSERT = (
+    "INSERT INTO {log} (view_name, refreshed_at) VALUES (" + QUALIFIED_NAME + ", clock_timestamp()) "  # noqa: S608
     "ON CONFLICT (view_name) DO UPDATE SET refreshed_at = excluded.refreshed_at"
 )
 
 
 def refresh_log_table(metadata: MetaData) -> Table:
     """The refresh log of ``metadata`` (one row per materialized view: its last refresh)."""
-    existing = metadata.tables.get(REFRESH_LOG)
+    key = REFRESH_LOG if metadata.schema is None else f"{metadata.schema}.{REFRESH_LOG}"
+    existing = metadata.tables.get(key)
     if existing is not None:
         return existing
     return Table(
@@ -273,10 +275,14 @@ def refresh_log_table(metadata: MetaData) -> Table:
     )
 
 
-def _log_refresh(connection: Connection, target: str) -> None:
-    # Same transaction as the REFRESH: the time is recorded only if the refresh commits.
-    if connection.execute(_LOG_EXISTS, {"t": REFRESH_LOG}).scalar():
-        connection.execute(_LOG_UPSERT, {"v": target})
+def _log_refresh(connection: Connection, schema: str | None, target: str) -> None:
+    """Record the refresh in the log beside the view (``MetaData(schema=...)`` puts both
+    there), else in the one on the search path. Same transaction as the REFRESH: the time is
+    recorded only if the refresh commits."""
+    for log in ([qualified(schema, REFRESH_LOG)] if schema else []) + [REFRESH_LOG]:
+        if connection.execute(_LOG_EXISTS, {"t": log}).scalar():
+            connection.execute(text(_LOG_UPSERT.format(log=log)), {"v": target})
+            return
 
 
 def _refresh_model(session: Session, cls: type[MaterializedView], concurrently: bool) -> None:

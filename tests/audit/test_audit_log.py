@@ -288,6 +288,39 @@ def test_renamed_and_dropped_columns_keep_old_entries_readable(engine: Engine) -
         conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
 
 
+def test_lean_log_has_only_the_chosen_indexes_and_still_records(engine: Engine) -> None:
+    md = MetaData(schema="au_lean")
+    audit_log_table(md, indexes=("primary_key", "recorded_at"))
+
+    class LeanBase(DeclarativeBase):
+        metadata = md
+
+    class Lean(Audited, LeanBase):
+        __tablename__ = "lean"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        note: Mapped[str | None]
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE SCHEMA au_lean"))
+            sa_patterns.create_all(conn, md)
+            conn.execute(text("INSERT INTO au_lean.lean VALUES (1, 'a')"))
+            conn.execute(text("UPDATE au_lean.lean SET note = 'b'"))
+            indexes = conn.execute(text(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'au_lean' "
+                "AND tablename = 'audit_log' ORDER BY 1")).scalars().all()
+            assert indexes == ["audit_log_pkey", "audit_log_primary_key", "audit_log_recorded_at"]
+            logged = conn.execute(text(
+                "SELECT operation, changed_columns FROM au_lean.audit_log ORDER BY id")).all()
+            assert logged == [("INSERT", None), ("UPDATE", ["note"])]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS au_lean CASCADE"))
+    for bad in (("primary_key", "tenant"), "table"):
+        with pytest.raises(ConfigurationError, match="indexes="):
+            audit_log_table(MetaData(), indexes=bad)
+
+
 async def test_async_session_is_audited(async_session: AsyncSession) -> None:
     with sa_patterns.actor_scope("async-alice"):
         async_session.add(Doc(id=1, title="a"))

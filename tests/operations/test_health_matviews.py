@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Index, func, select, text
+from sqlalchemy import Connection, Index, MetaData, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sa_patterns import MaterializedView, refresh_all
@@ -70,3 +70,36 @@ def test_parse_age() -> None:
     assert [parse_age(v) for v in ("90", "30m", "6h", "2d")] == [90, 1800, 21600, 172800]
     with pytest.raises(ConfigurationError, match="6h"):
         parse_age("soon")
+
+
+def test_metadata_with_a_schema_keeps_its_refresh_log_beside_its_views(connection: Connection) -> None:
+    """MetaData(schema=...) with two materialized views: one log, in that schema, written
+    there even though the schema is not on the search path."""
+
+    class Other(DeclarativeBase):
+        metadata = MetaData(schema="hm_other")
+
+    class Src(Other):
+        __tablename__ = "src"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class CountA(MaterializedView, Other):
+        __tablename__ = "count_a"
+        __select__ = select(func.count(Src.id).label("n"))
+        n: Mapped[int] = mapped_column(primary_key=True)
+
+    class CountB(MaterializedView, Other):
+        __tablename__ = "count_b"
+        __select__ = select(func.count(Src.id).label("n"))
+        n: Mapped[int] = mapped_column(primary_key=True)
+
+    assert [t for t in Other.metadata.tables if t.endswith("matview_refreshes")] == [
+        "hm_other.sa_patterns_matview_refreshes"
+    ]
+    connection.execute(text("CREATE SCHEMA hm_other"))
+    create_all(connection, Other.metadata)
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as s:
+        CountB.refresh(s)
+        s.commit()
+    rows = connection.execute(text("SELECT view_name FROM hm_other.sa_patterns_matview_refreshes")).scalars().all()
+    assert rows == ["hm_other.count_b"]

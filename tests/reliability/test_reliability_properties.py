@@ -83,6 +83,7 @@ def test_pages_cover_every_row_once_in_database_order(tables: Engine, order: str
     assert seen == list(expected)
 
 
+@pytest.mark.usefixtures("tables")  # prop_docs: without it the test depends on which ran before
 @SETTINGS
 @given(tenant=st.one_of(st.text(max_size=200), st.integers(), st.uuids(), st.booleans(), st.floats(), st.none()))
 def test_arbitrary_tenant_ids_are_data_or_a_clear_error(connection: Connection, tenant: Any) -> None:
