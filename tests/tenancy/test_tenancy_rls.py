@@ -132,6 +132,7 @@ def test_hostile_setting_is_data(app_engine: Engine) -> None:
         assert s.scalars(select(StrDoc)).all() == []
 
 
+@pytest.mark.usefixtures("seeded_db")  # its tables, roles and rows
 def test_set_local_role_in_a_transaction(connection: Connection) -> None:
     """The superuser fixture connection, switched to the app role for one transaction."""
     connection.execute(text(f"SET LOCAL ROLE {quote(APP_ROLE)}"))
@@ -139,6 +140,7 @@ def test_set_local_role_in_a_transaction(connection: Connection) -> None:
     assert connection.execute(RAW).scalars().all() == [21]
 
 
+@pytest.mark.usefixtures("seeded_db")  # its tables, roles and rows
 def test_assert_rls_ready(connection: Connection) -> None:
     assert_rls_ready(connection, Base.metadata, role=APP_ROLE)
     with pytest.raises(AssertionError, match="superuser"):

@@ -142,11 +142,18 @@ def described(ops: list[object]) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.fixture
-def clean(engine: Engine):  # type: ignore[no-untyped-def]
-    yield
+def _drop_tables(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS sales CASCADE"))
+        conn.execute(text("DROP TABLE IF EXISTS sa_patterns_matview_refreshes"))
+
+
+@pytest.fixture
+def clean(engine: Engine):  # type: ignore[no-untyped-def]
+    # before too: a test that ran earlier in the module may have left the refresh log behind
+    _drop_tables(engine)
+    yield
+    _drop_tables(engine)
 
 
 def test_lifecycle(engine: Engine, clean) -> None:  # type: ignore[no-untyped-def]
