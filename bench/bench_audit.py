@@ -14,12 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import URL, create_engine, text, update
+from sqlalchemy import URL, MetaData, create_engine, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import sa_patterns
 from bench.harness import Section, Table, compare, sized
-from sa_patterns.audit import Audited
+from sa_patterns.audit import Audited, audit_log_table
 
 NAME = "audit"
 TITLE = "Audit log writes (Audited vs plain, postgresql-audit, sqlalchemy-continuum)"
@@ -47,6 +47,22 @@ class PlainArticle(_Columns, PlainBase):
 
 class OurBase(DeclarativeBase):
     pass
+
+
+# The same trigger into a log with only the key's hash index and the time BRIN (no table or
+# actor index): what audit_log_table(indexes=...) buys an application that never asks for a
+# table's or an actor's entries without a time range.
+_lean_md = MetaData()
+audit_log_table(_lean_md, schema="lean", indexes=("primary_key", "recorded_at"))
+
+
+class LeanBase(DeclarativeBase):
+    metadata = _lean_md
+
+
+class LeanArticle(_Columns, Audited, LeanBase):
+    __tablename__ = "article"
+    __table_args__ = {"schema": "lean"}
 
 
 class FloorBase(DeclarativeBase):
@@ -253,12 +269,13 @@ def _setup_continuum(engine: sa.Engine) -> tuple[Any, type[Session]]:
 def run(url: URL, reps: int) -> Section:
     engine = create_engine(url, pool_size=1, max_overflow=4)
     with engine.begin() as conn:
-        for schema in ("plain", "sap", "floor"):
+        for schema in ("plain", "sap", "lean", "floor"):
             conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
         PlainBase.metadata.create_all(conn)
         FloorBase.metadata.create_all(conn)
         conn.exec_driver_sql(_FLOOR_DDL)
         sa_patterns.create_all(conn, OurBase.metadata)
+        sa_patterns.create_all(conn, LeanBase.metadata)
     pga_model, pga_session = _setup_pga(engine)
     cont_model, cont_session = _setup_continuum(engine)
 
@@ -274,6 +291,9 @@ def run(url: URL, reps: int) -> Section:
         # sent once per transaction with set_config
         "Audited + install() + actor": Variant(
             "sap", OurArticle, OurSession, ["audit_log"], engine, info={"actor_id": "bench"}
+        ),
+        "Audited, lean log (key + time indexes)": Variant(
+            "lean", LeanArticle, Session, ["lean.audit_log"], engine
         ),
         "hand-written trigger (floor)": Variant("floor", FloorArticle, Session, ["floor.audit_log"], engine),
         "postgresql-audit": Variant("pga", pga_model, pga_session, ["pga.activity", "pga.transaction"], engine),
