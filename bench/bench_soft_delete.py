@@ -58,7 +58,7 @@ from sqlalchemy.orm import (
 )
 
 import sa_patterns
-from bench.harness import Row, Section, Table, compare, sized
+from bench.harness import Row, Section, Table, compare, consume, sized
 
 NAME = "soft_delete"
 TITLE = "Soft delete (SoftDeleteMixin vs hand-written filter vs sqlalchemy-easy-softdelete)"
@@ -218,16 +218,6 @@ def _queries(variant: str, author: Any, post: Any) -> dict[str, Callable[[int], 
     }
 
 
-def _consume(session: Session, phase: str, stmt: Any) -> int:
-    if phase == "join":
-        return len(session.execute(stmt).all())
-    result = session.scalars(stmt)
-    if phase == "joinedload":
-        result = result.unique()
-    objects = result.all()
-    if phase in ("selectin", "joinedload"):
-        return sum(1 + len(o.posts) for o in objects)
-    return len(objects)
 
 
 def _worker(conn: multiprocessing.connection.Connection, variant: str, url: str) -> None:
@@ -260,7 +250,7 @@ def _worker(conn: multiprocessing.connection.Connection, variant: str, url: str)
         cpu = time.process_time()
         with factory() as session:
             for key in keys:
-                seen += _consume(session, phase, build(key))
+                seen += consume(session, phase, build(key), "posts")
         conn.send((seen, time.process_time() - cpu))
     engine.dispose()
 

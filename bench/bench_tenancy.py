@@ -37,7 +37,7 @@ from sqlalchemy.orm import (
 )
 
 import sa_patterns
-from bench.harness import Section, compare, sized
+from bench.harness import Section, compare, consume, sized
 from sa_patterns.tenancy import tenant_foreign_key, tenant_unique
 
 NAME = "tenancy"
@@ -151,16 +151,6 @@ def _statements(manual: bool, tenant: int) -> dict[str, Callable[[int], Any]]:
     }
 
 
-def _consume(session: Session, phase: str, stmt: Any) -> int:
-    if phase == "join":
-        return len(session.execute(stmt).all())
-    result = session.scalars(stmt)
-    if phase == "joinedload":
-        result = result.unique()
-    objects = result.all()
-    if phase in ("selectin", "joinedload"):
-        return sum(1 + len(o.tasks) for o in objects)
-    return len(objects)
 
 
 def run(url: URL, reps: int) -> Section:
@@ -183,7 +173,7 @@ def run(url: URL, reps: int) -> Section:
             total = 0
             with sa_patterns.tenant_scope(tenant), factory() as s:
                 for key in keys:
-                    total += _consume(s, phase, stmt_for(key))
+                    total += consume(s, phase, stmt_for(key), "tasks")
                     s.expunge_all()
             found[(variant, phase)] = total
 

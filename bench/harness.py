@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Row", "Section", "compare", "timed"]
 
@@ -114,3 +115,18 @@ def compare(
         rows.append(Row(name, statistics.median(values), min(values), max(values), ratio))
     print(f"[bench] {time.monotonic() - began:6.1f} s  {title}", file=sys.stderr, flush=True)
     return Table(title, rows, baseline)
+
+
+def consume(session: Any, phase: str, stmt: Any, children: str) -> int:
+    """Run one read of a phase (pk / join / selectin / joinedload) and count what it loaded,
+    touching ``children`` on each parent so eager loads are really used."""
+    if phase == "join":
+        return len(session.execute(stmt).all())
+    result = session.scalars(stmt)
+    if phase == "joinedload":
+        result = result.unique()
+    objects = result.all()
+    if phase in ("selectin", "joinedload"):
+        return sum(1 + len(getattr(o, children)) for o in objects)
+    return len(objects)
+

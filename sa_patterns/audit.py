@@ -487,7 +487,9 @@ def audit_entries(
 
     ``target`` is a mapped class or ``Table`` (its entries) or a mapped object (that row's
     entries). ``primary_key`` is a dict, or a scalar for single-column keys. ``since`` is
-    inclusive, ``until`` exclusive. Each filter is served by an index on the log.
+    inclusive, ``until`` exclusive. The key, table, actor and time filters are served by the
+    log's indexes (those chosen in :func:`audit_log_table`); ``transaction_id`` is not indexed,
+    so combine it with a time range on a large log.
     """
     table = _table_of(target) if target is not None else None
     md = table.metadata if table is not None else metadata
