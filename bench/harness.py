@@ -129,4 +129,3 @@ def consume(session: Any, phase: str, stmt: Any, children: str) -> int:
     if phase in ("selectin", "joinedload"):
         return sum(1 + len(getattr(o, children)) for o in objects)
     return len(objects)
-

@@ -205,18 +205,21 @@ def _jsonb_keys(names: Iterable[str]) -> str:
 _INTEGER_TYPES = (sa.SmallInteger, sa.Integer, sa.BigInteger)
 
 
-def _pk_json(table: Table, values: Mapping[str, str]) -> str:
-    """The key as jsonb, built as JSON text and parsed once.
+def _json_text(column: sa.Column[Any], expr: str) -> str:
+    """SQL for the JSON text of ``expr`` (NULL stays NULL). The trigger builds its jsonb as text
+    parsed once: ``jsonb_build_object`` classifies the type of every argument on every call,
+    which was the most expensive expression per logged row. An integer's text form is already
+    a JSON number; other types go through ``to_json``."""
+    return f"{expr}::text" if isinstance(column.type, _INTEGER_TYPES) else f"to_json({expr})::text"
 
-    ``jsonb_build_object`` classifies the type of every argument on every call; for a log row
-    per changed row that was the most expensive expression of the trigger. An integer's text
-    form is already a JSON number; other types go through ``to_json``.
-    """
-    parts = []
-    for name, expr in values.items():
-        literal = isinstance(table.c[name].type, _INTEGER_TYPES)
-        value = f"{expr}::text" if literal else f"to_json({expr})::text"
-        parts.append(f"{quote_literal(json.dumps(name) + ':')} || {value}")
+
+def _json_key(name: str) -> str:
+    return quote_literal(json.dumps(name) + ":")
+
+
+def _pk_json(table: Table, values: Mapping[str, str]) -> str:
+    """The key as jsonb (key columns are NOT NULL)."""
+    parts = [f"{_json_key(name)} || {_json_text(table.c[name], expr)}" for name, expr in values.items()]
     return "('{' || " + " || ',' || ".join(parts) + " || '}')::jsonb"
 
 
@@ -276,9 +279,9 @@ def _function_body(table: Table, log: Table, exclude: Collection[str]) -> str:
         inner.append(f"sa_o.{quote(column)}{cast} IS DISTINCT FROM sa_n.{quote(column)}{cast} AS {flag}")
         if column not in pk:
             inner.append(f"sa_o.{quote(column)} AS {quote('o_' + column)}, sa_n.{quote(column)} AS {quote('n_' + column)}")
-        key = quote_literal(json.dumps(column) + ":")
-        old_parts.append(f"CASE WHEN d.{flag} THEN {key} || coalesce(to_json(d.{quote('o_' + column)})::text, 'null') END")
-        new_parts.append(f"CASE WHEN d.{flag} THEN {key} || coalesce(to_json(d.{quote('n_' + column)})::text, 'null') END")
+        for parts, side in ((old_parts, "o_"), (new_parts, "n_")):
+            value = _json_text(col, f"d.{quote(side + column)}")
+            parts.append(f"CASE WHEN d.{flag} THEN {_json_key(column)} || coalesce({value}, 'null') END")
         name_parts.append(f"CASE WHEN d.{flag} THEN {quote_literal(json.dumps(column))} END")
     inner.append(f"CASE WHEN sa_n.{quote(pk[0])} IS NULL THEN to_jsonb(sa_o.*){drop} END AS sa_old_row")
     inner.append(f"CASE WHEN sa_o.{quote(pk[0])} IS NULL THEN to_jsonb(sa_n.*){drop} END AS sa_new_row")
