@@ -7,13 +7,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 from rich.console import Console
 from rich.syntax import Syntax
 from sqlalchemy import URL, Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
-
-from alembic import command
 
 from ..database import scratch_database, server
 from ..install import install

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata, produce_migrations
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, text
 
 import sa_patterns.alembic
-from alembic import command
 from sa_patterns.alembic.ops import CreateEntityOp, DropEntityOp
 from sa_patterns.cli.init import init
 from sa_patterns.schema import (

@@ -9,10 +9,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, create_engine, text
 
-from alembic import command
 from sa_patterns.cli import main
 from sa_patterns.errors import ConfigurationError
 

@@ -9,11 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, Column, Integer, MetaData, Table, create_engine, text
 
 import sa_patterns
-from alembic import command
 from sa_patterns import EncryptedJSON, EncryptedString, EncryptedValue, Keyring
 from sa_patterns.cli.init import init
 

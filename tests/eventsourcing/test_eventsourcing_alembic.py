@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, MetaData, create_engine, text
 from sqlalchemy.orm import DeclarativeBase
 
-from alembic import command
 from sa_patterns.cli.init import init
 from sa_patterns.eventsourcing import CheckpointMixin, EventMixin, SnapshotMixin
 

@@ -219,10 +219,10 @@ def test_alembic_renders_plain_jsonb_and_has_no_diff(engine: Engine) -> None:
 def test_alembic_command_round_trip(tmp_path: Any, pg_url: Any, db_schema: str) -> None:
     """init → revision --autogenerate → upgrade → check (no diff) → change the model's shape
     (no diff: still jsonb) → add a column (one diff) → downgrade base leaves nothing."""
+    from alembic import command
     from alembic.config import Config
     from sqlalchemy import create_engine
 
-    from alembic import command
     from sa_patterns.cli.init import init
 
     schema = f"{db_schema}_cli"

@@ -6,11 +6,11 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, Connection, DateTime, Engine, String, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from alembic import command
 from sa_patterns.cli.init import init
 from sa_patterns.errors import ConfigurationError
 from sa_patterns.partitioning import (

@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from alembic import command
 from alembic.autogenerate import compare_metadata, produce_migrations
 from alembic.config import Config
 from alembic.migration import MigrationContext
@@ -16,7 +17,6 @@ from sqlalchemy import URL, Engine, MetaData, String, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import sa_patterns.alembic
-from alembic import command
 from sa_patterns.cli.init import init
 from sa_patterns.search import Searchable
 

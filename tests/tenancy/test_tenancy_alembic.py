@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alembic import command
 from alembic.autogenerate import compare_metadata, produce_migrations
 from alembic.migration import MigrationContext
 from alembic.operations import MigrateOperation, Operations
@@ -16,7 +17,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from tenancy_models import ADMIN_ROLE
 
 import sa_patterns.alembic
-from alembic import command
 from sa_patterns import TenantMixin, tenant_foreign_key, tenant_unique
 from sa_patterns.alembic.ops import CreateEntityOp, DropEntityOp, ReplaceEntityOp
 from sa_patterns.citus import citus_statements, reference_table, revision_directives

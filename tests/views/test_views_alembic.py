@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata, produce_migrations
 from alembic.config import Config
 from alembic.migration import MigrationContext
@@ -34,7 +35,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import sa_patterns.alembic
-from alembic import command
 from sa_patterns.alembic.ops import CreateEntityOp, DropEntityOp, ReplaceEntityOp
 from sa_patterns.cli.init import init
 from sa_patterns.errors import ConfigurationError
