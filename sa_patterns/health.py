@@ -199,12 +199,13 @@ def check_matviews_populated(ctx: _Context) -> list[str]:
     return problems
 
 
-def _last_refresh_sql() -> Any:
-    from .views import QUALIFIED_NAME, REFRESH_LOG
+def _last_refresh_sql(log: str) -> Any:
+    from .views import QUALIFIED_NAME
 
+    # {log} is a quoted identifier (views.refresh_log_of); the view's name is a bound parameter
     return text(
         "SELECT extract(epoch FROM clock_timestamp() - refreshed_at) FROM "  # noqa: S608
-        f"{REFRESH_LOG} WHERE view_name = {QUALIFIED_NAME}"
+        f"{log} WHERE view_name = {QUALIFIED_NAME}"
     )
 
 
@@ -217,16 +218,21 @@ def check_matview_freshness(ctx: _Context) -> list[str]:
     max_age = getattr(ctx, "options", {}).get("matview_max_age")
     if max_age is None:
         return []
-    from .views import REFRESH_LOG
+    from .views import REFRESH_LOG, refresh_log_of
 
-    if not ctx.connection.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": REFRESH_LOG}).scalar():
-        return [f"the refresh log {REFRESH_LOG} is missing; run the migrations."]
     problems = []
     for entity in registered(ctx.metadata):
         if not isinstance(entity, MaterializedView):
             continue
         name = qualified(entity.schema, entity.name)
-        age = ctx.connection.execute(_last_refresh_sql(), {"v": name}).scalar()
+        log = refresh_log_of(ctx.connection, entity.schema)
+        if log is None:
+            problems.append(
+                f"materialized view {name}: the refresh log {REFRESH_LOG} is missing (beside it "
+                "or on the search path); run the migrations."
+            )
+            continue
+        age = ctx.connection.execute(_last_refresh_sql(log), {"v": name}).scalar()
         if age is None:
             problems.append(f"materialized view {name}: no refresh recorded; refresh it with sa-patterns refresh.")
         elif float(age) > max_age:

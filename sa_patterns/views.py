@@ -275,14 +275,22 @@ def refresh_log_table(metadata: MetaData) -> Table:
     )
 
 
-def _log_refresh(connection: Connection, schema: str | None, target: str) -> None:
-    """Record the refresh in the log beside the view (``MetaData(schema=...)`` puts both
-    there), else in the one on the search path. Same transaction as the REFRESH: the time is
-    recorded only if the refresh commits."""
+def refresh_log_of(connection: Connection, schema: str | None) -> str | None:
+    """The refresh log that records views of ``schema``: the one beside them
+    (``MetaData(schema=...)`` puts both there), else the one on the search path; ``None``
+    when neither exists. Refreshes write to it and ``doctor`` reads from it."""
     for log in ([qualified(schema, REFRESH_LOG)] if schema else []) + [REFRESH_LOG]:
         if connection.execute(_LOG_EXISTS, {"t": log}).scalar():
-            connection.execute(text(_LOG_UPSERT.format(log=log)), {"v": target})
-            return
+            return log
+    return None
+
+
+def _log_refresh(connection: Connection, schema: str | None, target: str) -> None:
+    """Record the refresh, in the same transaction as the REFRESH: the time is recorded only
+    if the refresh commits."""
+    log = refresh_log_of(connection, schema)
+    if log is not None:
+        connection.execute(text(_LOG_UPSERT.format(log=log)), {"v": target})
 
 
 def _refresh_model(session: Session, cls: type[MaterializedView], concurrently: bool) -> None:

@@ -72,7 +72,7 @@ def test_parse_age() -> None:
         parse_age("soon")
 
 
-def test_metadata_with_a_schema_keeps_its_refresh_log_beside_its_views(connection: Connection) -> None:
+def test_metadata_with_a_schema_keeps_its_refresh_log_beside_its_views(connection: Connection, db_schema: str) -> None:
     """MetaData(schema=...) with two materialized views: one log, in that schema, written
     there even though the schema is not on the search path."""
 
@@ -103,3 +103,12 @@ def test_metadata_with_a_schema_keeps_its_refresh_log_beside_its_views(connectio
         s.commit()
     rows = connection.execute(text("SELECT view_name FROM hm_other.sa_patterns_matview_refreshes")).scalars().all()
     assert rows == ["hm_other.count_b"]
+    # the doctor reads the same log: count_b is fresh, count_a never refreshed
+    assert check_matview_freshness(Ctx(connection, Other.metadata, {"matview_max_age": 3600})) == [
+        "materialized view hm_other.count_a: no refresh recorded; refresh it with sa-patterns refresh."
+    ]
+    connection.execute(text("DROP TABLE hm_other.sa_patterns_matview_refreshes"))
+    # only this test's schema on the path (public may hold another test's log)
+    connection.execute(text("SELECT set_config('search_path', :p, true)"), {"p": db_schema})
+    (problem, _) = check_matview_freshness(Ctx(connection, Other.metadata, {"matview_max_age": 3600}))
+    assert "the refresh log sa_patterns_matview_refreshes is missing" in problem
