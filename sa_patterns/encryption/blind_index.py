@@ -182,12 +182,26 @@ def _plan(mapper: Mapper[Any]) -> _Plan:
     return plan
 
 
+_class_plans: weakref.WeakKeyDictionary[type, _Plan] = weakref.WeakKeyDictionary()
+
+
+def _class_plan(cls: type) -> _Plan:
+    # One dict lookup per flushed object: objects of models without encrypted columns (most
+    # of them) skip the inspect() below.
+    plan = _class_plans.get(cls)
+    if plan is None:
+        plan = _class_plans[cls] = _plan(inspect(cls))
+    return plan
+
+
 def _before_flush(session: Session, flush_context: UOWTransaction, instances: object) -> None:
     checked: set[Mapper[Any]] = set()
     for obj in (*session.new, *session.dirty):
+        indexed, encrypted = _class_plan(type(obj))
+        if not encrypted:
+            continue
         state = inspect(obj)
-        indexed, encrypted = _plan(state.mapper)
-        if encrypted and state.mapper not in checked:
+        if state.mapper not in checked:
             # Resolve keyrings before any SQL: a missing key is a ConfigurationError here,
             # not a StatementError wrapped around the first INSERT.
             for type_ in encrypted:
