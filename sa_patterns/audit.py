@@ -217,6 +217,20 @@ def _json_key(name: str) -> str:
     return quote_literal(json.dumps(name) + ":")
 
 
+#: PostgreSQL passes at most 100 arguments to a function, ``concat_ws``'s separator included.
+_MAX_CONCAT = 99
+
+
+def _concat_ws(parts: list[str]) -> str:
+    """``concat_ws(',', parts...)`` (NULL parts skipped) for any number of parts: beyond 99 they
+    go in nested calls, each ``nullif(..., '')`` so that a chunk with nothing to say is skipped
+    too, not joined as an empty element."""
+    if len(parts) <= _MAX_CONCAT:
+        return f"concat_ws(',', {', '.join(parts)})"
+    chunks = [parts[i : i + _MAX_CONCAT] for i in range(0, len(parts), _MAX_CONCAT)]
+    return _concat_ws([f"nullif({_concat_ws(chunk)}, '')" for chunk in chunks])
+
+
 def _pk_json(table: Table, values: Mapping[str, str]) -> str:
     """The key as jsonb (key columns are NOT NULL)."""
     parts = [f"{_json_key(name)} || {_json_text(table.c[name], expr)}" for name, expr in values.items()]
@@ -291,7 +305,7 @@ def _function_body(table: Table, log: Table, exclude: Collection[str]) -> str:
         inner.append("sa_o.deleted_at IS NULL AS sa_was_live, sa_n.deleted_at IS NULL AS sa_is_live")
 
     def obj(parts: list[str], full: str) -> str:
-        return f"coalesce(d.{full}, ('{{' || concat_ws(',', {', '.join(parts)}) || '}}')::jsonb)"
+        return f"coalesce(d.{full}, ('{{' || {_concat_ws(parts)} || '}}')::jsonb)"
 
     paired = f"d.{first} IS NOT NULL AND d.{first_new} IS NOT NULL"
     changed_any = " OR ".join(f"d.{f}" for f in flags) or "false"
@@ -312,7 +326,7 @@ def _function_body(table: Table, log: Table, exclude: Collection[str]) -> str:
            {pk_either},
            CASE WHEN d.{first} IS NOT NULL THEN {obj(old_parts, "sa_old_row")} END,
            CASE WHEN d.{first_new} IS NOT NULL THEN {obj(new_parts, "sa_new_row")} END,
-           CASE WHEN {paired} THEN ('[' || concat_ws(',', {', '.join(name_parts) or "NULL"}) || ']')::jsonb END,
+           CASE WHEN {paired} THEN ('[' || {_concat_ws(name_parts or ["NULL"])} || ']')::jsonb END,
            {ctx}, {"d.sa_tenant" if has_tenant else "NULL"}, {at}
     FROM (
       SELECT {(","+chr(10)+"             ").join(inner)}

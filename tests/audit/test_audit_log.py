@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import sa_patterns
-from sa_patterns import Audited, ConfigurationError, audit_entries
+from sa_patterns import Audited, ConfigurationError, Versioned, audit_entries
 from sa_patterns.audit import audit_log_table, audit_objects
 from sa_patterns.testing.plugin import SQL
 
@@ -319,6 +319,47 @@ def test_lean_log_has_only_the_chosen_indexes_and_still_records(engine: Engine) 
     for bad in (("primary_key", "tenant"), "table"):
         with pytest.raises(ConfigurationError, match="indexes="):
             audit_log_table(MetaData(), indexes=bad)
+
+
+def test_tables_wider_than_a_function_call_can_take(engine: Engine) -> None:
+    """PostgreSQL passes at most 100 arguments to a function: a 130-column table's changes
+    are still logged (and versioned), whichever group of columns an UPDATE touches."""
+    md = MetaData(schema="au_wide")
+
+    class WideBase(DeclarativeBase):
+        metadata = md
+
+    columns = {f"c{i}": Column(Integer) for i in range(130)}
+    Wide = type(
+        "Wide", (Versioned, Audited, WideBase),
+        {"__tablename__": "wide", "id": Column(Integer, primary_key=True), **columns},
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE SCHEMA au_wide"))
+            sa_patterns.create_all(conn, md)
+        with Session(engine) as s:
+            s.add(Wide(id=1))
+            s.commit()
+            for changes in ({"c5": 1, "c120": 2}, {"c125": 3}, {"c0": 4}):
+                s.execute(update(Wide).values(**changes))
+                s.commit()
+            s.execute(update(Wide).values(c1=None))  # no value changes: no entry
+            s.commit()
+        with engine.connect() as conn:
+            logged = conn.execute(text(
+                "SELECT operation, old_row, new_row, changed_columns FROM au_wide.audit_log "
+                "WHERE operation = 'UPDATE' ORDER BY id")).all()
+            versions = conn.execute(text("SELECT count(*), max(c125) FROM au_wide.wide_history")).one()
+        assert [tuple(r) for r in logged] == [
+            ("UPDATE", {"c5": None, "c120": None}, {"c5": 1, "c120": 2}, ["c5", "c120"]),
+            ("UPDATE", {"c125": None}, {"c125": 3}, ["c125"]),
+            ("UPDATE", {"c0": None}, {"c0": 4}, ["c0"]),
+        ]
+        assert tuple(versions) == (4, 3)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS au_wide CASCADE"))
 
 
 async def test_async_session_is_audited(async_session: AsyncSession) -> None:
