@@ -313,14 +313,17 @@ class ProjectionRunner:
     def catch_up(self, *, timeout: float = 60.0) -> int:
         """Apply at least every event committed before the call, waiting (with back-off) for
         older in-flight transactions to finish; ``TimeoutError`` after ``timeout`` seconds."""
+        return self._catch_up(list(self._core.projections.values()), timeout)
+
+    def _catch_up(self, projections: list[Projection], timeout: float) -> int:
         with self.engine.connect() as conn:
             target = self._core.latest(conn)
-        applied = self.run_once()
+        applied = self.run_once(projections)
         if target is None:
             return applied
         deadline = time.monotonic() + timeout
         pause = 0.01
-        while any(self.position(p) < target for p in self._core.projections):
+        while any(self.position(p) < target for p in projections):
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"projections did not reach event {target} within {timeout}s: a long "
@@ -328,11 +331,13 @@ class ProjectionRunner:
                 )
             time.sleep(pause)
             pause = min(pause * 2, 0.5)
-            applied += self.run_once()
+            applied += self.run_once(projections)
         return applied
 
-    def rebuild(self, projection: Projection | str) -> int:
-        """Empty the read model, reset its checkpoint, and replay the whole log into it.
+    def rebuild(self, projection: Projection | str, *, timeout: float = 60.0) -> int:
+        """Empty the read model, reset its checkpoint, and replay the whole log into it: every
+        event committed before the call, like :meth:`catch_up` (an older transaction still in
+        flight is waited for, not skipped).
 
         The reset commits before the replay, so readers may see a partial read model while
         the replay runs; build into a new table and swap names if that matters.
@@ -340,7 +345,7 @@ class ProjectionRunner:
         proj = self._core.projection(projection)
         with self.engine.begin() as conn:
             self._core.reset(conn, proj)
-        return self.run_once([proj])
+        return self._catch_up([proj], timeout)
 
     def _held_back(self) -> bool:
         with self.engine.connect() as conn:
@@ -437,28 +442,31 @@ class AsyncProjectionRunner:
             return await conn.run_sync(self._core.position, proj)
 
     async def catch_up(self, *, timeout: float = 60.0) -> int:
+        return await self._catch_up(list(self._core.projections.values()), timeout)
+
+    async def _catch_up(self, projections: list[Projection], timeout: float) -> int:
         async with self.engine.connect() as conn:
             target = await conn.run_sync(self._core.latest)
-        applied = await self.run_once()
+        applied = await self.run_once(projections)
         if target is None:
             return applied
         deadline = time.monotonic() + timeout
         pause = 0.01
         while True:
-            positions = [await self.position(p) for p in self._core.projections]
+            positions = [await self.position(p) for p in projections]
             if all(p >= target for p in positions):
                 return applied
             if time.monotonic() > deadline:
                 raise TimeoutError(f"projections did not reach event {target} within {timeout}s.")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
-            applied += await self.run_once()
+            applied += await self.run_once(projections)
 
-    async def rebuild(self, projection: Projection | str) -> int:
+    async def rebuild(self, projection: Projection | str, *, timeout: float = 60.0) -> int:
         proj = self._core.projection(projection)
         async with self.engine.begin() as conn:
             await conn.run_sync(self._core.reset, proj)
-        return await self.run_once([proj])
+        return await self._catch_up([proj], timeout)
 
     async def _held_back(self) -> bool:
         async with self.engine.connect() as conn:

@@ -277,6 +277,27 @@ def test_rebuild_replays_from_scratch(engine: Engine) -> None:
         assert conn.execute(text("SELECT events_applied FROM es_checkpoints")).scalar_one() == event_count(engine)
 
 
+def test_rebuild_waits_for_an_older_transaction_instead_of_skipping(engine: Engine) -> None:
+    """Events committed after an older transaction that is still open are held back from a
+    pass (that one may still commit events before them); rebuild waits, like catch_up."""
+    write_history(engine, accounts=2, transactions=3)
+    runner = runner_for(engine)
+    runner.catch_up()
+    with engine.connect() as blocker:
+        older = blocker.begin()
+        blocker.execute(text("SELECT pg_current_xact_id()"))  # an xid older than what follows
+        with sessionmaker(engine).begin() as session:
+            EventStore(session, BankEvent, registry=events).append("late-1", Opened("late"), expected_version=0)
+        finish = threading.Timer(0.5, older.rollback)
+        finish.start()
+        try:
+            replayed = runner.rebuild("balances")
+        finally:
+            finish.join()
+    assert replayed == event_count(engine)
+    assert "late-1" in read_model(engine)
+
+
 def test_notify_is_sent_at_commit_only(engine: Engine) -> None:
     raw = engine.raw_connection()
     listener = raw.driver_connection
