@@ -18,7 +18,6 @@ the planner from reducing it back to an inner/left join. No re-planning per call
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, ClassVar
@@ -31,7 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from .context import ACTOR_SETTING, REQUEST_SETTING
 from .errors import ConfigurationError
-from .schema import Entity, Function, Trigger, qualified, quote, quote_literal, register
+from .schema import Entity, Function, Trigger, ident, qualified, quote, quote_literal, register
 
 __all__ = [
     "AUDIT_LOG_INDEXES",
@@ -51,18 +50,6 @@ AUDIT_LOG_INDEXES = ("primary_key", "table", "actor", "recorded_at")
 
 _LOG_KEY = "sa_patterns.audit_log"
 _OLD, _NEW = "sa_old", "sa_new"
-MAX_IDENT = 63
-
-
-def ident(base: str, suffix: str) -> str:
-    """``base_suffix`` within PostgreSQL's 63-byte identifier limit (stable hash when cut)."""
-    name = f"{base}_{suffix}"
-    if len(name.encode()) <= MAX_IDENT:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{base[: MAX_IDENT - len(suffix) - 11]}_{digest}_{suffix}"
-
-
 # --------------------------------------------------------------------------------------------
 # the log table
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from sqlalchemy import MetaData, Table, text
 from sqlalchemy.engine import Connection
 
-from .partitioning import partition_specs
+from .partitioning import partition_prefix, partition_specs
 from .schema.catalog import diff
 from .schema.objects import qualified
 from .schema.registry import is_real_table, registered
@@ -137,7 +137,7 @@ def check_partitions(ctx: _Context) -> list[str]:
         if spec.strategy != "range" or spec.interval is None or _oid(ctx.connection, table) is None:
             continue
         upcoming = _next_period(now, spec.interval)
-        part = f"{table.name}_p{upcoming.strftime(formats[spec.interval])}"
+        part = f"{partition_prefix(table.name)}_p{upcoming.strftime(formats[spec.interval])}"
         found = ctx.connection.execute(_COVERS, {"t": qualified(table.schema, table.name), "part": part}).scalar()
         if not found:
             problems.append(

@@ -18,6 +18,7 @@ partitioned table must include the partition key columns.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -26,7 +27,7 @@ from sqlalchemy import Date, DateTime, MetaData, Table, UniqueConstraint, text
 from sqlalchemy.orm import Session
 
 from .errors import ConfigurationError
-from .schema.objects import Function, qualified, quote, quote_literal
+from .schema.objects import Function, ident, ident_prefix, qualified, quote, quote_literal
 from .schema.registry import register, registered
 
 __all__ = [
@@ -117,8 +118,20 @@ def _bound_expr(table: Table, column: str) -> str:
     return "to_char({v}, 'YYYY-MM-DD HH24:MI:SS') || '+00'"
 
 
+#: The longest suffix of a range or hash partition's name (``_p`` + YYYYMMDD, ``_h`` + remainder).
+_PART_SUFFIX = 10
+
+
+def partition_prefix(table_name: str) -> str:
+    """What range and hash partitions' names start with: the table's name, cut with a hash when
+    a partition's name would pass PostgreSQL's 63-byte limit (which would cut every month's
+    partition to the same name)."""
+    return ident_prefix(table_name, _PART_SUFFIX)
+
+
 def _body(table: Table, spec: PartitionSpec) -> str:
     name = table.name
+    prefix = partition_prefix(name)
     parent = quote_literal(qualified(table.schema, name))
     # Built from quoted identifiers/literals and validated integers only: no user value.
     head = (
@@ -137,7 +150,7 @@ def _body(table: Table, spec: PartitionSpec) -> str:
         return (
             head + "BEGIN\n"
             f"    FOR i IN 0..{spec.modulus - 1} LOOP\n"
-            f"        part := {quote_literal(name)} || '_h' || i;\n"
+            f"        part := {quote_literal(prefix)} || '_h' || i;\n"
             f"        {stmt}\n"
             "    END LOOP;\nEND;"
         )
@@ -146,11 +159,11 @@ def _body(table: Table, spec: PartitionSpec) -> str:
         for part_name, values in spec.lists:
             in_list = ", ".join(quote_literal(v).replace("'", "''").replace("%", "%%") for v in values)
             lines.append(
-                f"    part := {quote_literal(f'{name}_{part_name}')};\n"
+                f"    part := {quote_literal(ident(name, part_name))};\n"
                 "    " + create.format(bounds=f"FOR VALUES IN ({in_list})", args="")
             )
         lines.append(
-            f"    part := {quote_literal(f'{name}_default')};\n"
+            f"    part := {quote_literal(ident(name, 'default'))};\n"
             "    " + create.format(bounds="DEFAULT", args="")
         )
         return head + "BEGIN\n" + "\n".join(lines) + "\nEND;"
@@ -164,7 +177,7 @@ def _body(table: Table, spec: PartitionSpec) -> str:
             "    -- retention: drop our partitions whose whole range is older than the horizon\n"  # noqa: S608
             f"    horizon := date_trunc('{unit}', now() AT TIME ZONE 'UTC') - interval '{spec.retention} {unit}';\n"
             "    FOR part IN SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid\n"
-            f"                WHERE i.inhparent = parent AND c.relname ~ ('^' || {quote_literal(name)} || '_p[0-9]+$') LOOP\n"
+            f"                WHERE i.inhparent = parent AND c.relname ~ {quote_literal('^' + re.escape(prefix) + '_p[0-9]+$')} LOOP\n"
             f"        lo := to_timestamp(substring(part from '_p([0-9]+)$'), '{fmt}') AT TIME ZONE 'UTC';\n"
             f"        IF lo + interval '1 {unit}' <= horizon THEN\n"
             "            EXECUTE format('ALTER TABLE %s DETACH PARTITION %s.%I', parent, nsp, part);\n"
@@ -179,7 +192,7 @@ def _body(table: Table, spec: PartitionSpec) -> str:
         f"    FOR i IN 0..{spec.premake} LOOP\n"
         f"        lo := date_trunc('{unit}', now() AT TIME ZONE 'UTC') + i * interval '1 {unit}';\n"
         f"        hi := lo + interval '1 {unit}';\n"
-        f"        part := {quote_literal(name)} || '_p' || to_char(lo, '{fmt}');\n"
+        f"        part := {quote_literal(prefix)} || '_p' || to_char(lo, '{fmt}');\n"
         f"        {stmt}\n"
         "    END LOOP;\n" + retention + "END;"
     )
@@ -214,7 +227,7 @@ def partition_table(table: Table, spec: PartitionSpec, *, owner: str | None = No
     table.dialect_kwargs["postgresql_partition_by"] = spec.clause()
     function = PartitionFunction(
         schema=table.schema,
-        name=f"{table.name}_maintain_partitions",
+        name=ident(table.name, "maintain_partitions"),
         returns="void",
         body=_body(table, spec),
     )

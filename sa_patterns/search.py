@@ -36,7 +36,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Enum, Float, TypeDecorator
 
 from .errors import ConfigurationError
-from .schema import Extension, quote, quote_literal, register
+from .schema import Extension, ident, quote, quote_literal, register
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -311,11 +311,11 @@ def _attach(cls: type, spec: _Spec) -> None:
     )
     table.append_column(vector)
     mapper.add_property(SEARCH_VECTOR, deferred(vector))
-    Index(f"ix_{table.name}_{SEARCH_VECTOR}", vector, postgresql_using="gin")
+    Index(ident(f"ix_{table.name}", SEARCH_VECTOR), vector, postgresql_using="gin")
     for key in spec.trigram:
         column = _column(cls, mapper, key, text=True)
         Index(
-            f"ix_{table.name}_{column.name}_trgm",
+            ident(f"ix_{table.name}", f"{column.name}_trgm"),
             column,
             postgresql_using="gin",
             postgresql_ops={column.name: "gin_trgm_ops"},

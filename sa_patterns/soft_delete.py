@@ -68,7 +68,7 @@ from sqlalchemy.orm.interfaces import ORMOption, UserDefinedOption
 from .context import ACTOR_SETTING, current_actor
 from .errors import ConfigurationError, ConflictError
 from .options import HARD_DELETE, INCLUDE_DELETED, flag
-from .schema.objects import Function, Trigger, qualified, quote, quote_literal
+from .schema.objects import Function, Trigger, ident, qualified, quote, quote_literal
 from .schema.registry import register
 
 __all__ = [
@@ -202,7 +202,7 @@ def _finish_soft_unique(table: Table) -> None:
             names = ("tenant_id", *names)
         table.indexes.discard(index)
         Index(
-            spec["name"] or f"uq_{table.name}_{'_'.join(spec['columns'])}_live"[:63],
+            spec["name"] or ident(f"uq_{table.name}", f"{'_'.join(spec['columns'])}_live"),
             *(table.c[n] for n in names),
             unique=True,
             postgresql_where=table.c.deleted_at.is_(None),
@@ -217,7 +217,7 @@ def _guard_objects(table: Table) -> tuple[Function, Trigger]:
             f"__soft_delete_guard__ on {table.name!r} needs a primary key to find the row."
         )
     match = " AND ".join(f"{quote(c)} = OLD.{quote(c)}" for c in pk)
-    name = f"{table.name}_soft_delete_guard"[:63]
+    name = ident(table.name, "soft_delete_guard")
     setting = quote_literal(HARD_DELETE_SETTING)
     actor = quote_literal(ACTOR_SETTING)
     # identifiers go through the dialect's quoting; there are no values (DDL)

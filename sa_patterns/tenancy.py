@@ -19,7 +19,6 @@ they go to the database, where both walls apply.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 import uuid
 import weakref
@@ -64,7 +63,7 @@ from ._compat import add_parameters
 from .context import TENANT_SETTING, TenantId, current_tenant, is_all_tenants, require_tenant
 from .errors import ConfigurationError, TenantRequired, TenantViolation
 from .options import ALL_TENANTS, flag
-from .schema.objects import Policy, RowLevelSecurity, quote, quote_literal
+from .schema.objects import Policy, RowLevelSecurity, ident, quote, quote_literal
 from .schema.registry import register
 
 __all__ = [
@@ -161,14 +160,6 @@ def _sql_type(type_: TypeEngine[Any], kind: str) -> str:
     return compiled.lower()
 
 
-def _object_name(table: str, suffix: str) -> str:
-    name = f"{table}_{suffix}"
-    if len(name) <= 63:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{table[: 63 - len(suffix) - 10]}_{digest}_{suffix}"
-
-
 def rls_entities(table: Table, admin_role: str | None = None) -> list[Policy | RowLevelSecurity]:
     """The row-level security objects of a tenant table: FORCE'd RLS, the isolation policy and,
     with ``admin_role``, a policy letting that role see all tenants inside ``all_tenants()``."""
@@ -183,7 +174,7 @@ def rls_entities(table: Table, admin_role: str | None = None) -> list[Policy | R
         Policy(
             schema=table.schema,
             table=table.name,
-            name=_object_name(table.name, "tenant_isolation"),
+            name=ident(table.name, "tenant_isolation"),
             using=check,
             with_check=check,
         ),
@@ -194,7 +185,7 @@ def rls_entities(table: Table, admin_role: str | None = None) -> list[Policy | R
             Policy(
                 schema=table.schema,
                 table=table.name,
-                name=_object_name(table.name, "tenant_admin"),
+                name=ident(table.name, "tenant_admin"),
                 using=bypass,
                 with_check=bypass,
                 roles=(admin_role,),
@@ -279,7 +270,7 @@ def tenant_unique(*columns: str, name: str | None = None) -> UniqueConstraint:
 
         def _name(target: UniqueConstraint, parent: Table) -> None:
             if "uq" not in parent.metadata.naming_convention and target.name is None:
-                target.name = _object_name(parent.name, "tenant_id_" + "_".join(columns))
+                target.name = ident(parent.name, "tenant_id_" + "_".join(columns))
                 target.name = "uq_" + target.name if len(target.name) <= 60 else target.name
 
         event.listen(constraint, "after_parent_attach", _name)
@@ -314,7 +305,7 @@ def tenant_foreign_key(
     @event.listens_for(constraint, "after_parent_attach")
     def _index(fk: ForeignKeyConstraint, table: Table) -> None:
         if not any([c.name for c in ix.columns][: len(cols) + 1] == ["tenant_id", *cols] for ix in table.indexes):
-            name = _object_name(table.name, "_".join(["tenant_id", *cols]))
+            name = ident(table.name, "_".join(["tenant_id", *cols]))
             Index(name, table.c.tenant_id, *(table.c[c] for c in cols))
 
     return constraint

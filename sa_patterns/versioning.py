@@ -27,9 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy import MetaData, Table
 from sqlalchemy.orm import Mapper, Session
 
-from .audit import ident
 from .errors import ConfigurationError, NotFound
-from .schema import Entity, Function, Trigger, qualified, quote, register
+from .schema import Entity, Function, Trigger, ident, qualified, quote, register
 
 __all__ = ["Version", "Versioned", "as_of", "backfill", "history", "history_table", "revert"]
 

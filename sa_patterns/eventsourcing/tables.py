@@ -43,7 +43,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..errors import ConfigurationError
-from ..schema import Function, Trigger, qualified, quote_literal, register
+from ..schema import Function, Trigger, ident, qualified, quote_literal, register
 
 __all__ = [
     "CheckpointMixin",
@@ -76,7 +76,7 @@ def stream_key(table: Table) -> list[str]:
 
 def constraint_names(table: Table) -> dict[str, str]:
     """Names of the constraints the store maps SQLSTATEs from."""
-    return {"unique": f"{table.name}_stream_key", "gapless": f"{table.name}_gapless_fk"}
+    return {"unique": ident(table.name, "stream_key"), "gapless": ident(table.name, "gapless_fk")}
 
 
 def event_channel(cls: type[Any]) -> str:
@@ -135,15 +135,15 @@ def _configure_event_table(cls: type[Any], table: Table) -> None:
             name=names["gapless"],
         )
     )
-    table.append_constraint(CheckConstraint("version >= 1", name=f"{name}_version_check"))
-    Index(f"ix_{name}_event_type", table.c.event_type)
-    Index(f"ix_{name}_recorded_at", table.c.recorded_at)
-    Index(f"ix_{name}_position", table.c.transaction_id, table.c.id)
+    table.append_constraint(CheckConstraint("version >= 1", name=ident(name, "version_check")))
+    Index(ident(f"ix_{name}", "event_type"), table.c.event_type)
+    Index(ident(f"ix_{name}", "recorded_at"), table.c.recorded_at)
+    Index(ident(f"ix_{name}", "position"), table.c.transaction_id, table.c.id)
 
     schema = table.schema
     notify = Function(
         schema,
-        f"{name}_notify",
+        ident(name, "notify"),
         returns="trigger",
         body=(
             "BEGIN\n"
@@ -165,7 +165,7 @@ def _configure_event_table(cls: type[Any], table: Table) -> None:
         Trigger(
             schema,
             name,
-            f"{name}_notify",
+            ident(name, "notify"),
             when="AFTER INSERT",
             function=f"{qualified(schema, notify.name)}({quote_literal(channel)})",
             for_each="STATEMENT",
@@ -174,7 +174,7 @@ def _configure_event_table(cls: type[Any], table: Table) -> None:
     if getattr(cls, "__append_only__", True):
         guard = Function(
             schema,
-            f"{name}_append_only",
+            ident(name, "append_only"),
             returns="trigger",
             body=(
                 "BEGIN\n"
@@ -190,7 +190,7 @@ def _configure_event_table(cls: type[Any], table: Table) -> None:
             Trigger(
                 schema,
                 name,
-                f"{name}_append_only",
+                ident(name, "append_only"),
                 when="BEFORE UPDATE OR DELETE",
                 function=f"{qualified(schema, guard.name)}()",
                 for_each="STATEMENT",
@@ -223,7 +223,7 @@ class SnapshotMixin:
             _check_name(cls, table)
             key = stream_key(table)
             table.append_constraint(
-                UniqueConstraint(*key, "aggregate_type", name=f"{table.name}_aggregate_key")
+                UniqueConstraint(*key, "aggregate_type", name=ident(table.name, "aggregate_key"))
             )
 
 

@@ -39,6 +39,8 @@ __all__ = [
     "Trigger",
     "View",
     "entity_from_spec",
+    "ident",
+    "ident_prefix",
     "qualified",
     "quote",
     "quote_literal",
@@ -47,6 +49,39 @@ __all__ = [
 COMMENT_PREFIX = "sa_patterns:"
 
 _preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
+
+
+#: PostgreSQL's identifier limit in bytes; longer names are cut silently, so two long names
+#: can collide. ``ident()`` keeps derived names under it, distinct and stable.
+MAX_IDENT = 63
+
+
+def ident(base: str, suffix: str) -> str:
+    """``base_suffix``, within PostgreSQL's 63-byte identifier limit: when too long, ``base``
+    is cut and a hash of the whole name keeps it distinct (the same input, the same name)."""
+    name = f"{base}_{suffix}"
+    if len(name.encode()) <= MAX_IDENT:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    room = MAX_IDENT - len(suffix.encode()) - 11
+    if room < 1:  # the suffix alone is too long: cut it too
+        return f"{_cut(base, 16)}_{digest}_{_cut(suffix, MAX_IDENT - 27)}"
+    return f"{_cut(base, room)}_{digest}_{suffix}"
+
+
+def ident_prefix(base: str, reserve: int) -> str:
+    """``base``, or when it would leave fewer than ``reserve`` bytes of the limit for what is
+    appended at run time (a partition's period, say), a cut of it with a hash: names built on
+    it stay distinct instead of being cut to one."""
+    if len(base.encode()) + reserve <= MAX_IDENT:
+        return base
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    return f"{_cut(base, MAX_IDENT - reserve - 9)}_{digest}"
+
+
+def _cut(text: str, size: int) -> str:
+    """The longest prefix of ``text`` within ``size`` bytes (never half a character)."""
+    return text.encode()[:size].decode(errors="ignore")
 
 
 def quote(name: str) -> str:
