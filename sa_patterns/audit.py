@@ -381,7 +381,7 @@ class Audited:
     """Mixin: every INSERT, UPDATE and DELETE on the table lands in ``audit_log``.
 
     ``__audit_exclude__ = {"password"}`` keeps columns out of the log (their changes alone
-    produce no entry). The triggers are written by Alembic autogenerate (or
+    produce no entry); generated columns are left out too, being derived from logged ones. The triggers are written by Alembic autogenerate (or
     ``sa_patterns.create_all`` in tests), never at ``after_create``.
     """
 
@@ -410,6 +410,10 @@ class Audited:
                 f"{cls.__name__}.__audit_exclude__ names the primary key {sorted(pk_excluded)}; "
                 "every entry records its row's key. Remove it from the excludes."
             )
+        # Generated columns (Searchable's tsvector, GENERATED ALWAYS AS ... STORED) are derived
+        # from columns the log already holds: logging them would only repeat them, larger.
+        pk_names = {c.name for c in table.primary_key.columns}
+        exclude |= {c.name for c in table.columns if c.computed is not None and c.name not in pk_names}
         log = _log_for(table.metadata)
         if table is log:
             raise ConfigurationError("the audit log itself cannot be Audited.")
