@@ -231,7 +231,8 @@ def _needs_text_compare(column: sa.Column[Any]) -> bool:
         name = column.type.compile(dialect=dialect).split("(")[0].strip().upper()
     except Exception:  # a type the dialect cannot render: compare as text, always valid
         return True
-    return name in {"JSON", "XML", "POINT", "LINE", "LSEG", "BOX", "PATH", "POLYGON", "CIRCLE"}
+    base = name.split("[")[0].strip()  # an array compares its elements: json[] has no = either
+    return base in {"JSON", "XML", "POINT", "LINE", "LSEG", "BOX", "PATH", "POLYGON", "CIRCLE"}
 
 
 def _function_body(table: Table, log: Table, exclude: Collection[str]) -> str:

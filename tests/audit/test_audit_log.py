@@ -11,6 +11,7 @@ import pytest
 from audit_models import Base, Card, Doc, Note, Pair
 from sqlalchemy import (
     DDL,
+    JSON,
     Column,
     Engine,
     Integer,
@@ -22,12 +23,14 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import sa_patterns
 from sa_patterns import Audited, ConfigurationError, Searchable, Versioned, audit_entries
 from sa_patterns.audit import audit_log_table, audit_objects
+from sa_patterns.schema import register
 from sa_patterns.testing.plugin import SQL
 
 
@@ -319,6 +322,33 @@ def test_lean_log_has_only_the_chosen_indexes_and_still_records(engine: Engine) 
     for bad in (("primary_key", "tenant"), "table"):
         with pytest.raises(ConfigurationError, match="indexes="):
             audit_log_table(MetaData(), indexes=bad)
+
+
+def test_columns_without_an_equality_operator(engine: Engine) -> None:
+    """json and json[] have no ``=``: they are compared as text, and an UPDATE of them works."""
+    md = MetaData(schema="au_types")
+    table = Table(
+        "doc", md,
+        Column("id", Integer, primary_key=True),
+        Column("body", JSON),
+        Column("parts", postgresql.ARRAY(JSON)),
+        Column("tags", postgresql.ARRAY(Integer)),
+    )
+    register(md, *audit_objects(table, audit_log_table(md)))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE SCHEMA au_types"))
+            sa_patterns.create_all(conn, md)
+            conn.execute(text("""INSERT INTO au_types.doc VALUES (1, '{"a": 1}', ARRAY['{"p": 1}'::json], '{1}')"""))
+            conn.execute(text("""UPDATE au_types.doc SET parts = ARRAY['{"p": 2}'::json]"""))
+            conn.execute(text("""UPDATE au_types.doc SET body = '{"a": 1}', tags = '{1}'"""))  # no change
+            logged = conn.execute(text(
+                "SELECT operation, old_row, new_row, changed_columns FROM au_types.audit_log ORDER BY id")).all()
+        assert [r.operation for r in logged] == ["INSERT", "UPDATE"]
+        assert tuple(logged[1])[1:] == ({"parts": [{"p": 1}]}, {"parts": [{"p": 2}]}, ["parts"])
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS au_types CASCADE"))
 
 
 def test_generated_columns_are_not_logged(engine: Engine) -> None:
