@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from audit_models import Base, Card, Doc, Note, Pair
 from sqlalchemy import (
     DDL,
@@ -429,6 +430,116 @@ def test_tables_wider_than_a_function_call_can_take(engine: Engine) -> None:
             conn.execute(text("DROP SCHEMA IF EXISTS au_wide CASCADE"))
 
 
+# Changes applied once to a single row and once to two rows in one statement: the trigger takes
+# its one-row path for the first and its set-based statement for the second.
+_TYPED_CHANGES: list[str] = [
+    "note = 'it''s \"quoted\" \\ é ☃'",
+    "note = note",  # the same value: no entry
+    "label = upper(label)",  # a case-only change is a change
+    "label = label",
+    "amount = amount + 0.5, ratio = ratio * 2",
+    "amount = amount::numeric(12, 4)",  # 1.5 and 1.5000 are equal
+    "flag = NOT flag",
+    "at = at + interval '1 hour'",
+    "at = at AT TIME ZONE 'UTC' AT TIME ZONE 'UTC'",  # the same instant
+    "doc = doc || '{\"k\": [1, 2]}'",
+    "raw = '{\"a\":  1,\"b\":2}'",  # json: whitespace alone is no change
+    "raw = '{\"a\": 2, \"b\": 2}'",
+    "tags = tags || ARRAY[3]",
+    "blob = blob || '\\x00ff'::bytea",
+    "note = NULL",
+    "note = 'back'",
+    "secret = 'never logged'",  # excluded: alone, no entry
+    "deleted_at = now()",
+    "deleted_at = NULL",
+    "tenant_id = tenant_id + 1",
+]
+
+
+def test_one_row_and_many_row_statements_log_alike(engine: Engine) -> None:
+    """An UPDATE of one row (what an ORM flush sends) is compared in plpgsql as jsonb; an UPDATE
+    of several rows by the set-based statement with typed comparisons. Both must write the
+    same entries, for every kind of value and for changes that are not changes."""
+    md = MetaData(schema="au_paths")
+    table = Table(
+        "t", md,
+        Column("id", Integer, primary_key=True),
+        Column("note", sa.Text), Column("label", String(40)),
+        Column("amount", sa.Numeric(12, 2)), Column("ratio", sa.Float),
+        Column("flag", sa.Boolean), Column("at", sa.DateTime(timezone=True)),
+        Column("doc", postgresql.JSONB), Column("raw", JSON),
+        Column("tags", postgresql.ARRAY(Integer)), Column("blob", sa.LargeBinary),
+        Column("secret", sa.Text), Column("deleted_at", sa.DateTime(timezone=True)),
+        Column("tenant_id", Integer),
+    )
+    register(md, *audit_objects(table, audit_log_table(md), exclude={"secret"}))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE SCHEMA au_paths"))
+            sa_patterns.create_all(conn, md)
+            conn.execute(text(
+                "INSERT INTO au_paths.t SELECT g, 'n', 'Mixed Case', 1.5, 0.1, true, "
+                "'2026-01-01 12:00+00', '{\"a\": 1}', '{\"a\": 1, \"b\": 2}', '{1,2}', '\\x01', "
+                "'s', NULL, 7 FROM generate_series(1, 3) g"))
+            for change in _TYPED_CHANGES:
+                conn.exec_driver_sql(f"UPDATE au_paths.t SET {change} WHERE id = 1")
+                conn.exec_driver_sql(f"UPDATE au_paths.t SET {change} WHERE id IN (2, 3)")
+            conn.execute(text("UPDATE au_paths.t SET note = 'none' WHERE id = 99"))  # no row
+            rows = conn.execute(text(
+                "SELECT primary_key ->> 'id', operation, old_row, new_row, changed_columns, tenant_id "
+                "FROM au_paths.audit_log WHERE operation <> 'INSERT' ORDER BY id")).all()
+        one = [tuple(r)[1:] for r in rows if r[0] == "1"]
+        many = [tuple(r)[1:] for r in rows if r[0] == "2"]
+        assert one == many
+        assert len([r for r in rows if r[0] == "3"]) == len(one)
+        assert [entry[3] for entry in one] == [
+            ["note"], ["label"], ["amount", "ratio"], ["flag"], ["at"], ["doc"], ["raw"],
+            ["tags"], ["blob"], ["note"], ["note"], ["deleted_at"], ["deleted_at"], ["tenant_id"],
+        ]
+        assert [entry[0] for entry in one][-3:] == ["SOFT_DELETE", "RESTORE", "UPDATE"]
+        assert one[0][1:3] == ({"note": "n"}, {"note": 'it\'s "quoted" \\ é ☃'})
+        assert one[2][1:3] == ({"amount": 1.5, "ratio": 0.1}, {"amount": 2.0, "ratio": 0.2})
+        assert one[-1][4] == "8"  # the tenant after the change
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS au_paths CASCADE"))
+
+
+def test_a_connection_keeps_logging_across_a_column_type_change(engine: Engine) -> None:
+    """A pooled connection that has run the trigger keeps writing after another session changes
+    a column's type (plpgsql caches the expressions of its one-row path: over typed record
+    fields they fail from then on with 'type of parameter ... does not match')."""
+    md = MetaData(schema="au_retype")
+    table = Table("t", md, Column("id", Integer, primary_key=True), Column("v", Integer))
+    register(md, *audit_objects(table, audit_log_table(md)))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE SCHEMA au_retype"))
+            sa_patterns.create_all(conn, md)
+            conn.execute(text("INSERT INTO au_retype.t VALUES (1, 1), (2, 2)"))
+        with engine.connect() as live:
+            for _ in range(3):
+                live.execute(text("UPDATE au_retype.t SET v = v + 1 WHERE id = 1"))
+                live.commit()
+            with engine.begin() as other:
+                other.execute(text("ALTER TABLE au_retype.t ALTER v TYPE bigint"))
+            live.execute(text("UPDATE au_retype.t SET v = 5000000000 WHERE id = 1"))
+            live.commit()
+            with engine.begin() as other:
+                other.execute(text("ALTER TABLE au_retype.t ALTER v TYPE text"))
+            live.execute(text("UPDATE au_retype.t SET v = 'five' WHERE id = 1"))
+            live.commit()
+            rows = live.execute(text(
+                "SELECT old_row, new_row FROM au_retype.audit_log WHERE operation = 'UPDATE' ORDER BY id")).all()
+        assert [tuple(r) for r in rows][-2:] == [
+            ({"v": 4}, {"v": 5000000000}),
+            ({"v": "5000000000"}, {"v": "five"}),
+        ]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS au_retype CASCADE"))
+
+
 async def test_async_session_is_audited(async_session: AsyncSession) -> None:
     with sa_patterns.actor_scope("async-alice"):
         async_session.add(Doc(id=1, title="a"))
@@ -513,9 +624,10 @@ def test_abstract_and_inheriting_classes_register_once() -> None:
 
 
 def test_cached_trigger_plans_never_pair_rows_with_a_nested_loop(engine: Engine) -> None:
-    """The plan-cache trap, checked on the plans themselves (no timings): after a 1-row UPDATE
-    on a connection, the plan the trigger reuses for a 200-row UPDATE pairs old and new rows
-    with a hash or merge full join, never a nested loop over the transition tables."""
+    """The plan-cache trap, checked on the plans themselves (no timings): a 1-row UPDATE takes
+    the one-row path (no statement over the transition tables' join); after a 2-row UPDATE on
+    the connection, the plan the trigger reuses for a 200-row UPDATE pairs old and new rows with
+    a hash or merge full join, never a nested loop over the transition tables."""
     plans: list[str] = []
     with engine.connect() as conn:
         raw = conn.connection.driver_connection
@@ -527,11 +639,17 @@ def test_cached_trigger_plans_never_pair_rows_with_a_nested_loop(engine: Engine)
                                    ("log_analyze", "off")):
                 conn.execute(text("SELECT set_config(:n, :v, true)"), {"n": f"auto_explain.{setting}", "v": value})
             conn.execute(text("SET LOCAL client_min_messages = log"))
-            conn.execute(text("UPDATE au_doc SET price = price + 1 WHERE id = 1"))  # caches the plan
+            joined = "sa_old sa_o FULL JOIN sa_new sa_n"
+            for _ in range(6):  # past plpgsql's custom plans: the generic plan is cached
+                plans.clear()
+                conn.execute(text("UPDATE au_doc SET price = price + 1 WHERE id = 1"))
+                assert not [p for p in plans if joined in p]  # the one-row path
+                assert [p for p in plans if "INSERT INTO" in p and "VALUES" in p]
+                conn.execute(text("UPDATE au_doc SET price = price + 1 WHERE id <= 2"))
             plans.clear()
             conn.execute(text("UPDATE au_doc SET price = price + 1"))  # reuses it for 200 rows
             tx.rollback()
-    trigger_plans = [p for p in plans if "sa_old sa_o FULL JOIN sa_new sa_n" in p]
+    trigger_plans = [p for p in plans if joined in p]
     assert len(trigger_plans) == 1
     assert "Full Join" in trigger_plans[0]
     assert "Nested Loop" not in trigger_plans[0]
