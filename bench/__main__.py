@@ -4,7 +4,8 @@ rewrite their sections of ``bench/RESULTS.md`` and redraw the ratio charts under
 Each ``bench/bench_<name>.py`` exposes ``NAME``, ``TITLE`` and ``run(url, reps) -> Section``;
 The default sizes keep the whole run under 10 minutes; ``--full`` uses the sizes the issues
 name. ``--scale`` runs ``bench/scale.py`` instead (audit, search and tenant/soft-delete reads at 10k,
-100k and 1M rows).
+100k and 1M rows). ``python -m bench.instructions`` counts the audit triggers' backend instructions
+under callgrind instead of timing them (repeatable on a noisy machine).
 """
 
 from __future__ import annotations
