@@ -284,11 +284,12 @@ def _single_row_update(table: Table, logged: list[str], target: str, insert_cols
     compare = "".join(
         f"""
       IF {field('sa_oj', c)} IS DISTINCT FROM {field('sa_nj', c)} THEN
-        sa_ot := sa_ot || ',' || {_json_key(c)} || ({field('sa_oj', c)})::text;
-        sa_nt := sa_nt || ',' || {_json_key(c)} || ({field('sa_nj', c)})::text;
-        sa_ct := sa_ct || ',' || {quote_literal(json.dumps(c))};
+        sa_ot := sa_ot || {quote_literal("," + json.dumps(c) + ":")} || ({field('sa_oj', c)})::text;
+        sa_nt := sa_nt || {quote_literal("," + json.dumps(c) + ":")} || ({field('sa_nj', c)})::text;
+        sa_ct := sa_ct || {quote_literal("," + json.dumps(c))};
       END IF;"""
         for c in logged
+        if c not in pk  # equal on this path
     )
     pk_json = "jsonb_build_object(" + ", ".join(f"{quote_literal(c)}, {field('sa_nj', c)}" for c in pk) + ")"
     operation = (
