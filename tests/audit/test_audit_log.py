@@ -505,6 +505,31 @@ def test_one_row_and_many_row_statements_log_alike(engine: Engine) -> None:
             conn.execute(text("DROP SCHEMA IF EXISTS au_paths CASCADE"))
 
 
+def test_column_names_that_need_quoting_or_shadow_the_triggers_variables(engine: Engine) -> None:
+    """Column names are identifiers in the trigger and keys in the log: mixed case, quotes,
+    spaces, and names the function itself uses (its variables and aliases) all arrive intact,
+    on the one-row path and on the set-based one."""
+    md = MetaData(schema="au_names")
+    names = ["Mixed Case", "it's", 'say "hi"', "sa_oj", "sa_table", "sa_o", "d"]
+    table = Table("t", md, Column("id", Integer, primary_key=True), *(Column(n, Integer) for n in names))
+    register(md, *audit_objects(table, audit_log_table(md)))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE SCHEMA au_names"))
+            sa_patterns.create_all(conn, md)
+            conn.execute(table.insert(), [{"id": i, **dict.fromkeys(names, 0)} for i in (1, 2, 3)])
+            conn.execute(table.update().where(table.c.id == 1).values(dict.fromkeys(names, 1)))
+            conn.execute(table.update().where(table.c.id > 1).values(dict.fromkeys(names, 1)))
+            rows = conn.execute(text(
+                "SELECT primary_key ->> 'id', old_row, new_row, changed_columns FROM au_names.audit_log "
+                "WHERE operation = 'UPDATE' ORDER BY primary_key ->> 'id'")).all()
+        expected = (dict.fromkeys(names, 0), dict.fromkeys(names, 1), names)
+        assert [tuple(r) for r in rows] == [(str(i), *expected) for i in (1, 2, 3)]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS au_names CASCADE"))
+
+
 def test_a_connection_keeps_logging_across_a_column_type_change(engine: Engine) -> None:
     """A pooled connection that has run the trigger keeps writing after another session changes
     a column's type (plpgsql caches the expressions of its one-row path: over typed record
