@@ -50,6 +50,24 @@ def test_versions_are_opened_and_closed_by_the_database(session: Session, sql: S
     assert sql("SELECT max(version) FROM au_page_history WHERE id = 1")[0][0] == 4
 
 
+def test_one_row_and_many_row_updates_version_alike(session: Session, sql: SQL) -> None:
+    """A 1-row UPDATE (the trigger's one-row path) and a 2-row UPDATE (its set-based statement)
+    close and open versions alike; a no-op opens none; a 1-row key change goes set-based."""
+    session.add_all([Page(id=i, title="t") for i in (1, 2, 3)])
+    session.flush()
+    for where in ("id = 1", "id IN (2, 3)"):
+        session.execute(text(f"UPDATE au_page SET title = 'u' WHERE {where}"))
+        session.execute(text(f"UPDATE au_page SET title = title WHERE {where}"))  # no version
+    session.execute(text("UPDATE au_page SET id = 10 WHERE id = 1"))
+    rows = sql("SELECT id, version, title, valid_to IS NULL FROM au_page_history ORDER BY id, version")
+    assert [tuple(r) for r in rows] == [
+        (1, 1, "t", False), (1, 2, "u", False),
+        (2, 1, "t", False), (2, 2, "u", True),
+        (3, 1, "t", False), (3, 2, "u", True),
+        (10, 1, "u", True),
+    ]
+
+
 def test_history_as_of_and_revert(session: Session, sql: SQL) -> None:
     page = Page(id=1, title="first")
     other = Page(id=2, title="other")
