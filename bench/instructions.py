@@ -5,7 +5,7 @@ Wall-clock ratios (``python -m bench --only audit``) move by a third from one ru
 a noisy 2-core machine. Instructions do not depend on what else runs. This script builds a scratch
 cluster with the machine's PostgreSQL server binaries, creates the audit benchmark's variants
 (plain table, trigger mechanism only, hand-written floor, ``Audited`` into a PK-only log and into
-the default log, postgresql-audit), then runs PostgreSQL in single-user mode under
+the default log, postgresql-audit) and the same table ``Versioned``, then runs PostgreSQL in single-user mode under
 ``valgrind --tool=callgrind`` on a ``DO`` loop of single-row statements: the count for 1,100
 statements minus the count for 100, divided by 1,000, is one statement's cost without start-up.
 Each statement's transaction is rolled back and its tables vacuumed first, so every run starts
@@ -31,8 +31,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase
 
+import sa_patterns
+from bench.bench_audit import _Columns
 from bench.harness import Row, Section, Table
+from sa_patterns import Versioned
+
+
+class _VersionedBase(DeclarativeBase):
+    metadata = sa.MetaData(schema="ver")
+
+
+class VersionedArticle(_Columns, Versioned, _VersionedBase):
+    """The same table kept by Versioned: its history table instead of an audit log."""
+
+    __tablename__ = "article"
+
 
 ROWS = 2_000
 LOW, HIGH = 100, 1_100
@@ -44,6 +59,7 @@ VARIANTS = {
     "Audited, log with its primary key only": ("pkonly.article", ["pkonly.audit_log"]),
     "sa_patterns Audited": ("sap.article", ["public.audit_log"]),
     "postgresql-audit": ("public.article_pga", ["pga.activity", "pga.transaction"]),
+    "sa_patterns Versioned (history table, no log)": ("ver.article", ["ver.article_history"]),
 }
 STATEMENTS = {
     "single-row INSERT": "INSERT INTO {t} (id, title, body, price) "
@@ -87,6 +103,8 @@ def _build(bin_dir: Path, data: Path, work: Path) -> None:
         engine = sa.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres")
         with engine.begin() as conn:
             bench_audit.create_variants(conn)
+            conn.execute(sa.text("CREATE SCHEMA ver"))
+            sa_patterns.create_all(conn, _VersionedBase.metadata)
         bench_audit._setup_pga(engine)
         with engine.begin() as conn:
             for table, _logs in VARIANTS.values():
