@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Mapper
 from sqlalchemy.sql.elements import ColumnElement
 
+from ._transition import NEW, OLD, one_row_probe
 from .context import ACTOR_SETTING, REQUEST_SETTING
 from .errors import ConfigurationError
 from .schema import Entity, Function, Trigger, ident, qualified, quote, quote_literal, register
@@ -53,7 +54,6 @@ AUDIT_OPERATIONS = ("INSERT", "UPDATE", "DELETE", "SOFT_DELETE", "RESTORE")
 AUDIT_LOG_INDEXES = ("primary_key", "table", "actor", "recorded_at")
 
 _LOG_KEY = "sa_patterns.audit_log"
-_OLD, _NEW = "sa_old", "sa_new"
 # --------------------------------------------------------------------------------------------
 # the log table
 
@@ -300,16 +300,10 @@ def _single_row_update(table: Table, logged: list[str], target: str, insert_cols
         else "'UPDATE'"
     )
     tenant = "coalesce(sa_nj ->> 'tenant_id', sa_oj ->> 'tenant_id')" if "tenant_id" in columns else "NULL"
+    probe = one_row_probe([_jsonb_object("sa_o", names), _jsonb_object("sa_n", names)], ["sa_oj", "sa_nj"], "sa_rows")
     return f"""\
   IF TG_OP = 'UPDATE' THEN
-    SELECT {_jsonb_object("sa_o", names)}, {_jsonb_object("sa_n", names)},
-           (SELECT count(*) FROM (SELECT FROM {_NEW} LIMIT 2) sa_k)
-      INTO sa_oj, sa_nj, sa_rows
-      FROM {_OLD} sa_o, {_NEW} sa_n LIMIT 1;
-    IF NOT FOUND THEN
-      RETURN NULL;  -- no row updated
-    END IF;
-    IF sa_rows = 1 AND {same_key} THEN{compare}
+{probe}    IF sa_rows = 1 AND {same_key} THEN{compare}
       IF sa_ct <> '' THEN
         sa_pk := {pk_json};
         sa_op := {operation};
@@ -427,7 +421,7 @@ DECLARE
            {ctx}, {"d.sa_tenant" if has_tenant else "NULL"}, {at}
     FROM (
       SELECT {(","+chr(10)+"             ").join(inner)}
-      FROM {_OLD} sa_o FULL JOIN {_NEW} sa_n ON {join}
+      FROM {OLD} sa_o FULL JOIN {NEW} sa_n ON {join}
       OFFSET 0
     ) d
     WHERE d.{first} IS NULL OR d.{first_new} IS NULL OR {changed_any};"""  # noqa: S608
@@ -437,12 +431,12 @@ DECLARE
     INSERT INTO {target} ({insert_cols})
     SELECT {table_expr}, 'INSERT', {_pk_json(table, {c: "sa_n." + quote(c) for c in pk})}, NULL, to_jsonb(sa_n.*){drop}, NULL, {ctx},
            {tenant("sa_n.tenant_id")}, {at}
-    FROM {_NEW} sa_n;
+    FROM {NEW} sa_n;
   ELSIF TG_OP = 'DELETE' THEN
     INSERT INTO {target} ({insert_cols})
     SELECT {table_expr}, 'DELETE', {_pk_json(table, {c: "sa_o." + quote(c) for c in pk})}, to_jsonb(sa_o.*){drop}, NULL, NULL, {ctx},
            {tenant("sa_o.tenant_id")}, {at}
-    FROM {_OLD} sa_o;
+    FROM {OLD} sa_o;
   ELSE
     -- Several rows, or a changed key. FULL JOIN: never a nested loop, whatever size the
     -- cached plan was made for. OFFSET 0: keeps it a full join. Unpaired rows are key changes.
@@ -475,9 +469,9 @@ def audit_objects(table: Table, log: Table, exclude: Collection[str] = ()) -> li
             referencing=referencing,
         )
         for op, referencing in (
-            ("INSERT", f"NEW TABLE AS {_NEW}"),
-            ("UPDATE", f"OLD TABLE AS {_OLD} NEW TABLE AS {_NEW}"),
-            ("DELETE", f"OLD TABLE AS {_OLD}"),
+            ("INSERT", f"NEW TABLE AS {NEW}"),
+            ("UPDATE", f"OLD TABLE AS {OLD} NEW TABLE AS {NEW}"),
+            ("DELETE", f"OLD TABLE AS {OLD}"),
         )
     ]
     return [function, *triggers]

@@ -28,12 +28,12 @@ import sqlalchemy as sa
 from sqlalchemy import MetaData, Table
 from sqlalchemy.orm import Mapper, Session
 
+from ._transition import NEW, OLD, one_row_probe
 from .errors import ConfigurationError, NotFound
 from .schema import Entity, Function, Trigger, ident, qualified, quote, register
 
 __all__ = ["Version", "Versioned", "as_of", "backfill", "history", "history_table", "revert"]
 
-_OLD, _NEW = "sa_old", "sa_new"
 _HISTORY_KEY = "sa_patterns.history_tables"
 #: Columns the history table adds to the source's.
 META_COLUMNS = ("version", "valid_from", "valid_to")
@@ -77,10 +77,13 @@ def _history_body(table: Table, history: Table) -> str:
     closed = ", ".join(f"p.{quote('o_' + c)} AS {quote(c)}" for c in pk)
     pairs = (
         f"SELECT sa_n AS sa_row, {keys}, to_jsonb(sa_o.*) IS DISTINCT FROM to_jsonb(sa_n.*) AS sa_changed\n"  # noqa: S608
-        f"        FROM {_OLD} sa_o FULL JOIN {_NEW} sa_n ON {join}\n"
+        f"        FROM {OLD} sa_o FULL JOIN {NEW} sa_n ON {join}\n"
         "        OFFSET 0"
     )
     same_key = " AND ".join(f"sa_o.{quote(c)} = sa_n.{quote(c)}" for c in pk)
+    probe = one_row_probe(
+        [same_key, "to_jsonb(sa_o.*) IS DISTINCT FROM to_jsonb(sa_n.*)"], ["v_same_key", "v_changed"], "v_rows"
+    )
     # quoted identifiers only
     return f"""\
 DECLARE
@@ -92,29 +95,22 @@ BEGIN
   IF TG_OP = 'INSERT' THEN
     INSERT INTO {target} ({col_list}, version, valid_from)
     SELECT {", ".join(f"sa_n.{quote(c)}" for c in cols)}, {next_version("sa_n")}, v_at
-    FROM {_NEW} sa_n;
+    FROM {NEW} sa_n;
   ELSIF TG_OP = 'DELETE' THEN
     UPDATE {target} h SET valid_to = greatest(v_at, h.valid_from)
-    FROM {_OLD} sa_o
+    FROM {OLD} sa_o
     WHERE {match("sa_o")} AND h.valid_to IS NULL;
   ELSE
     -- One row, key unchanged (an ORM flush): two one-row statements. The set-based pair below
     -- pays its start-up (a hash table per join) on every statement.
-    SELECT {same_key}, to_jsonb(sa_o.*) IS DISTINCT FROM to_jsonb(sa_n.*),
-           (SELECT count(*) FROM (SELECT FROM {_NEW} LIMIT 2) sa_k)
-      INTO v_same_key, v_changed, v_rows
-      FROM {_OLD} sa_o, {_NEW} sa_n LIMIT 1;
-    IF NOT FOUND THEN
-      RETURN NULL;  -- no row updated
-    END IF;
-    IF v_rows = 1 AND v_same_key THEN
+{probe}    IF v_rows = 1 AND v_same_key THEN
       IF v_changed THEN
         UPDATE {target} h SET valid_to = greatest(v_at, h.valid_from)
-        FROM {_OLD} sa_o
+        FROM {OLD} sa_o
         WHERE {match("sa_o")} AND h.valid_to IS NULL;
         INSERT INTO {target} ({col_list}, version, valid_from)
         SELECT {", ".join(f"sa_n.{quote(c)}" for c in cols)}, {next_version("sa_n")}, v_at
-        FROM {_NEW} sa_n;
+        FROM {NEW} sa_n;
       END IF;
       RETURN NULL;
     END IF;
@@ -160,9 +156,9 @@ def history_objects(table: Table, history: Table) -> list[Entity]:
                 referencing=referencing,
             )
             for op, referencing in (
-                ("INSERT", f"NEW TABLE AS {_NEW}"),
-                ("UPDATE", f"OLD TABLE AS {_OLD} NEW TABLE AS {_NEW}"),
-                ("DELETE", f"OLD TABLE AS {_OLD}"),
+                ("INSERT", f"NEW TABLE AS {NEW}"),
+                ("UPDATE", f"OLD TABLE AS {OLD} NEW TABLE AS {NEW}"),
+                ("DELETE", f"OLD TABLE AS {OLD}"),
             )
         ],
     ]
