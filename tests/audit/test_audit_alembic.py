@@ -8,7 +8,7 @@ from typing import Any
 from alembic.autogenerate import compare_metadata, produce_migrations
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import Engine, MetaData, String, text
+from sqlalchemy import Engine, Integer, MetaData, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import sa_patterns.alembic
@@ -139,3 +139,47 @@ def test_partitioned_log_roundtrip(engine: Engine, db_schema: str) -> None:
         assert upgrade.ops == []
     migrate(engine, MetaData())
     assert objects(engine, db_schema)["tables"] == set()
+
+
+def build_priced(price_type: type[Integer] | type[String]) -> MetaData:
+    class Base(DeclarativeBase):
+        pass
+
+    class Priced(Versioned, Audited, Base):
+        __tablename__ = "al_priced"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        price: Mapped[Any] = mapped_column(price_type(), nullable=True)
+
+    return Base.metadata
+
+
+def test_a_column_type_change_replaces_the_functions(engine: Engine, db_schema: str) -> None:
+    """The audit function writes each column's values by its type (an integer's text is its JSON, a
+    string goes through to_json): the revision that changes a type replaces the audit function
+    too, and the history column follows. Both UPDATE paths then log the new type."""
+    migrate(engine, build_priced(Integer))
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO al_priced VALUES (1, 10), (2, 20)"))
+        conn.execute(text("UPDATE al_priced SET price = price + 1"))
+    retyped = build_priced(String)
+    ops = migrate(engine, retyped)
+    assert "AlterColumnOp:al_priced" in ops and "AlterColumnOp:al_priced_history" in ops
+    # the history function copies columns by name: it stays
+    assert [o.split(":")[1] for o in ops if o.startswith("ReplaceEntityOp")] == ["function al_priced_audit"]
+    assert diffs(engine, retyped) == []
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE al_priced SET price = 'n/a'"))  # both rows: the set-based path
+        conn.execute(text("UPDATE al_priced SET price = 'x' WHERE id = 1"))  # the one-row path
+        rows = conn.execute(text(
+            "SELECT primary_key, old_row, new_row FROM audit_log WHERE operation = 'UPDATE' ORDER BY id")).all()
+        history = conn.execute(text(
+            "SELECT price FROM al_priced_history WHERE id = 1 ORDER BY valid_from")).scalars().all()
+    assert [tuple(r) for r in rows] == [
+        ({"id": 1}, {"price": 10}, {"price": 11}),
+        ({"id": 2}, {"price": 20}, {"price": 21}),
+        ({"id": 1}, {"price": "11"}, {"price": "n/a"}),
+        ({"id": 2}, {"price": "21"}, {"price": "n/a"}),
+        ({"id": 1}, {"price": "n/a"}, {"price": "x"}),
+    ]
+    assert history == ["10", "11", "n/a", "x"]
+    migrate(engine, MetaData())
