@@ -5,11 +5,12 @@ Wall-clock ratios (``python -m bench --only audit``) move by a third from one ru
 a noisy 2-core machine. Instructions do not depend on what else runs. This script builds a scratch
 cluster with the machine's PostgreSQL server binaries, creates the audit benchmark's variants
 (plain table, trigger mechanism only, hand-written floor, ``Audited`` into a PK-only log and into
-the default log, postgresql-audit) and the same table ``Versioned``, then runs PostgreSQL in single-user mode under
-``valgrind --tool=callgrind`` on a ``DO`` loop of single-row statements: the count for 1,100
-statements minus the count for 100, divided by 1,000, is one statement's cost without start-up.
-Each statement's transaction is rolled back and its tables vacuumed first, so every run starts
-from the same pages.
+the default log, postgresql-audit), a constant entry of the log's full shape and the same table
+``Versioned``, then runs PostgreSQL in single-user mode under ``valgrind --tool=callgrind`` on a
+``DO`` loop of single-row statements: the count for 1,100 statements minus the count for 100,
+divided by 1,000, is one statement's cost without start-up. Each statement's transaction is
+rolled back and its tables vacuumed first, so every run starts from the same pages. A last table
+prices one small jsonb value, the unit of an entry's cost in bulk work.
 
 Needs ``valgrind`` and PostgreSQL server binaries (``--pg-bin``, else the newest
 ``/usr/lib/postgresql/*/bin``). As root it runs them as ``postgres`` through ``runuser``.
@@ -37,6 +38,7 @@ import sa_patterns
 from bench.bench_audit import _Columns
 from bench.harness import Row, Section, Table
 from sa_patterns import Versioned
+from sa_patterns.audit import audit_log_table
 
 
 class _VersionedBase(DeclarativeBase):
@@ -49,17 +51,64 @@ class VersionedArticle(_Columns, Versioned, _VersionedBase):
     __tablename__ = "article"
 
 
+# The log row Audited writes, with constant values: the mechanism plus the width of a real entry
+# (key, old and new values, changed columns, context), without pairing rows or building values.
+# Between it and "Audited, log with its primary key only" is the trigger's own work.
+_wide_md = sa.MetaData()
+audit_log_table(_wide_md, schema="wide", indexes=())
+
+
+class _WideBase(DeclarativeBase):
+    metadata = _wide_md
+
+
+class WideArticle(_Columns, _WideBase):
+    __tablename__ = "article"
+    __table_args__ = {"schema": "wide"}
+
+
+_WIDE_DDL = """
+CREATE FUNCTION wide.audit() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  sa_table text := TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
+  sa_actor text := nullif(current_setting('app.actor_id', true), '');
+  sa_request jsonb := nullif(current_setting('app.request', true), '')::jsonb;
+  sa_xid bigint := pg_current_xact_id()::text::bigint;
+  sa_at timestamptz := clock_timestamp();
+BEGIN
+  INSERT INTO wide.audit_log (table_name, operation, primary_key, old_row, new_row,
+    changed_columns, actor_id, request, transaction_id, tenant_id, recorded_at)
+  SELECT sa_table, 'UPDATE', '{"id": 1}', '{"price": 1}', '{"price": 2}', '["price"]',
+         sa_actor, sa_request, sa_xid, NULL, sa_at
+  FROM sa_new;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER upd AFTER UPDATE ON wide.article REFERENCING NEW TABLE AS sa_new
+  FOR EACH STATEMENT EXECUTE FUNCTION wide.audit();
+"""
+
+
 ROWS = 2_000
 LOW, HIGH = 100, 1_100
 # name -> (table, its log tables): vacuumed before every run
 VARIANTS = {
     "plain SQLAlchemy": ("plain.article", []),
     "trigger mechanism only (constant row)": ("minimal.article", ["minimal.audit_log"]),
+    "constant entry, the log's full shape (UPDATE only)": ("wide.article", ["wide.audit_log"]),
     "hand-written trigger (floor)": ("floor.article", ["floor.audit_log"]),
     "Audited, log with its primary key only": ("pkonly.article", ["pkonly.audit_log"]),
     "sa_patterns Audited": ("sap.article", ["public.audit_log"]),
     "postgresql-audit": ("public.article_pga", ["pga.activity", "pga.transaction"]),
     "sa_patterns Versioned (history table, no log)": ("ver.article", ["ver.article_history"]),
+}
+#: variants with an UPDATE trigger only: left out of the INSERT and DELETE tables
+UPDATE_ONLY = {"constant entry, the log's full shape (UPDATE only)"}
+#: one small jsonb value built per row, as the trigger builds an entry's key and values
+VALUES = {
+    "its JSON text alone (concatenation)": "'{\"price\":' || g::text || '}'",
+    "the text cast to json (validated, kept as text)": "('{\"price\":' || g::text || '}')::json",
+    "the text cast to jsonb (what Audited does)": "('{\"price\":' || g::text || '}')::jsonb",
+    "jsonb_build_object('price', g)": "jsonb_build_object('price', g)",
 }
 STATEMENTS = {
     "single-row INSERT": "INSERT INTO {t} (id, title, body, price) "
@@ -105,6 +154,9 @@ def _build(bin_dir: Path, data: Path, work: Path) -> None:
             bench_audit.create_variants(conn)
             conn.execute(sa.text("CREATE SCHEMA ver"))
             sa_patterns.create_all(conn, _VersionedBase.metadata)
+            conn.execute(sa.text("CREATE SCHEMA wide"))
+            sa_patterns.create_all(conn, _wide_md)
+            conn.exec_driver_sql(_WIDE_DDL)
         bench_audit._setup_pga(engine)
         with engine.begin() as conn:
             for table, _logs in VARIANTS.values():
@@ -155,6 +207,16 @@ def _per_bulk(run: Callable[[str], int], table: str, logs: list[str]) -> float:
     return (run(_script(table, logs, statements(3))) - run(_script(table, logs, statements(1)))) / 2
 
 
+def _per_value(run: Callable[[str], int], expr: str) -> float:
+    """Instructions per row of ``SELECT expr FROM generate_series(...)``, start-up subtracted."""
+
+    def query(n: int) -> str:
+        return f"SELECT count(v) FROM (SELECT {expr} AS v FROM generate_series(1, {n}) g OFFSET 0) s;\n"
+
+    small, large = ROWS, 10 * ROWS
+    return (run(query(large)) - run(query(small))) / (large - small)
+
+
 def measure(bin_dir: Path, reps: int) -> Section:
     section = Section("audit_instructions", "Audit triggers: server instructions per statement (callgrind)")
     work = Path(tempfile.mkdtemp(prefix="sap_instructions_"))
@@ -172,7 +234,11 @@ def measure(bin_dir: Path, reps: int) -> Section:
         }
         cases[f"UPDATE of all {ROWS:,} rows"] = lambda t, logs: _per_bulk(run, t, logs)
         for title, case in cases.items():
-            samples = {name: [case(table, logs) for _ in range(reps)] for name, (table, logs) in VARIANTS.items()}
+            samples = {
+                name: [case(table, logs) for _ in range(reps)]
+                for name, (table, logs) in VARIANTS.items()
+                if "UPDATE" in title or name not in UPDATE_ONLY
+            }
             base = statistics.median(samples["plain SQLAlchemy"])
             rows = [
                 Row(name, statistics.median(v), min(v), max(v), statistics.median(v) / base, unit="instr")
@@ -180,6 +246,13 @@ def measure(bin_dir: Path, reps: int) -> Section:
             ]
             section.tables.append(Table(title, rows, "plain SQLAlchemy"))
             print(f"[instructions] {title}", file=sys.stderr, flush=True)
+        values = {name: [_per_value(run, expr) for _ in range(reps)] for name, expr in VALUES.items()}
+        text_alone = statistics.median(next(iter(values.values())))
+        section.tables.append(Table(
+            'one small jsonb value, {"price": n}, built per row (ratio: against its text alone)',
+            [Row(name, statistics.median(v), min(v), max(v), statistics.median(v) / text_alone, unit="instr")
+             for name, v in values.items()],
+        ))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     section.notes = [
@@ -189,6 +262,13 @@ def measure(bin_dir: Path, reps: int) -> Section:
         "share of the ORM phases' wall time, and the part a trigger can change.",
         "'plain SQLAlchemy' is the table without a trigger (the same statements as the ORM sends); "
         "the other variants are those of the audit section above.",
+        "'constant entry, the log's full shape' (UPDATE only) writes, per updated row, an entry as "
+        "wide as Audited's (key, old and new values, changed columns, context) with constant "
+        "values into a log with only its primary key: the mechanism plus the entry's width. "
+        "Between it and 'Audited, log with its primary key only' is the trigger's own work: "
+        "pairing old and new rows, comparing them and building the entry's four jsonb values.",
+        "The last table is the price of one such value: an entry of a one-column UPDATE holds "
+        "four (key, old values, new values, changed columns).",
     ]
     return section
 
