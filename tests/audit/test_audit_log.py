@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -292,6 +293,19 @@ def test_renamed_and_dropped_columns_keep_old_entries_readable(engine: Engine) -
         conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
 
 
+@contextmanager
+def created(engine: Engine, md: MetaData) -> Iterator[None]:
+    """``md``'s schema with its tables and toolkit objects for one test, dropped after it."""
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {md.schema}"))
+        sa_patterns.create_all(conn, md)
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {md.schema} CASCADE"))
+
+
 def test_lean_log_has_only_the_chosen_indexes_and_still_records(engine: Engine) -> None:
     md = MetaData(schema="au_lean")
     audit_log_table(md, indexes=("primary_key", "recorded_at"))
@@ -304,22 +318,16 @@ def test_lean_log_has_only_the_chosen_indexes_and_still_records(engine: Engine) 
         id: Mapped[int] = mapped_column(primary_key=True)
         note: Mapped[str | None]
 
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("CREATE SCHEMA au_lean"))
-            sa_patterns.create_all(conn, md)
-            conn.execute(text("INSERT INTO au_lean.lean VALUES (1, 'a')"))
-            conn.execute(text("UPDATE au_lean.lean SET note = 'b'"))
-            indexes = conn.execute(text(
-                "SELECT indexname FROM pg_indexes WHERE schemaname = 'au_lean' "
-                "AND tablename = 'audit_log' ORDER BY 1")).scalars().all()
-            assert indexes == ["audit_log_pkey", "audit_log_primary_key", "audit_log_recorded_at"]
-            logged = conn.execute(text(
-                "SELECT operation, changed_columns FROM au_lean.audit_log ORDER BY id")).all()
-            assert logged == [("INSERT", None), ("UPDATE", ["note"])]
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA IF EXISTS au_lean CASCADE"))
+    with created(engine, md), engine.begin() as conn:
+        conn.execute(text("INSERT INTO au_lean.lean VALUES (1, 'a')"))
+        conn.execute(text("UPDATE au_lean.lean SET note = 'b'"))
+        indexes = conn.execute(text(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'au_lean' "
+            "AND tablename = 'audit_log' ORDER BY 1")).scalars().all()
+        assert indexes == ["audit_log_pkey", "audit_log_primary_key", "audit_log_recorded_at"]
+        logged = conn.execute(text(
+            "SELECT operation, changed_columns FROM au_lean.audit_log ORDER BY id")).all()
+        assert logged == [("INSERT", None), ("UPDATE", ["note"])]
     for bad in (("primary_key", "tenant"), "table"):
         with pytest.raises(ConfigurationError, match="indexes="):
             audit_log_table(MetaData(), indexes=bad)
@@ -336,10 +344,8 @@ def test_columns_without_an_equality_operator(engine: Engine) -> None:
         Column("tags", postgresql.ARRAY(Integer)),
     )
     register(md, *audit_objects(table, audit_log_table(md)))
-    try:
+    with created(engine, md):
         with engine.begin() as conn:
-            conn.execute(text("CREATE SCHEMA au_types"))
-            sa_patterns.create_all(conn, md)
             conn.execute(text("""INSERT INTO au_types.doc VALUES (1, '{"a": 1}', ARRAY['{"p": 1}'::json], '{1}')"""))
             conn.execute(text("""UPDATE au_types.doc SET parts = ARRAY['{"p": 2}'::json]"""))
             conn.execute(text("""UPDATE au_types.doc SET body = '{"a": 1}', tags = '{1}'"""))  # no change
@@ -347,9 +353,6 @@ def test_columns_without_an_equality_operator(engine: Engine) -> None:
                 "SELECT operation, old_row, new_row, changed_columns FROM au_types.audit_log ORDER BY id")).all()
         assert [r.operation for r in logged] == ["INSERT", "UPDATE"]
         assert tuple(logged[1])[1:] == ({"parts": [{"p": 1}]}, {"parts": [{"p": 2}]}, ["parts"])
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA IF EXISTS au_types CASCADE"))
 
 
 def test_generated_columns_are_not_logged(engine: Engine) -> None:
@@ -366,10 +369,8 @@ def test_generated_columns_are_not_logged(engine: Engine) -> None:
         id: Mapped[int] = mapped_column(primary_key=True)
         title: Mapped[str] = mapped_column(String(100))
 
-    try:
+    with created(engine, md):
         with engine.begin() as conn:
-            conn.execute(text("CREATE SCHEMA au_gen"))
-            sa_patterns.create_all(conn, md)
             conn.execute(text("INSERT INTO au_gen.post (id, title) VALUES (1, 'hello world')"))
             conn.execute(text("UPDATE au_gen.post SET title = 'goodbye world'"))
             conn.execute(text("DELETE FROM au_gen.post"))
@@ -384,9 +385,6 @@ def test_generated_columns_are_not_logged(engine: Engine) -> None:
             ("UPDATE", {"title": "hello world"}, {"title": "goodbye world"}, ["title"]),
             ("DELETE", {"id": 1, "title": "goodbye world"}, None, None),
         ]
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA IF EXISTS au_gen CASCADE"))
 
 
 def test_tables_wider_than_a_function_call_can_take(engine: Engine) -> None:
@@ -402,10 +400,7 @@ def test_tables_wider_than_a_function_call_can_take(engine: Engine) -> None:
         "Wide", (Versioned, Audited, WideBase),
         {"__tablename__": "wide", "id": Column(Integer, primary_key=True), **columns},
     )
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("CREATE SCHEMA au_wide"))
-            sa_patterns.create_all(conn, md)
+    with created(engine, md):
         with Session(engine) as s:
             s.add(Wide(id=1))
             s.commit()
@@ -425,9 +420,6 @@ def test_tables_wider_than_a_function_call_can_take(engine: Engine) -> None:
             ("UPDATE", {"c0": None}, {"c0": 4}, ["c0"]),
         ]
         assert tuple(versions) == (4, 3)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA IF EXISTS au_wide CASCADE"))
 
 
 # Changes applied once to a single row and once to two rows in one statement: the trigger takes
@@ -473,10 +465,8 @@ def test_one_row_and_many_row_statements_log_alike(engine: Engine) -> None:
         Column("tenant_id", Integer),
     )
     register(md, *audit_objects(table, audit_log_table(md), exclude={"secret"}))
-    try:
+    with created(engine, md):
         with engine.begin() as conn:
-            conn.execute(text("CREATE SCHEMA au_paths"))
-            sa_patterns.create_all(conn, md)
             conn.execute(text(
                 "INSERT INTO au_paths.t SELECT g, 'n', 'Mixed Case', 1.5, 0.1, true, "
                 "'2026-01-01 12:00+00', '{\"a\": 1}', '{\"a\": 1, \"b\": 2}', '{1,2}', '\\x01', "
@@ -500,9 +490,6 @@ def test_one_row_and_many_row_statements_log_alike(engine: Engine) -> None:
         assert one[0][1:3] == ({"note": "n"}, {"note": 'it\'s "quoted" \\ é ☃'})
         assert one[2][1:3] == ({"amount": 1.5, "ratio": 0.1}, {"amount": 2.0, "ratio": 0.2})
         assert one[-1][4] == "8"  # the tenant after the change
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA IF EXISTS au_paths CASCADE"))
 
 
 def test_column_names_that_need_quoting_or_shadow_the_triggers_variables(engine: Engine) -> None:
@@ -513,10 +500,8 @@ def test_column_names_that_need_quoting_or_shadow_the_triggers_variables(engine:
     names = ["Mixed Case", "it's", 'say "hi"', "sa_oj", "sa_table", "sa_o", "d"]
     table = Table("t", md, Column("id", Integer, primary_key=True), *(Column(n, Integer) for n in names))
     register(md, *audit_objects(table, audit_log_table(md)))
-    try:
+    with created(engine, md):
         with engine.begin() as conn:
-            conn.execute(text("CREATE SCHEMA au_names"))
-            sa_patterns.create_all(conn, md)
             conn.execute(table.insert(), [{"id": i, **dict.fromkeys(names, 0)} for i in (1, 2, 3)])
             conn.execute(table.update().where(table.c.id == 1).values(dict.fromkeys(names, 1)))
             conn.execute(table.update().where(table.c.id > 1).values(dict.fromkeys(names, 1)))
@@ -525,9 +510,6 @@ def test_column_names_that_need_quoting_or_shadow_the_triggers_variables(engine:
                 "WHERE operation = 'UPDATE' ORDER BY primary_key ->> 'id'")).all()
         expected = (dict.fromkeys(names, 0), dict.fromkeys(names, 1), names)
         assert [tuple(r) for r in rows] == [(str(i), *expected) for i in (1, 2, 3)]
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA IF EXISTS au_names CASCADE"))
 
 
 def test_a_connection_keeps_logging_across_a_column_type_change(engine: Engine) -> None:
@@ -540,10 +522,8 @@ def test_a_connection_keeps_logging_across_a_column_type_change(engine: Engine) 
     md = MetaData(schema="au_retype")
     table = Table("t", md, Column("id", Integer, primary_key=True), Column("v", Integer))
     register(md, *audit_objects(table, audit_log_table(md)))
-    try:
+    with created(engine, md):
         with engine.begin() as conn:
-            conn.execute(text("CREATE SCHEMA au_retype"))
-            sa_patterns.create_all(conn, md)
             conn.execute(text("INSERT INTO au_retype.t VALUES (1, 1), (2, 2)"))
         with engine.connect() as live:
             for _ in range(3):
@@ -570,9 +550,6 @@ def test_a_connection_keeps_logging_across_a_column_type_change(engine: Engine) 
             ({"id": 2}, {"v": 3}, {"v": 4}),
             ({"id": 1}, {"v": "5000000001"}, {"v": "five"}),
         ]
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA IF EXISTS au_retype CASCADE"))
 
 
 async def test_async_session_is_audited(async_session: AsyncSession) -> None:
@@ -715,10 +692,8 @@ def test_query_helpers_read_the_log_through_its_indexes(engine: Engine) -> None:
     log = audit_log_table(md)
     register(md, *audit_objects(table, log))
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    try:
+    with created(engine, md):
         with engine.begin() as conn:
-            conn.execute(text("CREATE SCHEMA au_plans"))
-            sa_patterns.create_all(conn, md)
             conn.execute(text(
                 "INSERT INTO au_plans.audit_log (table_name, operation, primary_key, new_row, actor_id, "
                 "transaction_id, recorded_at) "
@@ -744,6 +719,3 @@ def test_query_helpers_read_the_log_through_its_indexes(engine: Engine) -> None:
             assert len(conn.execute(audit_entries(table)).all()) == 1000
             assert [r.primary_key for r in conn.execute(audit_entries(table, primary_key=60))] == [{"id": 60}]
             assert len(conn.execute(audit_entries(metadata=md, actor="actor 7")).all()) == 300
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA IF EXISTS au_plans CASCADE"))
