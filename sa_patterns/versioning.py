@@ -76,11 +76,11 @@ def _history_body(table: Table, history: Table) -> str:
     join = " AND ".join(f"sa_o.{quote(c)} = sa_n.{quote(c)}" for c in pk)
     keys = ", ".join(f"sa_o.{quote(c)} AS {quote('o_' + c)}, sa_n.{quote(c)} AS {quote('n_' + c)}" for c in pk)
     first_o, first_n = quote("o_" + pk[0]), quote("n_" + pk[0])
-    closed = ", ".join(f"p.{quote('o_' + c)} AS {quote(c)}" for c in pk)
+    paired_key = " AND ".join(f"h.{quote(c)} = p.{quote('o_' + c)}" for c in pk)
     pairs = (
         f"SELECT sa_n AS sa_row, {keys}, to_jsonb(sa_o.*) IS DISTINCT FROM to_jsonb(sa_n.*) AS sa_changed\n"  # noqa: S608
-        f"        FROM {OLD} sa_o FULL JOIN {NEW} sa_n ON {join}\n"
-        "        OFFSET 0"
+        f"      FROM {OLD} sa_o FULL JOIN {NEW} sa_n ON {join}\n"
+        "      OFFSET 0"
     )
     same_key = " AND ".join(f"sa_o.{quote(c)} = sa_n.{quote(c)}" for c in pk)
     probe = one_row_probe(
@@ -103,8 +103,8 @@ BEGIN
     FROM {OLD} sa_o
     WHERE {match("sa_o")} AND h.valid_to IS NULL;
   ELSE
-    -- One row, key unchanged (an ORM flush): two one-row statements. The set-based pair below
-    -- pays its start-up (a hash table per join) on every statement.
+    -- One row, key unchanged (an ORM flush): two one-row statements. The set-based statement
+    -- below pays its start-up (a hash table, a CTE) on every statement.
 {probe}    IF v_rows = 1 AND v_same_key THEN
       IF v_changed THEN
         UPDATE {target} h SET valid_to = greatest(v_at, h.valid_from)
@@ -116,26 +116,20 @@ BEGIN
       END IF;
       RETURN NULL;
     END IF;
-    -- Several rows, or a changed key.
+    -- Several rows, or a changed key: one statement, so rows are paired and compared once.
     -- FULL JOIN behind OFFSET 0: linear whatever row count the cached plan was made for.
-    -- Close the current version of rows that were really changed (or re-keyed) ...
-    UPDATE {target} h SET valid_to = greatest(v_at, h.valid_from)
-    FROM (
-      SELECT {closed} FROM (
-        {pairs}
-      ) p
-      WHERE p.{first_o} IS NOT NULL AND (p.{first_n} IS NULL OR p.sa_changed)
-    ) x
-    WHERE {match("x")} AND h.valid_to IS NULL;
-    -- ... and open their next version.
+    -- Close the current version of rows that were really changed (or re-keyed), and open
+    -- their next version.
+    WITH p AS (
+      {pairs}
+    ), closed AS (
+      UPDATE {target} h SET valid_to = greatest(v_at, h.valid_from)
+      FROM p
+      WHERE {paired_key} AND h.valid_to IS NULL AND (p.{first_n} IS NULL OR p.sa_changed)
+    )
     INSERT INTO {target} ({col_list}, version, valid_from)
     SELECT {", ".join(f"x.{quote(c)}" for c in cols)}, {next_version("x")}, v_at
-    FROM (
-      SELECT (p.sa_row).* FROM (
-        {pairs}
-      ) p
-      WHERE p.{first_n} IS NOT NULL AND (p.{first_o} IS NULL OR p.sa_changed)
-    ) x;
+    FROM (SELECT (p.sa_row).* FROM p WHERE p.{first_n} IS NOT NULL AND (p.{first_o} IS NULL OR p.sa_changed)) x;
   END IF;
   RETURN NULL;
 END;"""  # noqa: S608
