@@ -19,6 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 import sa_patterns
 from bench.harness import Section, Table, compare, sized
+from sa_patterns import Versioned
 from sa_patterns.audit import Audited, audit_log_table
 
 NAME = "audit"
@@ -161,6 +162,17 @@ class OurArticle(_Columns, Audited, OurBase):
     __table_args__ = {"schema": "sap"}
 
 
+class VersionedBase(DeclarativeBase):
+    metadata = MetaData(schema="ver")
+
+
+class VersionedArticle(_Columns, Versioned, VersionedBase):
+    """The same table kept by Versioned: a history table of whole versions instead of a log of
+    changes, the pattern sqlalchemy-continuum implements."""
+
+    __tablename__ = "article"
+
+
 
 
 class Variant:
@@ -174,6 +186,7 @@ class Variant:
         info: dict[str, Any] | None = None,
     ) -> None:
         self.name, self.model, self.logs, self.engine = name, model, logs, engine
+        self.versions = name == "ver"
         self.table = model.__table__.fullname
         self.factory = sessionmaker(engine, class_=session_cls, expire_on_commit=False, info=info)
         self.conn: sa.Connection | None = None
@@ -200,6 +213,8 @@ class Variant:
     def reset(self, rows: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(text(f"TRUNCATE {self.table} RESTART IDENTITY CASCADE"))
+            if self.versions:  # a history holds the seeded rows' current versions
+                self.clear_logs(conn)
             if rows:
                 conn.execute(
                     text(
@@ -208,7 +223,8 @@ class Variant:
                     ),
                     {"n": rows},
                 )
-            self.clear_logs(conn)
+            if not self.versions:  # a log holds only what the timed phase writes
+                self.clear_logs(conn)
 
     def clear_logs(self, conn: sa.Connection) -> None:
         for log in self.logs:
@@ -326,13 +342,13 @@ def _setup_continuum(engine: sa.Engine) -> tuple[Any, type[Session]]:
 def create_variants(conn: sa.Connection) -> None:
     """The tables, logs and triggers of every variant but the competitors' (also used by
     ``bench/instructions.py``)."""
-    for schema in ("plain", "sap", "lean", "pkonly", "floor", "minimal"):
+    for schema in ("plain", "sap", "lean", "pkonly", "floor", "minimal", "ver"):
         conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
     for base in (PlainBase, FloorBase, MinimalBase):
         base.metadata.create_all(conn)
     conn.exec_driver_sql(_FLOOR_DDL)
     conn.exec_driver_sql(_MINIMAL_DDL)
-    for base in (OurBase, LeanBase, PkOnlyBase):
+    for base in (OurBase, LeanBase, PkOnlyBase, VersionedBase):
         sa_patterns.create_all(conn, base.metadata)
 
 
@@ -365,6 +381,9 @@ def run(url: URL, reps: int) -> Section:
         "hand-written trigger (floor)": Variant("floor", FloorArticle, Session, ["floor.audit_log"], engine),
         "trigger mechanism only (constant row)": Variant(
             "minimal", MinimalArticle, Session, ["minimal.audit_log"], engine
+        ),
+        "sa_patterns Versioned (history table, no log)": Variant(
+            "ver", VersionedArticle, Session, ["ver.article_history"], engine
         ),
         "postgresql-audit": Variant("pga", pga_model, pga_session, ["pga.activity", "pga.transaction"], engine),
         "sqlalchemy-continuum": Variant(
@@ -491,7 +510,10 @@ def run(url: URL, reps: int) -> Section:
 
     # the variants whose pairing of old and new rows could fall into the trap, and the baseline
     # (the lean and PK-only logs run the same trigger as "sa_patterns Audited")
-    trapped = ["plain SQLAlchemy", "sa_patterns Audited", "hand-written trigger (floor)", "postgresql-audit", "sqlalchemy-continuum"]
+    trapped = [
+        "plain SQLAlchemy", "sa_patterns Audited", "sa_patterns Versioned (history table, no log)",
+        "hand-written trigger (floor)", "postgresql-audit", "sqlalchemy-continuum",
+    ]
     after = "after a 1-row and a 2-row UPDATE"
     trap_cases = [f"{name} · {kind}" for name in trapped for kind in ("fresh", after)]
     trap = compare(
@@ -541,6 +563,13 @@ def run(url: URL, reps: int) -> Section:
         "less. 'Audited, log with its primary key only' is the Audited trigger into the floor's "
         "log shape (audit_log_table(indexes=())): its distance to the floor is the trigger's own "
         "work; the distance from it to 'sa_patterns Audited' is the log's four secondary indexes."
+    )
+    section.notes.append(
+        "'sa_patterns Versioned (history table, no log)' is the same table kept by Versioned: "
+        "whole versions with valid_from/valid_to in article_history, the pattern "
+        "sqlalchemy-continuum implements, written by statement-level triggers (so bulk work is "
+        "versioned too). Its 'log rows' are history rows, the seeded rows' versions included: an UPDATE closes one version and "
+        "opens the next."
     )
     section.notes.append(
         "The 'server only' tables run the single-row statements inside one DO block, so the "

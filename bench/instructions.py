@@ -37,19 +37,7 @@ from sqlalchemy.orm import DeclarativeBase
 import sa_patterns
 from bench.bench_audit import _Columns
 from bench.harness import Row, Section, Table
-from sa_patterns import Versioned
 from sa_patterns.audit import audit_log_table
-
-
-class _VersionedBase(DeclarativeBase):
-    metadata = sa.MetaData(schema="ver")
-
-
-class VersionedArticle(_Columns, Versioned, _VersionedBase):
-    """The same table kept by Versioned: its history table instead of an audit log."""
-
-    __tablename__ = "article"
-
 
 # The log row Audited writes, with constant values: the mechanism plus the width of a real entry
 # (key, old and new values, changed columns, context), without pairing rows or building values.
@@ -152,8 +140,6 @@ def _build(bin_dir: Path, data: Path, work: Path) -> None:
         engine = sa.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres")
         with engine.begin() as conn:
             bench_audit.create_variants(conn)
-            conn.execute(sa.text("CREATE SCHEMA ver"))
-            sa_patterns.create_all(conn, _VersionedBase.metadata)
             conn.execute(sa.text("CREATE SCHEMA wide"))
             sa_patterns.create_all(conn, _wide_md)
             conn.exec_driver_sql(_WIDE_DDL)
