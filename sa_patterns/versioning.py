@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
+from textwrap import indent
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -83,6 +84,18 @@ def _history_body(table: Table, history: Table) -> str:
         "      OFFSET 0"
     )
     same_key = " AND ".join(f"sa_o.{quote(c)} = sa_n.{quote(c)}" for c in pk)
+    # close the current version of the old rows, open the next version of the new rows: the
+    # INSERT and DELETE branches and the one-row path share them
+    close = (
+        f"UPDATE {target} h SET valid_to = greatest(v_at, h.valid_from)\n"  # noqa: S608
+        f"FROM {OLD} sa_o\n"
+        f"WHERE {match('sa_o')} AND h.valid_to IS NULL;"
+    )
+    open_next = (
+        f"INSERT INTO {target} ({col_list}, version, valid_from)\n"
+        f"SELECT {', '.join(f'sa_n.{quote(c)}' for c in cols)}, {next_version('sa_n')}, v_at\n"
+        f"FROM {NEW} sa_n;"
+    )
     probe = one_row_probe(
         [same_key, "to_jsonb(sa_o.*) IS DISTINCT FROM to_jsonb(sa_n.*)"], ["v_same_key", "v_changed"], "v_rows"
     )
@@ -95,24 +108,16 @@ DECLARE
   v_rows bigint;
 BEGIN
   IF TG_OP = 'INSERT' THEN
-    INSERT INTO {target} ({col_list}, version, valid_from)
-    SELECT {", ".join(f"sa_n.{quote(c)}" for c in cols)}, {next_version("sa_n")}, v_at
-    FROM {NEW} sa_n;
+{indent(open_next, "    ")}
   ELSIF TG_OP = 'DELETE' THEN
-    UPDATE {target} h SET valid_to = greatest(v_at, h.valid_from)
-    FROM {OLD} sa_o
-    WHERE {match("sa_o")} AND h.valid_to IS NULL;
+{indent(close, "    ")}
   ELSE
     -- One row, key unchanged (an ORM flush): two one-row statements. The set-based statement
     -- below pays its start-up (a hash table, a CTE) on every statement.
 {probe}    IF v_rows = 1 AND v_same_key THEN
       IF v_changed THEN
-        UPDATE {target} h SET valid_to = greatest(v_at, h.valid_from)
-        FROM {OLD} sa_o
-        WHERE {match("sa_o")} AND h.valid_to IS NULL;
-        INSERT INTO {target} ({col_list}, version, valid_from)
-        SELECT {", ".join(f"sa_n.{quote(c)}" for c in cols)}, {next_version("sa_n")}, v_at
-        FROM {NEW} sa_n;
+{indent(close, "        ")}
+{indent(open_next, "        ")}
       END IF;
       RETURN NULL;
     END IF;
