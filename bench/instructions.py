@@ -179,28 +179,34 @@ def _script(table: str, logs: list[str], body: str) -> str:
     return f"{vacuum}BEGIN;\n{body}\nROLLBACK;\n"
 
 
+def _per_unit(run: Callable[[str], int], script: Callable[[int], str], low: int, high: int) -> float:
+    """Instructions per unit of work: ``script(high)`` minus ``script(low)``, so that start-up
+    and set-up cancel out."""
+    return (run(script(high)) - run(script(low))) / (high - low)
+
+
 def _per_statement(run: Callable[[str], int], table: str, logs: list[str], statement: str) -> float:
     def loop(n: int) -> str:
-        return f"DO $$ BEGIN FOR i IN 1..{n} LOOP {statement.format(t=table)}; END LOOP; END $$;"
+        body = f"DO $$ BEGIN FOR i IN 1..{n} LOOP {statement.format(t=table)}; END LOOP; END $$;"
+        return _script(table, logs, body)
 
-    return (run(_script(table, logs, loop(HIGH))) - run(_script(table, logs, loop(LOW)))) / (HIGH - LOW)
+    return _per_unit(run, loop, LOW, HIGH)
 
 
 def _per_bulk(run: Callable[[str], int], table: str, logs: list[str]) -> float:
     def statements(n: int) -> str:
-        return "\n".join(f"UPDATE {table} SET price = price + 1;" for _ in range(n))
+        return _script(table, logs, "\n".join(f"UPDATE {table} SET price = price + 1;" for _ in range(n)))
 
-    return (run(_script(table, logs, statements(3))) - run(_script(table, logs, statements(1)))) / 2
+    return _per_unit(run, statements, 1, 3)
 
 
 def _per_value(run: Callable[[str], int], expr: str) -> float:
-    """Instructions per row of ``SELECT expr FROM generate_series(...)``, start-up subtracted."""
+    """Instructions per row of ``SELECT expr FROM generate_series(...)``."""
 
     def query(n: int) -> str:
         return f"SELECT count(v) FROM (SELECT {expr} AS v FROM generate_series(1, {n}) g OFFSET 0) s;\n"
 
-    small, large = ROWS, 10 * ROWS
-    return (run(query(large)) - run(query(small))) / (large - small)
+    return _per_unit(run, query, ROWS, 10 * ROWS)
 
 
 def measure(bin_dir: Path, reps: int) -> Section:
