@@ -5,7 +5,7 @@ Wall-clock ratios (``python -m bench --only audit``) move by a third from one ru
 a noisy 2-core machine. Instructions do not depend on what else runs. This script builds a scratch
 cluster with the machine's PostgreSQL server binaries, creates the audit benchmark's variants
 (plain table, trigger mechanism only, hand-written floor, ``Audited`` into a PK-only log and into
-the default log, postgresql-audit), a constant entry of the log's full shape and the same table
+the default log, a row-level trigger doing ``Audited``'s work per row, postgresql-audit), a constant entry of the log's full shape and the same table
 ``Versioned``, then runs PostgreSQL in single-user mode under ``valgrind --tool=callgrind`` on a
 ``DO`` loop of single-row statements: the count for 1,100 statements minus the count for 100,
 divided by 1,000, is one statement's cost without start-up. Each statement's transaction is
@@ -85,6 +85,7 @@ VARIANTS = {
     "constant entry, the log's full shape (UPDATE only)": ("wide.article", ["wide.audit_log"]),
     "hand-written trigger (floor)": ("floor.article", ["floor.audit_log"]),
     "Audited, log with its primary key only": ("pkonly.article", ["pkonly.audit_log"]),
+    "row-level trigger, Audited's work per row (PK-only log)": ("rowlevel.article", ["rowlevel.audit_log"]),
     "sa_patterns Audited": ("sap.article", ["public.audit_log"]),
     "postgresql-audit": ("public.article_pga", ["pga.activity", "pga.transaction"]),
     "sa_patterns Versioned (history table, no log)": ("ver.article", ["ver.article_history"]),
