@@ -518,9 +518,19 @@ def loader_criteria(state: ORMExecuteState) -> Iterable[ORMOption]:
         # belt and braces: nothing we failed to see can leak
         return [_deny(kind) for kind in kinds]
     options = _scoped_options(kinds, tenant)
-    if options is not None:
+    return _not_carried(state, _options(state, tenant) if options is None else options)
+
+
+def _not_carried(state: ORMExecuteState, options: Sequence[ORMOption]) -> Sequence[ORMOption]:
+    """``options`` less those a relationship load already carries. A selectin load copies every
+    option of its parent statement, ours included (whatever ``propagate_to_loaders`` says):
+    adding them again repeated each tenant condition in its SQL and cost a second statement
+    copy. Options are compared by identity, and ours are cached per tenant, so only the very
+    criteria in force now are skipped; after a tenant switch both apply (no row)."""
+    if not state.is_relationship_load:
         return options
-    return _options(state, tenant)
+    carried = {id(option) for option in state.statement._with_options}
+    return [option for option in options if id(option) not in carried]
 
 
 def _describe(state: ORMExecuteState) -> str:
