@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -83,6 +84,8 @@ class PProject(PlainBase):
     tenant_id: Mapped[int]
     name: Mapped[str] = mapped_column(String(50))
     deleted_at: Mapped[datetime | None]
+    deleted_by: Mapped[str | None]  # the columns SoftDeleteMixin maps: both variants load
+    delete_batch: Mapped[uuid.UUID | None]  # the same row width
     tasks: Mapped[list[PTask]] = relationship(
         primaryjoin="and_(PProject.tenant_id == foreign(PTask.tenant_id),"
         " PProject.id == foreign(PTask.project_id), PTask.deleted_at.is_(None))",
@@ -97,6 +100,8 @@ class PTask(PlainBase):
     project_id: Mapped[int]
     title: Mapped[str] = mapped_column(String(50))
     deleted_at: Mapped[datetime | None]
+    deleted_by: Mapped[str | None]
+    delete_batch: Mapped[uuid.UUID | None]
     project: Mapped[PProject] = relationship(
         primaryjoin="and_(PProject.tenant_id == foreign(PTask.tenant_id),"
         " PProject.id == foreign(PTask.project_id), PProject.deleted_at.is_(None))",
