@@ -33,7 +33,7 @@ from ..context import current_actor, current_request_metadata, require_tenant
 from ..errors import ConcurrencyConflict, ConfigurationError
 from .events import EventRegistry, RecordedEvent, _from_json, _hints, _to_json
 from .projections import Projection
-from .tables import TENANT_COLUMN, constraint_names
+from .tables import TENANT_COLUMN, constraint_names, snapshot_key_name
 
 __all__ = ["Aggregate", "AsyncEventStore", "EventStore", "VersionConflict"]
 
@@ -344,7 +344,7 @@ class EventStore:
             state=aggregate.snapshot_state(),
         )
         stmt = stmt.on_conflict_do_update(
-            constraint=f"{snap.name}_aggregate_key",
+            constraint=snapshot_key_name(snap),
             set_={
                 "version": stmt.excluded.version,
                 "schema_version": stmt.excluded.schema_version,

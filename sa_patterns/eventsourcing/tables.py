@@ -54,19 +54,8 @@ __all__ = [
     "stream_key",
 ]
 
-#: PostgreSQL truncates identifiers at 63 bytes; our longest suffix is 14 characters.
-_MAX_TABLE_NAME = 48
 TENANT_COLUMN = "tenant_id"
 TRANSACTION_ID_DEFAULT = "((pg_current_xact_id())::text)::bigint"
-
-
-def _check_name(cls: type[Any], table: Table) -> None:
-    if len(table.name) > _MAX_TABLE_NAME:
-        raise ConfigurationError(
-            f"{cls.__name__}: table name {table.name!r} is longer than {_MAX_TABLE_NAME} "
-            "characters, so the constraint and trigger names derived from it would be cut by "
-            "PostgreSQL. Choose a shorter __tablename__."
-        )
 
 
 def stream_key(table: Table) -> list[str]:
@@ -75,8 +64,14 @@ def stream_key(table: Table) -> list[str]:
 
 
 def constraint_names(table: Table) -> dict[str, str]:
-    """Names of the constraints the store maps SQLSTATEs from."""
+    """Names of the constraints the store maps SQLSTATEs from. Every name derived from a table's
+    goes through :func:`~sa_patterns.schema.ident`, so a table name of any length is fine."""
     return {"unique": ident(table.name, "stream_key"), "gapless": ident(table.name, "gapless_fk")}
+
+
+def snapshot_key_name(table: Table) -> str:
+    """The snapshot table's unique key, the target of the store's upsert."""
+    return ident(table.name, "aggregate_key")
 
 
 def event_channel(cls: type[Any]) -> str:
@@ -123,7 +118,6 @@ class EventMixin:
 
 
 def _configure_event_table(cls: type[Any], table: Table) -> None:
-    _check_name(cls, table)
     name = table.name
     key = stream_key(table)
     names = constraint_names(table)
@@ -220,10 +214,9 @@ class SnapshotMixin:
         super().__init_subclass__(**kw)
         table = cls.__dict__.get("__table__")
         if isinstance(table, Table):
-            _check_name(cls, table)
             key = stream_key(table)
             table.append_constraint(
-                UniqueConstraint(*key, "aggregate_type", name=ident(table.name, "aggregate_key"))
+                UniqueConstraint(*key, "aggregate_type", name=snapshot_key_name(table))
             )
 
 

@@ -147,7 +147,7 @@ def test_bad_input_is_refused_with_a_teaching_error(session: Session) -> None:
         EventStore(session, BankEvent, registry=events, snapshots=TenantBankSnapshot)
 
 
-def test_mixin_refuses_long_names() -> None:
+def test_mixin_refuses_a_channel_name_over_63_bytes() -> None:
     from sqlalchemy.orm import DeclarativeBase
 
     from sa_patterns.eventsourcing import EventMixin
@@ -155,10 +155,52 @@ def test_mixin_refuses_long_names() -> None:
     class Scratch(DeclarativeBase):
         pass
 
-    with pytest.raises(ConfigurationError, match="shorter __tablename__"):
-        type("LongEvents", (EventMixin, Scratch), {"__tablename__": "e" * 49})
     with pytest.raises(ConfigurationError, match="1 to 63 bytes"):
         type("LongChannel", (EventMixin, Scratch), {"__tablename__": "evs", "__event_channel__": "c" * 64})
+
+
+def test_table_names_up_to_the_identifier_limit_work_end_to_end(
+    session: Session, connection: Connection, sql: SQL
+) -> None:
+    """Names derived from a table's (constraints, indexes, triggers, the snapshot upsert's
+    target) go through ident(): 63-character table names get distinct names that PostgreSQL
+    keeps whole, and the store still finds its constraints by name."""
+    from sqlalchemy.orm import DeclarativeBase
+
+    from sa_patterns.eventsourcing import EventMixin, SnapshotMixin
+
+    class Long(DeclarativeBase):
+        pass
+
+    events_table, snapshots_table = "e" * 63, "s" * 63
+    long_events = type("LongEvents", (EventMixin, Long), {"__tablename__": events_table})
+    long_snapshots = type("LongSnapshots", (SnapshotMixin, Long), {"__tablename__": snapshots_table})
+    create_all(connection, Long.metadata)
+    s = EventStore(session, long_events, registry=events, snapshots=long_snapshots, snapshot_every=1)
+    account = s.load(Account, "long")
+    account.open("ivy")
+    s.save(account)
+    account.deposit(Decimal(3))
+    s.save(account)  # the second snapshot is an upsert on the snapshot table's key, by name
+    assert sql(f'SELECT version FROM "{snapshots_table}" WHERE aggregate_id = \'long\'')[0][0] == 2
+    session.commit()
+    with pytest.raises(VersionConflict):
+        s.append("long", Deposited(Decimal(1)), expected_version=1)  # the unique key, by name
+    session.rollback()
+    with pytest.raises(VersionConflict, match="leave a gap"):
+        s.append("long", Deposited(Decimal(1)), expected_version=7)  # the gapless key, by name
+    session.rollback()
+    tables = [events_table, snapshots_table]
+    for catalog in (
+        "SELECT conname FROM pg_constraint WHERE conrelid = ANY(CAST(:t AS regclass[])) "
+        "UNION ALL SELECT tgname FROM pg_trigger WHERE tgrelid = ANY(CAST(:t AS regclass[])) "
+        "AND NOT tgisinternal",
+        "SELECT relname FROM pg_class JOIN pg_index ON indexrelid = pg_class.oid "
+        "WHERE indrelid = ANY(CAST(:t AS regclass[]))",
+    ):
+        names = [r[0] for r in sql(catalog, t=tables)]
+        assert len(names) >= 5 and len(set(names)) == len(names), names
+        assert all(len(n.encode()) <= 63 for n in names)
 
 
 def test_registry_refuses_non_events_duplicates_and_missing_upcasters() -> None:
