@@ -161,17 +161,19 @@ CREATE TRIGGER del AFTER DELETE ON minimal.article REFERENCING OLD TABLE AS sa_o
 # context) once per row, into a log like the PK-only variant's. It needs no transition table and
 # no query to read one, so a single-row statement is cheaper; a bulk statement pays one call and
 # one INSERT per row. Its typed comparisons are the cheapest a row trigger can make.
-_row_md = MetaData()
-audit_log_table(_row_md, schema="rowlevel", indexes=())
+def article_with_pk_only_log(schema: str) -> Any:
+    """A plain ``article`` table in ``schema`` and beside it a log with only its primary key
+    (``audit_log_table(indexes=())``): for the variants whose trigger is written by hand."""
+    log_metadata = MetaData()
+    audit_log_table(log_metadata, schema=schema, indexes=())
+
+    class Base(DeclarativeBase):
+        metadata = log_metadata
+
+    return type("Article", (_Columns, Base), {"__tablename__": "article", "__table_args__": {"schema": schema}})
 
 
-class RowLevelBase(DeclarativeBase):
-    metadata = _row_md
-
-
-class RowLevelArticle(_Columns, RowLevelBase):
-    __tablename__ = "article"
-    __table_args__ = {"schema": "rowlevel"}
+RowLevelArticle = article_with_pk_only_log("rowlevel")
 
 
 _ROW_LEVEL_DDL = """
@@ -428,8 +430,9 @@ def create_variants(conn: sa.Connection) -> None:
         base.metadata.create_all(conn)
     conn.exec_driver_sql(_FLOOR_DDL)
     conn.exec_driver_sql(_MINIMAL_DDL)
-    for base in (OurBase, LeanBase, PkOnlyBase, RowLevelBase, VersionedBase):
-        sa_patterns.create_all(conn, base.metadata)
+    for metadata in (OurBase.metadata, LeanBase.metadata, PkOnlyBase.metadata, RowLevelArticle.metadata,
+                     VersionedBase.metadata):
+        sa_patterns.create_all(conn, metadata)
     conn.exec_driver_sql(_ROW_LEVEL_DDL)  # its log comes from create_all above
 
 

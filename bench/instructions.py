@@ -32,27 +32,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase
 
 import sa_patterns
-from bench.bench_audit import _Columns
+from bench.bench_audit import article_with_pk_only_log
 from bench.harness import Row, Section, Table
-from sa_patterns.audit import audit_log_table
 
 # The log row Audited writes, with constant values: the mechanism plus the width of a real entry
 # (key, old and new values, changed columns, context), without pairing rows or building values.
 # Between it and "Audited, log with its primary key only" is the trigger's own work.
-_wide_md = sa.MetaData()
-audit_log_table(_wide_md, schema="wide", indexes=())
-
-
-class _WideBase(DeclarativeBase):
-    metadata = _wide_md
-
-
-class WideArticle(_Columns, _WideBase):
-    __tablename__ = "article"
-    __table_args__ = {"schema": "wide"}
+WideArticle = article_with_pk_only_log("wide")
 
 
 _WIDE_DDL = """
@@ -142,7 +130,7 @@ def _build(bin_dir: Path, data: Path, work: Path) -> None:
         with engine.begin() as conn:
             bench_audit.create_variants(conn)
             conn.execute(sa.text("CREATE SCHEMA wide"))
-            sa_patterns.create_all(conn, _wide_md)
+            sa_patterns.create_all(conn, WideArticle.metadata)
             conn.exec_driver_sql(_WIDE_DDL)
         bench_audit._setup_pga(engine)
         with engine.begin() as conn:
