@@ -29,6 +29,7 @@ from sqlalchemy.sql import ColumnElement, false, operators, true
 
 from .._compat import add_parameters
 from ..errors import ConfigurationError
+from ..schema import ident
 
 if TYPE_CHECKING:
     from .types import EncryptedType
@@ -71,8 +72,9 @@ def apply_normalize(spec: tuple[str, ...] | Callable[[str], str] | None, value: 
 
 
 def add_companion(table: Table, column: Column[Any], type_: EncryptedType[Any]) -> None:
-    """Add ``<column>_bidx`` and its index to ``table`` unless the model declares it."""
-    name = type_.blind_index_name or f"{column.name}_bidx"
+    """Add ``<column>_bidx`` and its index to ``table`` unless the model declares it (through
+    :func:`~sa_patterns.schema.ident`: a long column name is cut with a hash, never refused)."""
+    name = type_.blind_index_name or ident(column.name, "bidx")
     type_.blind_index_name = name
     if name in table.c:
         companion = table.c[name]

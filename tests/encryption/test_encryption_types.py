@@ -511,6 +511,31 @@ def test_mixin_columns_get_their_own_binding_and_companion() -> None:
         client.open(lead.seal(b"x"))
 
 
+def test_a_long_column_name_gets_a_blind_index_within_the_identifier_limit(connection: Any, sql: Any) -> None:
+    """The companion's name goes through ident(): a 60-character column still gets a blind index
+    column that PostgreSQL keeps whole, and equality finds the row through it."""
+
+    class B(DeclarativeBase):
+        pass
+
+    class LongName(B):
+        __tablename__ = "enc_long_name"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        value: Mapped[str] = mapped_column("v" * 60, EncryptedString(RING, blind_index=True))
+
+    B.metadata.create_all(connection)
+    companion = LongName.__table__.c["v" * 60].type.blind_index_name
+    assert companion.endswith("_bidx") and len(companion) <= 63
+    connection.execute(insert(LongName).values(id=1, value="Ann"))
+    connection.execute(insert(LongName).values(id=2, value="Bob"))
+    stored = {r[0] for r in sql(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'enc_long_name'::regclass AND attnum > 0"
+    )}
+    assert stored == {"id", "v" * 60, companion}
+    assert connection.scalars(select(LongName.id).where(LongName.value == "Bob")).all() == [2]
+    assert sql(f'SELECT count(*) FROM enc_long_name WHERE "{companion}" IS NOT NULL')[0][0] == 2
+
+
 def test_orm_bulk_update_by_primary_key_keeps_the_blind_index(session: Session) -> None:
     session.add_all([Customer(id=60, email="one@x.io"), Customer(id=61, email="two@x.io")])
     session.flush()
