@@ -313,7 +313,8 @@ def revert(session: Session, obj: Any, version: int | Version) -> Any:
     """Set ``obj``'s columns back to a recorded ``version`` (a number or a :class:`Version`).
 
     The change is an ordinary UPDATE at the next flush, so it is audited and becomes a new
-    version itself; nothing is rewritten. The primary key is never changed.
+    version itself; nothing is rewritten. The primary key is never changed, and generated
+    columns are recomputed by PostgreSQL from the reverted values.
     For an ``AsyncSession``: ``await session.run_sync(sa_patterns.revert, obj, 3)``.
     """
     mapper, identity = _mapper(obj)
@@ -341,9 +342,17 @@ def revert(session: Session, obj: Any, version: int | Version) -> Any:
                 and column.table is table
                 and column.name not in pk
                 and column.name in values
+                and _writable(column)
             ):
                 setattr(obj, prop.key, values[column.name])
     return obj
+
+
+def _writable(column: sa.Column[Any]) -> bool:
+    """Whether an UPDATE may set ``column``: PostgreSQL refuses a value for a generated column
+    (``Searchable``'s ``search_vector`` among them) or an identity ``GENERATED ALWAYS``. A
+    generated column follows the reverted columns it derives from."""
+    return column.computed is None and not (column.identity is not None and column.identity.always)
 
 
 def backfill(bind: Any, model: Any) -> int:

@@ -7,12 +7,21 @@ from datetime import UTC, datetime
 
 import pytest
 from audit_models import Base, Doc, Page
-from sqlalchemy import DDL, Engine, select, text, update
+from sqlalchemy import DDL, Computed, Connection, Engine, Identity, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sa_patterns
-from sa_patterns import Audited, ConfigurationError, NotFound, Versioned, as_of, history, revert
+from sa_patterns import (
+    Audited,
+    ConfigurationError,
+    NotFound,
+    Searchable,
+    Versioned,
+    as_of,
+    history,
+    revert,
+)
 from sa_patterns.testing.plugin import SQL
 from sa_patterns.versioning import Version, history_table
 
@@ -108,6 +117,37 @@ def test_history_as_of_and_revert(session: Session, sql: SQL) -> None:
     assert [r[0] for r in ops][-2:] == ["UPDATE", "UPDATE"]
     with pytest.raises(NotFound, match="no version 99"):
         revert(session, page, 99)
+
+
+def test_revert_leaves_generated_columns_to_postgresql(connection: Connection, sql: SQL) -> None:
+    """PostgreSQL refuses a value for a generated column: revert() sets the columns they derive
+    from and lets them follow (a Searchable search_vector, a Computed, an identity ALWAYS)."""
+
+    class B(DeclarativeBase):
+        pass
+
+    class Article(Versioned, Searchable, B):
+        __tablename__ = "au_rev_article"
+        __searchable__ = {"title": "A"}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str]
+        title_length: Mapped[int | None] = mapped_column(Computed("length(title)", persisted=True))
+        serial: Mapped[int] = mapped_column(Identity(always=True))
+
+    sa_patterns.create_all(connection, B.metadata)
+    session = Session(bind=connection, join_transaction_mode="create_savepoint")
+    article = Article(id=1, title="first words")
+    session.add(article)
+    session.flush()
+    article.title = "a second title"
+    session.flush()
+    revert(session, article, 1)
+    session.flush()
+    row = sql("SELECT title, title_length, serial, search_vector::text FROM au_rev_article")[0]
+    assert tuple(row) == ("first words", 11, 1, "'first':1A 'word':2A")
+    versions = sql("SELECT version, title, title_length FROM au_rev_article_history ORDER BY version")
+    assert [tuple(r) for r in versions] == [(1, "first words", 11), (2, "a second title", 14), (3, "first words", 11)]
+    assert [a.id for a in session.scalars(Article.search("words"))] == [1]
 
 
 async def test_async_history_and_revert(async_session: AsyncSession) -> None:
