@@ -71,6 +71,7 @@ __all__ = [
     "TenantMixin",
     "citus_mode",
     "rls_entities",
+    "scope_copies",
     "set_citus_mode",
     "tenant_foreign_key",
     "tenant_tables",
@@ -85,6 +86,10 @@ ALL_TENANTS_SETTING = "app.all_tenants"
 # renders ``Table.info`` into every ``create_table`` of a migration.
 #: ``{table.key: kind of its tenant column}``
 _TENANT_INFO_KEY = "sa_patterns.tenant_tables"
+#: per tenant table key: its RLS admin role ("" for none), for tables registered with __rls__
+_RLS_INFO_KEY = "sa_patterns.rls_tables"
+#: per source table key: the tables holding copies of its rows, with their ORM entities
+_COPIES_INFO_KEY = "sa_patterns.tenant_copies"
 #: ``{table.key: "distributed" | "reference"}``, read by :mod:`sa_patterns.citus`
 _CITUS_INFO_KEY = "sa_patterns.citus_tables"
 #: Identity token of objects loaded under :func:`sa_patterns.all_tenants`.
@@ -237,6 +242,10 @@ class TenantMixin:
         table = cls.__dict__.get("__table__")
         if not isinstance(table, Table) or "tenant_id" not in table.c:
             return
+        if cls.__rls_admin_role__ and not cls.__rls__:
+            raise ConfigurationError(
+                f"{cls.__name__}.__rls_admin_role__ only makes sense with __rls__ = True."
+            )
         kind = _kind(table.c.tenant_id.type)
         table.metadata.info.setdefault(_TENANT_INFO_KEY, {})[table.key] = kind
         cls.__sa_tenant_kind__ = kind
@@ -244,11 +253,33 @@ class TenantMixin:
         if cls.__citus__:
             set_citus_mode(table, "distributed")
         if cls.__rls__:
+            table.metadata.info.setdefault(_RLS_INFO_KEY, {})[table.key] = cls.__rls_admin_role__ or ""
             register(table.metadata, *rls_entities(table, cls.__rls_admin_role__))
-        elif cls.__rls_admin_role__:
-            raise ConfigurationError(
-                f"{cls.__name__}.__rls_admin_role__ only makes sense with __rls__ = True."
-            )
+        for copy, entity in table.metadata.info.get(_COPIES_INFO_KEY, {}).get(table.key, ()):
+            _scope_copy(table, copy, entity)  # declared before this mixin ran (mixin order)
+
+
+def scope_copies(source: Table, copy: Table, entity: type) -> None:
+    """Make ``copy``, a table holding copies of ``source``'s rows (``Versioned``'s history), a
+    tenant table like ``source``: the session filters it through ``entity`` (an ORM entity
+    mapped to it) by the tenant in scope, statements without a tenant raise
+    :class:`TenantRequired`, and it gets ``source``'s row-level security. A copy of a tenant's
+    rows must never be the way around the wall. Either mixin may be set up first."""
+    copies = source.metadata.info.setdefault(_COPIES_INFO_KEY, {}).setdefault(source.key, [])
+    copies.append((copy, entity))
+    if _tenant_kind(source) is not None:
+        _scope_copy(source, copy, entity)
+
+
+def _scope_copy(source: Table, copy: Table, entity: type) -> None:
+    kind = _tenant_kind(source)
+    assert kind is not None
+    copy.metadata.info.setdefault(_TENANT_INFO_KEY, {})[copy.key] = kind
+    entity.__sa_tenant_kind__ = kind  # type: ignore[attr-defined]
+    _GROUPS[kind]._members.add(entity)
+    admin_role = source.metadata.info.get(_RLS_INFO_KEY, {}).get(source.key)
+    if admin_role is not None:
+        register(copy.metadata, *rls_entities(copy, admin_role or None))
 
 
 def tenant_tables(metadata: MetaData) -> list[Table]:

@@ -20,6 +20,7 @@ statement sequence inside one transaction may be zero-length, which ``as_of`` ne
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from textwrap import indent
@@ -32,10 +33,12 @@ from sqlalchemy.orm import Mapper, Session
 from ._transition import NEW, OLD, one_row_probe
 from .errors import ConfigurationError, NotFound
 from .schema import Entity, Function, Trigger, ident, qualified, quote, register
+from .tenancy import scope_copies
 
 __all__ = ["Version", "Versioned", "as_of", "backfill", "history", "history_table", "revert"]
 
 _HISTORY_KEY = "sa_patterns.history_tables"
+_ENTITY_KEY = "sa_patterns.history_entities"
 #: Columns the history table adds to the source's.
 META_COLUMNS = ("version", "valid_from", "valid_to")
 
@@ -205,6 +208,35 @@ class Versioned:
         register(table.metadata, *history_objects(table, history))
         table.metadata.info.setdefault(_HISTORY_KEY, {})[table.key] = history
         cls.__history_table__ = history
+        entity = type(f"{cls.__name__}History", (_HistoryRow,), {"__module__": cls.__module__})
+        _entities(sa.inspect(cls).registry).map_imperatively(entity, history)
+        table.metadata.info.setdefault(_ENTITY_KEY, {})[table.key] = entity
+        scope_copies(table, history, entity)  # a tenant model's history is a tenant table too
+
+
+class _HistoryRow:
+    """A history table's rows as an ORM entity, through which ``history()``, ``as_of()`` and
+    ``revert()`` read: the session's criteria then apply to history as to the live table (a
+    tenant model's history is filtered by the tenant in scope when the statement runs)."""
+
+
+_registries: weakref.WeakKeyDictionary[sa.orm.registry, sa.orm.registry] = weakref.WeakKeyDictionary()
+
+
+def _entities(source: sa.orm.registry) -> sa.orm.registry:
+    """The registry of the history entities of ``source``'s models, one beside each application
+    registry (kept apart from it): their class names collide exactly when the models' do."""
+    found = _registries.get(source)
+    if found is None:
+        found = _registries[source] = sa.orm.registry()
+    return found
+
+
+def _history_rows(table: Table) -> tuple[Any, sa.Select[Any]]:
+    """The history entity of ``table`` and a ``select()`` of all its columns, by name."""
+    history = history_table(table)
+    entity = table.metadata.info[_ENTITY_KEY][table.key]
+    return entity, sa.select(*[getattr(entity, c.key).label(c.name) for c in history.columns])
 
 
 def _define_history(table: Table) -> Table:
@@ -259,9 +291,9 @@ def _mapper(obj: object) -> tuple[Mapper[Any], tuple[Any, ...]]:
     return state.mapper, identity
 
 
-def _key_filter(table: Table, history: Table, identity: tuple[Any, ...]) -> list[Any]:
+def _key_filter(table: Table, entity: Any, identity: tuple[Any, ...]) -> list[Any]:
     return [
-        history.c[col.name] == value
+        getattr(entity, col.name) == value
         for col, value in zip(table.primary_key.columns, identity, strict=True)
     ]
 
@@ -274,10 +306,10 @@ def history(session: Session, obj: object) -> list[Version]:
     mapper, identity = _mapper(obj)
     table = mapper.local_table
     assert isinstance(table, Table)
-    hist = history_table(table)
+    entity, rows_of = _history_rows(table)
     source_names = [c.name for c in table.columns]
     rows = session.execute(
-        sa.select(hist).where(*_key_filter(table, hist, identity)).order_by(hist.c.version)
+        rows_of.where(*_key_filter(table, entity, identity)).order_by(entity.version)
     ).mappings()
     return [
         Version(
@@ -297,13 +329,14 @@ def as_of(model: Any, when: dt.datetime | sa.ColumnElement[Any]) -> sa.Subquery:
     selectable (not ORM entities), so historical rows never enter the identity map.
     """
     table = model if isinstance(model, Table) else model.__table__
-    hist = history_table(table)
+    history_table(table)  # a clear error for a model that is not Versioned
+    entity = table.metadata.info[_ENTITY_KEY][table.key]
     point = when if isinstance(when, sa.ColumnElement) else sa.literal(when, sa.DateTime(timezone=True))
     return (
-        sa.select(*[hist.c[c.name].label(c.name) for c in table.columns])
+        sa.select(*[getattr(entity, c.name).label(c.name) for c in table.columns])
         .where(
-            hist.c.valid_from <= point,
-            sa.or_(hist.c.valid_to.is_(None), hist.c.valid_to > point),
+            entity.valid_from <= point,
+            sa.or_(entity.valid_to.is_(None), entity.valid_to > point),
         )
         .subquery(f"{table.name}_as_of")
     )
@@ -324,9 +357,9 @@ def revert(session: Session, obj: Any, version: int | Version) -> Any:
     if isinstance(version, Version):
         values = version.values
     else:
-        hist = history_table(table)
+        entity, rows_of = _history_rows(table)
         row = session.execute(
-            sa.select(hist).where(*_key_filter(table, hist, identity), hist.c.version == version)
+            rows_of.where(*_key_filter(table, entity, identity), entity.version == version)
         ).mappings().first()
         if row is None:
             raise NotFound(

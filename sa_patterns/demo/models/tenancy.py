@@ -1,5 +1,6 @@
 """Tenancy: workspaces own boards; both are scoped to a tenant, with row-level security and a
-composite foreign key so a board can never point at another tenant's workspace."""
+composite foreign key so a board can never point at another tenant's workspace. Boards keep
+their history (``Versioned``), which is scoped and secured like the boards themselves."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ...tenancy import TenantMixin, tenant_foreign_key, tenant_unique
+from ...versioning import Versioned
 from .base import Base
 
 
@@ -20,7 +22,7 @@ class TnWorkspace(TenantMixin, Base):
     boards: Mapped[list[TnBoard]] = relationship(back_populates="workspace", order_by="TnBoard.id")
 
 
-class TnBoard(TenantMixin, Base):
+class TnBoard(Versioned, TenantMixin, Base):
     __tablename__ = "tn_boards"
     __rls__ = True
     __table_args__ = (tenant_foreign_key("workspace_id", "tn_workspaces.id"),)

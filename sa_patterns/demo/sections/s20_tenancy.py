@@ -35,6 +35,13 @@ def run(ctx: DemoContext) -> None:
     ctx.check(names == ["acme-hq", "acme-lab"] and boards == 2, "ORM reads are scoped to tenant 1")
     ctx.check(other is None, "session.get() of tenant 2's workspace returns None under tenant 1")
 
+    with sa_patterns.tenant_scope(1), ctx.Session() as s:
+        then = sa_patterns.as_of(TnBoard, s.scalar(text("SELECT clock_timestamp()")))
+        past = list(s.scalars(select(then.c.title).order_by(then.c.id)))
+    ctx.show("as_of(TnBoard, now) under tenant 1", past)
+    ctx.check(past == ["acme-hq roadmap", "acme-lab roadmap"],
+              "a Versioned tenant model's history is scoped too: as_of() shows tenant 1's boards only")
+
     try:
         with ctx.Session() as s:
             s.scalars(select(TnWorkspace)).all()
@@ -67,16 +74,18 @@ def run(ctx: DemoContext) -> None:
         if conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first() is None:
             conn.execute(text(f"CREATE ROLE {quote(role)} NOLOGIN NOSUPERUSER NOBYPASSRLS"))
         conn.execute(text(f"GRANT USAGE ON SCHEMA {quote(conn.scalar(text('SELECT current_schema()')))} TO {quote(role)}"))
-        conn.execute(text(f"GRANT SELECT ON tn_workspaces TO {quote(role)}"))
+        conn.execute(text(f"GRANT SELECT ON tn_workspaces, tn_boards_history TO {quote(role)}"))
         problems = rls_problems(conn, TnWorkspace.metadata, role=role)
     try:
         seen: dict[str, list[str]] = {}
+        versions: dict[str, int] = {}
         for tenant in ("1", "2", ""):
             with ctx.engine.begin() as conn:
                 conn.execute(text(f"SET LOCAL ROLE {quote(role)}"))
                 conn.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": tenant})
                 seen[tenant or "none"] = list(conn.scalars(
                     text("SELECT name FROM tn_workspaces ORDER BY id")))
+                versions[tenant or "none"] = conn.scalar(text("SELECT count(*) FROM tn_boards_history"))
     finally:
         with ctx.engine.begin() as conn:
             conn.execute(text(f"DROP OWNED BY {quote(role)}"))
@@ -84,5 +93,8 @@ def run(ctx: DemoContext) -> None:
     ctx.show("raw SQL as the app role, per app.tenant_id", seen)
     ctx.check(seen == {"1": ["acme-hq", "acme-lab"], "2": ["globex"], "none": []},
               "RLS filters raw SQL; no tenant set means no rows")
+    ctx.show("board versions visible to raw SQL as the app role", versions)
+    ctx.check(versions == {"1": 2, "2": 1, "none": 0},
+              "the history table has the same row-level security as the boards")
     ctx.show("rls_problems() for the app role on the demo's tenant tables", problems or "none")
     ctx.check(problems == [], "RLS is enabled, FORCEd and has a policy on every tenant table")

@@ -1,0 +1,200 @@
+"""A tenant model's history is a tenant table too: history(), as_of() and revert() follow the
+tenant in scope, a statement without one raises, and with ``__rls__`` the history table gets the
+same row-level security as the live table, so raw SQL as the app role sees its tenant's versions
+only. Both mixin orders are covered: either mixin may be set up first."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import URL, Connection, Engine, create_engine, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from tenancy_models import APP_ROLE
+
+import sa_patterns
+from sa_patterns import TenantMixin, TenantRequired, Versioned, as_of, history, revert
+from sa_patterns.testing.rls import rls_problems
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Contract(Versioned, TenantMixin, Base):
+    __tablename__ = "tv_contracts"
+    __rls__ = True
+    id: Mapped[int] = mapped_column(primary_key=True)
+    amount: Mapped[int]
+
+
+class Lease(TenantMixin, Versioned, Base):  # the other mixin order
+    __tablename__ = "tv_leases"
+    __rls__ = True
+    id: Mapped[int] = mapped_column(primary_key=True)
+    amount: Mapped[int]
+
+
+MODELS = (Contract, Lease)
+
+
+@pytest.fixture(scope="module")
+def tables(engine: Engine, db_schema: str, tenancy_roles: tuple[str, str]) -> Iterator[Engine]:
+    from conftest import grant
+
+    with engine.begin() as conn:
+        sa_patterns.create_all(conn, Base.metadata)
+        grant(conn, db_schema)
+    yield engine
+
+
+@pytest.fixture
+def seeded(tables: Engine, connection: Connection) -> Session:
+    """Two tenants, one row each per model, each updated once (two versions)."""
+    session = sa_patterns.install(sessionmaker(bind=connection, join_transaction_mode="create_savepoint"))()
+    for tenant in (1, 2):
+        with sa_patterns.tenant_scope(tenant):
+            rows = [model(id=tenant, amount=10 * tenant) for model in MODELS]
+            session.add_all(rows)
+            session.flush()
+            for row in rows:
+                row.amount += 1
+            session.flush()
+    session.expunge_all()
+    return session
+
+
+def now(session: Session) -> object:
+    return session.execute(text("SELECT clock_timestamp()")).scalar_one()
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+def test_as_of_and_history_follow_the_tenant_in_scope(seeded: Session, model: type) -> None:
+    s = seeded
+    at = now(s)
+    then = as_of(model, at)  # built once, filtered when each statement runs
+    with sa_patterns.tenant_scope(1):
+        assert s.execute(select(then.c.id, then.c.amount)).all() == [(1, 11)]
+        joined = select(model.id, then.c.amount).join(then, then.c.id == model.id)  # type: ignore[attr-defined]
+        assert s.execute(joined).all() == [(1, 11)]
+        mine = s.get(model, 1)
+        assert [v.values["amount"] for v in history(s, mine)] == [10, 11]
+    with sa_patterns.tenant_scope(2):
+        assert s.execute(select(then.c.id)).all() == [(2,)]
+        # an object of tenant 1 still in the session shows no history under tenant 2
+        assert history(s, mine) == []
+    with sa_patterns.all_tenants():
+        assert sorted(s.execute(select(then.c.id)).all()) == [(1,), (2,)]
+    s.info["tenant_id"] = 2  # the session's own tenant counts as well as the scope
+    assert s.execute(select(then.c.amount)).all() == [(21,)]
+    del s.info["tenant_id"]
+    with pytest.raises(TenantRequired):
+        s.execute(select(then.c.id)).all()
+    with pytest.raises(TenantRequired):
+        history(s, mine)
+
+
+def test_revert_reads_the_version_under_the_tenant_in_scope(seeded: Session) -> None:
+    s = seeded
+    with sa_patterns.tenant_scope(1):
+        contract = s.get(Contract, 1)
+        revert(s, contract, 1)
+        s.flush()
+        assert contract.amount == 10
+    with sa_patterns.tenant_scope(2), pytest.raises(sa_patterns.NotFound):
+        revert(s, contract, 1)  # tenant 1's versions are not tenant 2's to read
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+def test_history_table_has_the_live_tables_row_level_security(tables: Engine, model: type) -> None:
+    history_name = f"{model.__tablename__}_history"  # type: ignore[attr-defined]
+    with tables.connect() as conn:
+        flags = conn.execute(text(
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = CAST(:t AS regclass)"
+        ), {"t": history_name}).one()
+        policies = conn.execute(text(
+            "SELECT policyname, qual, with_check FROM pg_policies WHERE tablename = :t"
+        ), {"t": history_name}).all()
+    assert tuple(flags) == (True, True)
+    assert [p.policyname for p in policies] == [f"{history_name}_tenant_isolation"]
+    assert "app.tenant_id" in policies[0].qual and "app.tenant_id" in policies[0].with_check
+
+
+def test_app_role_writes_history_and_reads_its_tenants_only(
+    pg_url: URL, db_schema: str, tables: Engine
+) -> None:
+    """As a NOBYPASSRLS app role the triggers open and close versions under RLS, and raw SQL on
+    the history table sees the tenant in scope only; without one, nothing."""
+    app = create_engine(pg_url.set(username=APP_ROLE), connect_args={"options": f"-csearch_path={db_schema},public"})
+    factory = sa_patterns.install(sessionmaker(app))
+    raw = text("SELECT id, version, amount FROM tv_contracts_history ORDER BY id, version")
+    try:
+        for tenant in (7, 8):
+            with sa_patterns.tenant_scope(tenant), factory.begin() as s:
+                row = Contract(id=100 + tenant, amount=tenant)
+                s.add(row)
+                s.flush()
+                row.amount += 1
+        with sa_patterns.tenant_scope(7), factory() as s:
+            assert s.execute(raw).all() == [(107, 1, 7), (107, 2, 8)]
+        with app.connect() as conn:
+            assert conn.execute(raw).all() == []
+    finally:
+        app.dispose()
+        with tables.begin() as conn:
+            conn.execute(text("DELETE FROM tv_contracts WHERE id > 100"))
+            conn.execute(text("ALTER TABLE tv_contracts_history DISABLE TRIGGER USER"))
+            conn.execute(text("DELETE FROM tv_contracts_history WHERE id > 100"))
+            conn.execute(text("ALTER TABLE tv_contracts_history ENABLE TRIGGER USER"))
+
+
+def test_rls_check_covers_history_tables(tables: Engine) -> None:
+    with tables.connect() as conn:
+        assert rls_problems(conn, Base.metadata, role=APP_ROLE) == []
+        names = {t.name for t in sa_patterns.tenancy.tenant_tables(Base.metadata)}
+    assert names == {"tv_contracts", "tv_contracts_history", "tv_leases", "tv_leases_history"}
+
+
+def test_autogenerate_writes_the_history_tables_rls(pg_url: URL) -> None:
+    """The migration autogenerate writes for a tenant model with ``__rls__`` secures its history
+    table too, and after it there is no diff."""
+    import uuid
+
+    from alembic.autogenerate import compare_metadata, produce_migrations
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+    from alembic.operations.ops import ModifyTableOps
+
+    from sa_patterns.alembic import configure_kwargs
+
+    name = f"sap_tv_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = create_engine(pg_url.set(database=name))
+    try:
+        with engine.begin() as conn:
+            ctx = MigrationContext.configure(
+                conn, opts={**configure_kwargs(), "target_metadata": Base.metadata}
+            )
+            script = produce_migrations(ctx, Base.metadata)
+            op = Operations(ctx)
+            for migrate_op in script.upgrade_ops.ops:
+                for each in migrate_op.ops if isinstance(migrate_op, ModifyTableOps) else [migrate_op]:
+                    op.invoke(each)
+        with engine.connect() as conn:
+            secured = set(conn.scalars(text(
+                "SELECT relname FROM pg_class WHERE relrowsecurity AND relforcerowsecurity")))
+            policies = set(conn.scalars(text("SELECT policyname FROM pg_policies")))
+            ctx = MigrationContext.configure(
+                conn, opts={**configure_kwargs(), "target_metadata": Base.metadata}
+            )
+            assert list(compare_metadata(ctx, Base.metadata)) == []
+        tables = {"tv_contracts", "tv_contracts_history", "tv_leases", "tv_leases_history"}
+        assert secured == tables
+        assert policies == {f"{t}_tenant_isolation" for t in tables}
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
