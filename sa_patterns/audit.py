@@ -29,13 +29,14 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy import MetaData, Table
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from ._transition import NEW, OLD, one_row_probe
-from .context import ACTOR_SETTING, REQUEST_SETTING
+from .context import ACTOR_SETTING, REQUEST_SETTING, current_tenant, is_all_tenants, require_tenant
 from .errors import ConfigurationError
 from .schema import Entity, Function, Trigger, ident, qualified, quote, quote_literal, register
+from .tenancy import is_tenant_table
 
 __all__ = [
     "AUDIT_LOG_INDEXES",
@@ -594,6 +595,7 @@ def audit_entries(
     operations: Iterable[str] | None = None,
     transaction_id: int | None = None,
     metadata: MetaData | None = None,
+    session: Session | None = None,
 ) -> sa.Select[Any]:
     """A ``select()`` of audit entries, oldest first, narrowed by what you pass.
 
@@ -602,6 +604,11 @@ def audit_entries(
     inclusive, ``until`` exclusive. The key, table, actor and time filters are served by the
     log's indexes (those chosen in :func:`audit_log_table`); ``transaction_id`` is not indexed,
     so combine it with a time range on a large log.
+
+    The tenant in scope when the query is built (``session.info`` too, given ``session``)
+    narrows it like the models: a tenant model's entries are its tenant's only, and none in
+    scope raises :class:`~sa_patterns.TenantRequired`; without ``target``, a tenant in scope
+    keeps its own entries and those of tables without tenants. ``all_tenants()`` lifts both.
     """
     table = _table_of(target) if target is not None else None
     md = table.metadata if table is not None else metadata
@@ -611,6 +618,12 @@ def audit_entries(
         )
     log: Table = md.info[_LOG_KEY]
     query = sa.select(log).order_by(log.c.id)
+    if not is_all_tenants(session):
+        if table is not None and is_tenant_table(table):
+            scoped = require_tenant(session, what=f"audit_entries() of {table.name}")
+            query = query.where(log.c.tenant_id == str(scoped))
+        elif table is None and (tenant := current_tenant(session)) is not None:
+            query = query.where(sa.or_(log.c.tenant_id.is_(None), log.c.tenant_id == str(tenant)))
     if table is not None:
         query = query.where(log.c.table_name == table_name_expr(table))
         if target is not None and not isinstance(target, (type, Table)):

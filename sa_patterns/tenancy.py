@@ -70,6 +70,7 @@ __all__ = [
     "ALL_TENANTS_SETTING",
     "TenantMixin",
     "citus_mode",
+    "is_tenant_table",
     "rls_entities",
     "scope_copies",
     "set_citus_mode",
@@ -280,6 +281,11 @@ def _scope_copy(source: Table, copy: Table, entity: type) -> None:
     admin_role = source.metadata.info.get(_RLS_INFO_KEY, {}).get(source.key)
     if admin_role is not None:
         register(copy.metadata, *rls_entities(copy, admin_role or None))
+
+
+def is_tenant_table(table: Table) -> bool:
+    """Whether ``table`` is scoped by tenant: a ``TenantMixin`` model's, or a copy of one's rows."""
+    return _tenant_kind(table) is not None
 
 
 def tenant_tables(metadata: MetaData) -> list[Table]:

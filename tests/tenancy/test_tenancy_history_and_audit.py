@@ -1,7 +1,8 @@
-"""A tenant model's history is a tenant table too: history(), as_of() and revert() follow the
-tenant in scope, a statement without one raises, and with ``__rls__`` the history table gets the
-same row-level security as the live table, so raw SQL as the app role sees its tenant's versions
-only. Both mixin orders are covered: either mixin may be set up first."""
+"""Copies of a tenant's rows are scoped like the rows. A tenant model's history is a tenant table
+too: history(), as_of() and revert() follow the tenant in scope, a statement without one raises,
+and with ``__rls__`` the history table gets the same row-level security as the live table, so
+raw SQL as the app role sees its tenant's versions only (both mixin orders are covered). The
+audit log's query helper narrows a tenant model's entries to the tenant in scope."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from tenancy_models import APP_ROLE
 
 import sa_patterns
-from sa_patterns import TenantMixin, TenantRequired, Versioned, as_of, history, revert
+from sa_patterns import (
+    Audited,
+    TenantMixin,
+    TenantRequired,
+    Versioned,
+    as_of,
+    audit_entries,
+    history,
+    revert,
+)
 from sa_patterns.testing.rls import rls_problems
 
 
@@ -33,6 +43,13 @@ class Lease(TenantMixin, Versioned, Base):  # the other mixin order
     __rls__ = True
     id: Mapped[int] = mapped_column(primary_key=True)
     amount: Mapped[int]
+
+
+class Ticket(TenantMixin, Audited, Base):
+    __tablename__ = "tv_tickets"
+    __rls__ = True
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str]
 
 
 MODELS = (Contract, Lease)
@@ -152,7 +169,7 @@ def test_rls_check_covers_history_tables(tables: Engine) -> None:
     with tables.connect() as conn:
         assert rls_problems(conn, Base.metadata, role=APP_ROLE) == []
         names = {t.name for t in sa_patterns.tenancy.tenant_tables(Base.metadata)}
-    assert names == {"tv_contracts", "tv_contracts_history", "tv_leases", "tv_leases_history"}
+    assert names == {"tv_contracts", "tv_contracts_history", "tv_leases", "tv_leases_history", "tv_tickets"}
 
 
 def test_autogenerate_writes_the_history_tables_rls(pg_url: URL) -> None:
@@ -190,7 +207,7 @@ def test_autogenerate_writes_the_history_tables_rls(pg_url: URL) -> None:
                 conn, opts={**configure_kwargs(), "target_metadata": Base.metadata}
             )
             assert list(compare_metadata(ctx, Base.metadata)) == []
-        tables = {"tv_contracts", "tv_contracts_history", "tv_leases", "tv_leases_history"}
+        tables = {"tv_contracts", "tv_contracts_history", "tv_leases", "tv_leases_history", "tv_tickets"}
         assert secured == tables
         assert policies == {f"{t}_tenant_isolation" for t in tables}
     finally:
@@ -198,3 +215,30 @@ def test_autogenerate_writes_the_history_tables_rls(pg_url: URL) -> None:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_audit_entries_of_a_tenant_model_follow_the_tenant_in_scope(tables: Engine, connection: Connection) -> None:
+    s = sa_patterns.install(sessionmaker(bind=connection, join_transaction_mode="create_savepoint"))()
+    for tenant in (1, 2):
+        with sa_patterns.tenant_scope(tenant):
+            s.add(Ticket(id=tenant, title=f"ticket of {tenant}"))
+            s.flush()
+    s.execute(text("INSERT INTO audit_log (table_name, operation, primary_key, transaction_id) "
+                   "VALUES ('public.shared', 'INSERT', '{}', 0)"))  # an entry of a table without tenants
+
+    def tenants(query: object) -> list[str | None]:
+        return [row.tenant_id for row in s.execute(query)]  # type: ignore[call-overload]
+
+    with sa_patterns.tenant_scope(1):
+        assert tenants(audit_entries(Ticket)) == ["1"]
+        mine = s.get(Ticket, 1)
+        assert tenants(audit_entries(mine)) == ["1"]
+        assert tenants(audit_entries(Ticket, primary_key=2)) == []  # tenant 2's row: not here
+        assert tenants(audit_entries(metadata=Base.metadata)) == ["1", None]
+    with sa_patterns.all_tenants():
+        assert tenants(audit_entries(Ticket)) == ["1", "2"]
+        assert tenants(audit_entries(metadata=Base.metadata)) == ["1", "2", None]
+    with pytest.raises(TenantRequired, match="tv_tickets"):
+        audit_entries(Ticket)  # no tenant in scope: refused when the query is built
+    s.info["tenant_id"] = 2
+    assert tenants(audit_entries(Ticket, session=s)) == ["2"]
