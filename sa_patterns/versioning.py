@@ -12,6 +12,11 @@ migration as the source table's. As with ``Audited``, the old/new pairing is a `
 behind ``OFFSET 0``, which no cached plan can turn into a quadratic nested loop; an UPDATE of one
 row with its key unchanged (an ORM flush) skips it for two one-row statements, cheaper to start.
 
+``history()``, ``as_of()`` and ``revert()`` read the history through an ORM entity mapped to it
+(in a registry beside the application's), so the session's criteria apply to it: a
+``TenantMixin`` model's history is a tenant table too, filtered by the tenant in scope and, with
+``__rls__``, under the same row-level security (:func:`sa_patterns.tenancy.scope_copies`).
+
 Timestamps are the trigger's ``clock_timestamp()`` (the statement's end), so consecutive versions
 of a row never overlap even across concurrent transactions; a version opened and closed by the same
 statement sequence inside one transaction may be zero-length, which ``as_of`` never returns.
@@ -232,11 +237,16 @@ def _entities(source: sa.orm.registry) -> sa.orm.registry:
     return found
 
 
+def _history_entity(table: Table) -> Any:
+    """The ORM entity over ``table``'s history (a clear error when it is not ``Versioned``)."""
+    history_table(table)
+    return table.metadata.info[_ENTITY_KEY][table.key]
+
+
 def _history_rows(table: Table) -> tuple[Any, sa.Select[Any]]:
     """The history entity of ``table`` and a ``select()`` of all its columns, by name."""
-    history = history_table(table)
-    entity = table.metadata.info[_ENTITY_KEY][table.key]
-    return entity, sa.select(*[getattr(entity, c.key).label(c.name) for c in history.columns])
+    entity = _history_entity(table)
+    return entity, sa.select(*[getattr(entity, c.key).label(c.name) for c in history_table(table).columns])
 
 
 def _define_history(table: Table) -> Table:
@@ -329,8 +339,7 @@ def as_of(model: Any, when: dt.datetime | sa.ColumnElement[Any]) -> sa.Subquery:
     selectable (not ORM entities), so historical rows never enter the identity map.
     """
     table = model if isinstance(model, Table) else model.__table__
-    history_table(table)  # a clear error for a model that is not Versioned
-    entity = table.metadata.info[_ENTITY_KEY][table.key]
+    entity = _history_entity(table)
     point = when if isinstance(when, sa.ColumnElement) else sa.literal(when, sa.DateTime(timezone=True))
     return (
         sa.select(*[getattr(entity, c.name).label(c.name) for c in table.columns])
