@@ -36,6 +36,7 @@ from sqlalchemy import MetaData, Table
 from sqlalchemy.orm import Mapper, Session
 
 from ._transition import NEW, OLD, one_row_probe
+from .encryption.types import EncryptedType
 from .errors import ConfigurationError, NotFound
 from .schema import Entity, Function, Trigger, ident, qualified, quote, register
 from .tenancy import scope_copies
@@ -61,7 +62,8 @@ def _history_columns(table: Table) -> list[sa.Column[Any]]:
         columns.append(
             sa.Column(
                 column.name,
-                column.type,
+                # an encrypted column's copies decrypt with its binding, not the history's
+                column.type.copy_for_copies() if isinstance(column.type, EncryptedType) else column.type,
                 primary_key=column.primary_key,
                 nullable=not column.primary_key,
                 autoincrement=False if column.primary_key else "auto",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -27,6 +27,9 @@ from . import blind_index as _bidx
 from .envelope import NONCE_SIZE, EnvelopeError, binding, key_id_of, open_envelope
 from .keyring import KeyContext, Keyring, KeyringProvider, resolve_provider
 from .serializers import BUILTIN, Serializer, resolve_serializer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["EncryptedBytes", "EncryptedJSON", "EncryptedString", "EncryptedType", "EncryptedValue"]
 
@@ -89,6 +92,21 @@ class EncryptedType(TypeDecorator[_T]):
             self._ring[0], self._per_context = resolve_provider(keyring)
         self._where: tuple[str, str] | None = None
         self._aads: dict[str, bytes] = {}
+        #: the place keyring providers are asked for, when not this column's (a copy's)
+        self._key_place: tuple[str, str] | None = None
+
+    def copy_for_copies(self) -> Self:
+        """A type for another column holding copies of this column's ciphertexts (a ``Versioned``
+        history): the same keyring and value type, bound to this column's place and asking
+        providers for its keys, so the copies decrypt as they are. No blind index of its own:
+        the companion column is copied alongside."""
+        self.where  # noqa: B018  (raises a ConfigurationError when unattached)
+        twin = self.copy()
+        twin.bind_to = self.bind_to or self.where
+        twin.blind_index, twin.blind_index_name = False, None
+        twin._key_place = self._key_place or self._where
+        twin._where, twin._aads, twin._ring = None, {}, [self._ring[0], None]
+        return twin
 
     # -- what the value is -------------------------------------------------------------
     def _dumps(self, value: Any) -> bytes:
@@ -163,7 +181,7 @@ class EncryptedType(TypeDecorator[_T]):
         if fixed is not None:
             return fixed
         if self._per_context is not None:
-            where = self._where or ("?", "?")
+            where = self._key_place or self._where or ("?", "?")
             ring = self._per_context(KeyContext(where[0], where[1], current_tenant()))
         else:
             provider = self.keyring

@@ -15,6 +15,8 @@ import sa_patterns
 from sa_patterns import (
     Audited,
     ConfigurationError,
+    EncryptedString,
+    Keyring,
     NotFound,
     Searchable,
     Versioned,
@@ -148,6 +150,41 @@ def test_revert_leaves_generated_columns_to_postgresql(connection: Connection, s
     versions = sql("SELECT version, title, title_length FROM au_rev_article_history ORDER BY version")
     assert [tuple(r) for r in versions] == [(1, "first words", 11), (2, "a second title", 14), (3, "first words", 11)]
     assert [a.id for a in session.scalars(Article.search("words"))] == [1]
+
+
+def test_encrypted_columns_are_versioned_as_ciphertext_that_decrypts(session: Session, sql: SQL) -> None:
+    """The history copies an encrypted column's ciphertext as it is: its column type is bound to
+    the source column, so history(), as_of() and revert() decrypt it (a copy of the source's
+    type instance was refused, so such a model could not even be defined)."""
+    import os
+
+    ring = Keyring({"k1": os.urandom(32)}, active="k1", index_keys={"i1": os.urandom(32)})
+
+    class B(DeclarativeBase):
+        pass
+
+    class Patient(Versioned, B):
+        __tablename__ = "au_enc_patient"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        ssn: Mapped[str] = mapped_column(EncryptedString(ring, blind_index=True))
+
+    sa_patterns.create_all(session.connection(), B.metadata)
+    patient = Patient(id=1, ssn="111-11")
+    session.add(patient)
+    session.flush()
+    patient.ssn = "222-22"
+    session.flush()
+    stored = sql("SELECT ssn FROM au_enc_patient_history ORDER BY version")
+    assert all(b"111-11" not in bytes(r.ssn) and b"222-22" not in bytes(r.ssn) for r in stored)
+    source = sql("SELECT ssn FROM au_enc_patient")[0].ssn
+    assert bytes(stored[-1].ssn) == bytes(source)  # the very ciphertext, not re-encrypted
+    assert [v.values["ssn"] for v in history(session, patient)] == ["111-11", "222-22"]
+    then = as_of(Patient, stamp(session))
+    assert session.execute(select(then.c.ssn)).scalar_one() == "222-22"
+    revert(session, patient, 1)
+    session.flush()
+    assert session.scalars(select(Patient.id).where(Patient.ssn == "111-11")).all() == [1]
+    assert [v.values["ssn"] for v in history(session, patient)] == ["111-11", "222-22", "111-11"]
 
 
 async def test_async_history_and_revert(async_session: AsyncSession) -> None:
