@@ -24,6 +24,7 @@ from sa_patterns import (
     history,
     revert,
 )
+from sa_patterns.encryption import KeyContext
 from sa_patterns.testing.plugin import SQL
 from sa_patterns.versioning import Version, history_table
 
@@ -159,6 +160,11 @@ def test_encrypted_columns_are_versioned_as_ciphertext_that_decrypts(session: Se
     import os
 
     ring = Keyring({"k1": os.urandom(32)}, active="k1", index_keys={"i1": os.urandom(32)})
+    asked: set[tuple[str, str]] = set()
+
+    def per_place(context: KeyContext) -> Keyring:  # a per-context provider sees one place
+        asked.add((context.table, context.column))
+        return ring
 
     class B(DeclarativeBase):
         pass
@@ -166,7 +172,7 @@ def test_encrypted_columns_are_versioned_as_ciphertext_that_decrypts(session: Se
     class Patient(Versioned, B):
         __tablename__ = "au_enc_patient"
         id: Mapped[int] = mapped_column(primary_key=True)
-        ssn: Mapped[str] = mapped_column(EncryptedString(ring, blind_index=True))
+        ssn: Mapped[str] = mapped_column(EncryptedString(per_place, blind_index=True))
 
     sa_patterns.create_all(session.connection(), B.metadata)
     patient = Patient(id=1, ssn="111-11")
@@ -185,6 +191,7 @@ def test_encrypted_columns_are_versioned_as_ciphertext_that_decrypts(session: Se
     session.flush()
     assert session.scalars(select(Patient.id).where(Patient.ssn == "111-11")).all() == [1]
     assert [v.values["ssn"] for v in history(session, patient)] == ["111-11", "222-22", "111-11"]
+    assert asked == {("au_enc_patient", "ssn")}  # the history's reads asked for the source's keys
 
 
 async def test_async_history_and_revert(async_session: AsyncSession) -> None:
