@@ -268,3 +268,52 @@ def test_per_tenant_rotation(engine: Engine) -> None:
             assert sorted(s.scalars(select(Vault.secret).where(Vault.tenant == 1))) == [f"s1-{i}" for i in range(5)]
     finally:
         VaultBase.metadata.drop_all(engine)
+
+
+def test_a_versioned_models_history_rotates_too(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Versioned model's history holds the table's ciphertexts: rotate_keys() re-encrypts them
+    through history_table(), after which the old key can go and every version still reads."""
+    from sa_patterns import Versioned, history
+    from sa_patterns.versioning import history_table
+
+    class B(DeclarativeBase):
+        pass
+
+    class Holder(Versioned, B):
+        __tablename__ = "enc_rot_holder"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        secret: Mapped[str] = mapped_column(EncryptedString())
+
+    types = [c.type for t in (Holder.__table__, history_table(Holder)) for c in t.columns
+             if isinstance(c.type, EncryptedType)]
+
+    def switch(enc: str) -> None:
+        use(monkeypatch, enc)
+        for type_ in types:
+            type_.reset_keyring()
+
+    switch("k1")
+    with engine.begin() as conn:
+        sa_patterns.create_all(conn, B.metadata)
+    try:
+        with Session(engine) as s:
+            holder = Holder(id=1, secret="first")
+            s.add(holder)
+            s.flush()
+            holder.secret = "second"
+            s.commit()
+        switch("k2,k1")
+        assert rotate_keys(engine, Holder).reencrypted == 1
+        # the table's rotation opened version 3, already under k2: versions 1 and 2 remain
+        assert rotate_keys(engine, history_table(Holder)).reencrypted == 2
+        with engine.connect() as conn:
+            kids = set(conn.scalars(text(
+                "SELECT convert_from(substring(secret from 3 for get_byte(secret, 1)), 'SQL_ASCII') "
+                "FROM enc_rot_holder_history")))
+        assert kids == {"k2"}
+        switch("k2")  # the old key retired: every version still reads
+        with Session(engine) as s:
+            assert [v.values["secret"] for v in history(s, s.get(Holder, 1))] == ["first", "second", "second"]
+    finally:
+        with engine.begin() as conn:
+            sa_patterns.drop_all(conn, B.metadata)
