@@ -247,17 +247,22 @@ class TenantMixin:
             raise ConfigurationError(
                 f"{cls.__name__}.__rls_admin_role__ only makes sense with __rls__ = True."
             )
-        kind = _kind(table.c.tenant_id.type)
-        table.metadata.info.setdefault(_TENANT_INFO_KEY, {})[table.key] = kind
-        cls.__sa_tenant_kind__ = kind
-        _GROUPS[kind]._members.add(cls)
+        _enroll(table, cls, _kind(table.c.tenant_id.type), (cls.__rls_admin_role__ or "") if cls.__rls__ else None)
         if cls.__citus__:
             set_citus_mode(table, "distributed")
-        if cls.__rls__:
-            table.metadata.info.setdefault(_RLS_INFO_KEY, {})[table.key] = cls.__rls_admin_role__ or ""
-            register(table.metadata, *rls_entities(table, cls.__rls_admin_role__))
         for copy, entity in table.metadata.info.get(_COPIES_INFO_KEY, {}).get(table.key, ()):
             _scope_copy(table, copy, entity)  # declared before this mixin ran (mixin order)
+
+
+def _enroll(table: Table, entity: type, kind: str, rls: str | None) -> None:
+    """Make ``table``, mapped by ``entity``, a tenant table of ``kind``: the session filters it,
+    and with ``rls`` (an admin role, or "" for none) it gets row-level security."""
+    table.metadata.info.setdefault(_TENANT_INFO_KEY, {})[table.key] = kind
+    entity.__sa_tenant_kind__ = kind  # type: ignore[attr-defined]
+    _GROUPS[kind]._members.add(entity)
+    if rls is not None:
+        table.metadata.info.setdefault(_RLS_INFO_KEY, {})[table.key] = rls
+        register(table.metadata, *rls_entities(table, rls or None))
 
 
 def scope_copies(source: Table, copy: Table, entity: type) -> None:
@@ -275,12 +280,7 @@ def scope_copies(source: Table, copy: Table, entity: type) -> None:
 def _scope_copy(source: Table, copy: Table, entity: type) -> None:
     kind = _tenant_kind(source)
     assert kind is not None
-    copy.metadata.info.setdefault(_TENANT_INFO_KEY, {})[copy.key] = kind
-    entity.__sa_tenant_kind__ = kind  # type: ignore[attr-defined]
-    _GROUPS[kind]._members.add(entity)
-    admin_role = source.metadata.info.get(_RLS_INFO_KEY, {}).get(source.key)
-    if admin_role is not None:
-        register(copy.metadata, *rls_entities(copy, admin_role or None))
+    _enroll(copy, entity, kind, source.metadata.info.get(_RLS_INFO_KEY, {}).get(source.key))
 
 
 def is_tenant_table(table: Table) -> bool:
