@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from ._mapping import own_table, when_mapped
 from ._transition import NEW, OLD, one_row_probe
 from .context import ACTOR_SETTING, REQUEST_SETTING, current_tenant, is_all_tenants, require_tenant
 from .errors import ConfigurationError
@@ -494,35 +495,41 @@ class Audited:
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
-        table = cls.__dict__.get("__table__")
-        if not isinstance(table, Table):
-            return  # abstract base, mixin or single-table-inheritance subclass
-        exclude = set(getattr(cls, "__audit_exclude__", ()) or ())
-        if isinstance(getattr(cls, "__audit_exclude__", ()), str):
-            raise ConfigurationError(
-                f"{cls.__name__}.__audit_exclude__ is a string; write a set of column names, "
-                f"e.g. {{{cls.__audit_exclude__!r}}}."
-            )
-        unknown = exclude - set(table.c.keys())
-        if unknown:
-            raise ConfigurationError(
-                f"{cls.__name__}.__audit_exclude__ names {sorted(unknown)}, which are not columns "
-                f"of {table.name!r} (columns: {sorted(table.c.keys())}). Use column names."
-            )
-        pk_excluded = exclude & {c.name for c in table.primary_key.columns}
-        if pk_excluded:
-            raise ConfigurationError(
-                f"{cls.__name__}.__audit_exclude__ names the primary key {sorted(pk_excluded)}; "
-                "every entry records its row's key. Remove it from the excludes."
-            )
-        # Generated columns (Searchable's tsvector, GENERATED ALWAYS AS ... STORED) are derived
-        # from columns the log already holds: logging them would only repeat them, larger.
-        pk_names = {c.name for c in table.primary_key.columns}
-        exclude |= {c.name for c in table.columns if c.computed is not None and c.name not in pk_names}
-        log = _log_for(table.metadata)
-        if table is log:
-            raise ConfigurationError("the audit log itself cannot be Audited.")
-        register(table.metadata, *audit_objects(table, log, exclude))
+        when_mapped(cls, _set_up)
+
+
+def _set_up(mapper: Mapper[Any]) -> None:
+    """An audited class is mapped (by any declarative style): register its triggers."""
+    cls = mapper.class_
+    table = own_table(mapper)
+    if table is None:
+        return  # single-table-inheritance subclass: the parent's table is audited
+    exclude = set(getattr(cls, "__audit_exclude__", ()) or ())
+    if isinstance(getattr(cls, "__audit_exclude__", ()), str):
+        raise ConfigurationError(
+            f"{cls.__name__}.__audit_exclude__ is a string; write a set of column names, "
+            f"e.g. {{{cls.__audit_exclude__!r}}}."
+        )
+    unknown = exclude - set(table.c.keys())
+    if unknown:
+        raise ConfigurationError(
+            f"{cls.__name__}.__audit_exclude__ names {sorted(unknown)}, which are not columns "
+            f"of {table.name!r} (columns: {sorted(table.c.keys())}). Use column names."
+        )
+    pk_excluded = exclude & {c.name for c in table.primary_key.columns}
+    if pk_excluded:
+        raise ConfigurationError(
+            f"{cls.__name__}.__audit_exclude__ names the primary key {sorted(pk_excluded)}; "
+            "every entry records its row's key. Remove it from the excludes."
+        )
+    # Generated columns (Searchable's tsvector, GENERATED ALWAYS AS ... STORED) are derived
+    # from columns the log already holds: logging them would only repeat them, larger.
+    pk_names = {c.name for c in table.primary_key.columns}
+    exclude |= {c.name for c in table.columns if c.computed is not None and c.name not in pk_names}
+    log = _log_for(table.metadata)
+    if table is log:
+        raise ConfigurationError("the audit log itself cannot be Audited.")
+    register(table.metadata, *audit_objects(table, log, exclude))
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ from typing import Any, ClassVar, TypeVar
 
 from alembic.operations import ops
 from sqlalchemy import MetaData, Table, UniqueConstraint
+from sqlalchemy.orm import Mapper
 
+from ._mapping import own_table, when_mapped
 from .errors import ConfigurationError
 from .schema.objects import qualified, quote_literal
 from .tenancy import citus_mode, set_citus_mode
@@ -67,29 +69,35 @@ class Distributed:
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
-        table = cls.__dict__.get("__table__")
-        spec = getattr(cls, "__distribute_by__", None)
-        if not isinstance(table, Table) or spec is None:
-            return
-        if spec == "reference":
-            set_citus_mode(table, "reference")
-            return
-        if spec not in table.c:
+        when_mapped(cls, _set_up)
+
+
+def _set_up(mapper: Mapper[Any]) -> None:
+    """A distributed class is mapped (by any declarative style): mark its table."""
+    cls = mapper.class_
+    table = own_table(mapper)
+    spec = getattr(cls, "__distribute_by__", None)
+    if table is None or spec is None:
+        return
+    if spec == "reference":
+        set_citus_mode(table, "reference")
+        return
+    if spec not in table.c:
+        raise ConfigurationError(
+            f"{cls.__name__}.__distribute_by__ = {spec!r} is not a column of {table.name}."
+        )
+    keys = [("primary key", {c.name for c in table.primary_key.columns})]
+    keys += [(f"unique constraint {c.name}", {col.name for col in c.columns})
+             for c in table.constraints if isinstance(c, UniqueConstraint)]
+    for what, cols in keys:
+        if cols and spec not in cols:
             raise ConfigurationError(
-                f"{cls.__name__}.__distribute_by__ = {spec!r} is not a column of {table.name}."
+                f"{cls.__name__}: the {what} ({', '.join(sorted(cols))}) must include the "
+                f"distribution column {spec!r}: Citus checks uniqueness per shard. Add "
+                f"{spec!r} to it (e.g. primary key ({spec}, id))."
             )
-        keys = [("primary key", {c.name for c in table.primary_key.columns})]
-        keys += [(f"unique constraint {c.name}", {col.name for col in c.columns})
-                 for c in table.constraints if isinstance(c, UniqueConstraint)]
-        for what, cols in keys:
-            if cols and spec not in cols:
-                raise ConfigurationError(
-                    f"{cls.__name__}: the {what} ({', '.join(sorted(cols))}) must include the "
-                    f"distribution column {spec!r}: Citus checks uniqueness per shard. Add "
-                    f"{spec!r} to it (e.g. primary key ({spec}, id))."
-                )
-        set_citus_mode(table, "distributed")
-        table.metadata.info.setdefault(_COLUMNS, {})[table.key] = spec
+    set_citus_mode(table, "distributed")
+    table.metadata.info.setdefault(_COLUMNS, {})[table.key] = spec
 
 
 def citus_statements(tables: Sequence[Table]) -> list[str]:

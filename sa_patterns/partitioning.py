@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from sqlalchemy import Date, DateTime, MetaData, Table, UniqueConstraint, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapper, Session
 
+from ._mapping import own_table, when_mapped
 from .errors import ConfigurationError
 from .schema.objects import Function, ident, ident_prefix, qualified, quote, quote_literal
 from .schema.registry import register, registered
@@ -249,16 +250,22 @@ class Partitioned:
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
-        table = cls.__dict__.get("__table__")
-        spec = getattr(cls, "__partition_by__", None)
-        if table is None or spec is None:
-            return
-        if not isinstance(spec, PartitionSpec):
-            raise ConfigurationError(
-                f"{cls.__name__}.__partition_by__ must come from range_partition(), list_partition() "
-                "or hash_partition()."
-            )
-        partition_table(table, spec, owner=cls.__name__)
+        when_mapped(cls, _set_up)
+
+
+def _set_up(mapper: Mapper[Any]) -> None:
+    """A partitioned class is mapped (by any declarative style): partition its table."""
+    cls = mapper.class_
+    table = own_table(mapper)
+    spec = getattr(cls, "__partition_by__", None)
+    if table is None or spec is None:
+        return
+    if not isinstance(spec, PartitionSpec):
+        raise ConfigurationError(
+            f"{cls.__name__}.__partition_by__ must come from range_partition(), list_partition() "
+            "or hash_partition()."
+        )
+    partition_table(table, spec, owner=cls.__name__)
 
 
 def maintain(bind: Session | Any, metadata: MetaData) -> list[str]:

@@ -22,9 +22,7 @@ from sqlalchemy import (
     Index,
     String,
     bindparam,
-    event,
     func,
-    inspect,
     literal,
     or_,
     select,
@@ -35,6 +33,7 @@ from sqlalchemy.orm import ColumnProperty, Mapper, QueryableAttribute, deferred
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Enum, Float, TypeDecorator
 
+from ._mapping import own_table, when_mapped
 from .errors import ConfigurationError
 from .schema import Extension, ident, quote, quote_literal, register
 
@@ -181,10 +180,7 @@ class Searchable:
         super().__init_subclass__(**kw)
         if spec is None:
             return
-        if "__table__" in cls.__dict__ and "__mapper__" in cls.__dict__:
-            _attach(cls, spec)
-        else:  # classical/imperative mapping: the mapper comes later
-            event.listen(cls, "after_mapper_constructed", lambda m, c: _attach(c, spec), once=True)
+        when_mapped(cls, lambda mapper: _attach(mapper, spec))
 
     # -- querying -------------------------------------------------------------------------
     @classmethod
@@ -265,7 +261,7 @@ def _precheck(cls: type, spec: _Spec) -> None:
 def _column(cls: type, mapper: Mapper[Any], key: str, *, text: bool) -> Column[Any]:
     prop = mapper.get_property(key) if mapper.has_property(key) else None
     column = prop.columns[0] if isinstance(prop, ColumnProperty) and prop.columns else None
-    if not isinstance(column, Column) or column.table is not cls.__table__:  # type: ignore[attr-defined]
+    if not isinstance(column, Column) or column.table is not mapper.local_table:
         raise ConfigurationError(
             f"{cls.__name__}.{key} is not a column of {cls.__name__}'s own table; search "
             f"columns must be plain columns (use a relationship search for related tables)."
@@ -278,10 +274,15 @@ def _column(cls: type, mapper: Mapper[Any], key: str, *, text: bool) -> Column[A
     return column
 
 
-def _attach(cls: type, spec: _Spec) -> None:
+def _attach(mapper: Mapper[Any], spec: _Spec) -> None:
     """Add the generated column, its GIN index and the trigram indexes to the mapped class."""
-    mapper: Mapper[Any] = inspect(cls)
-    table = cls.__table__  # type: ignore[attr-defined]
+    cls = mapper.class_
+    table = own_table(mapper)
+    if table is None:
+        raise ConfigurationError(
+            f"{cls.__name__}: Searchable adds a generated column to the model's own table; "
+            "map the class to a Table (not a select or a parent's single table)."
+        )
     config = f"{quote_literal(spec.config)}::regconfig"
     reads = []
     if spec.config_column:

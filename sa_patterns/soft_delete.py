@@ -65,6 +65,7 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.orm.interfaces import ORMOption, UserDefinedOption
 
+from ._mapping import own_table, refuse_sqlmodel, when_mapped
 from .context import ACTOR_SETTING, current_actor
 from .errors import ConfigurationError, ConflictError
 from .options import HARD_DELETE, INCLUDE_DELETED, flag
@@ -110,15 +111,9 @@ class SoftDeleteMixin:
     delete_batch: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None, nullable=True)
 
     def __init_subclass__(cls, **kw: Any) -> None:
+        refuse_sqlmodel(cls, "SoftDeleteMixin")
         super().__init_subclass__(**kw)
-        if "__mapper__" in cls.__dict__:  # each mapped class, subclasses included
-            event.listen(cls, "mapper_configured", _check_cascades)
-        table = cls.__dict__.get("__table__")
-        if not isinstance(table, Table):
-            return  # abstract class, or single-table inheritance (the parent did the work)
-        _finish_soft_unique(table)
-        if cls.__soft_delete_guard__:
-            register(table.metadata, *_guard_objects(table))
+        when_mapped(cls, _set_up)
 
     @hybrid_property
     def is_deleted(self) -> bool:
@@ -243,6 +238,26 @@ def _guard_objects(table: Table) -> tuple[Function, Trigger]:
         function=f"{qualified(table.schema, name)}()",
     )
     return function, trigger
+
+
+def _set_up(mapper: Mapper[Any]) -> None:
+    """A soft-deletable class is mapped (each mapped class, subclasses included)."""
+    event.listen(mapper, "mapper_configured", _check_cascades)
+    table = own_table(mapper)
+    if table is None:
+        return  # single-table inheritance: the parent did the work
+    if "deleted_at" not in table.c:
+        if mapper.inherits is None:
+            raise ConfigurationError(
+                f"{mapper.class_.__name__} is a SoftDeleteMixin model, but its table "
+                f"{table.name!r} has no deleted_at column (an imperative mapping or an explicit "
+                "__table__ does not get the mixin's columns). Add deleted_at, deleted_by and "
+                "delete_batch columns to the table, or let declarative create it."
+            )
+        return  # joined inheritance: the parent's table holds deleted_at
+    _finish_soft_unique(table)
+    if mapper.class_.__soft_delete_guard__:
+        register(table.metadata, *_guard_objects(table))
 
 
 def _check_cascades(mapper: Mapper[Any], class_: type[Any]) -> None:

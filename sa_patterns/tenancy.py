@@ -46,6 +46,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Result
 from sqlalchemy.orm import (
     Mapped,
+    Mapper,
     ORMExecuteState,
     Session,
     SessionTransaction,
@@ -60,6 +61,7 @@ from sqlalchemy.sql.util import find_tables
 from sqlalchemy.types import TypeDecorator
 
 from ._compat import add_parameters
+from ._mapping import own_table, refuse_sqlmodel, when_mapped
 from .context import TENANT_SETTING, TenantId, current_tenant, is_all_tenants, require_tenant
 from .errors import ConfigurationError, TenantRequired, TenantViolation
 from .options import ALL_TENANTS, flag
@@ -239,19 +241,35 @@ class TenantMixin:
         return mapped_column(instance, nullable=False, index=True)
 
     def __init_subclass__(cls, **kw: Any) -> None:
+        refuse_sqlmodel(cls, "TenantMixin")
         super().__init_subclass__(**kw)
-        table = cls.__dict__.get("__table__")
-        if not isinstance(table, Table) or "tenant_id" not in table.c:
-            return
-        if cls.__rls_admin_role__ and not cls.__rls__:
+        when_mapped(cls, _set_up)
+
+
+def _set_up(mapper: Mapper[Any]) -> None:
+    """A tenant class is mapped (by any declarative style): enrol its table."""
+    cls = mapper.class_
+    table = own_table(mapper)
+    if table is None:
+        return  # single-table inheritance: the parent's table is enrolled
+    if "tenant_id" not in table.c:
+        if mapper.inherits is None:
             raise ConfigurationError(
-                f"{cls.__name__}.__rls_admin_role__ only makes sense with __rls__ = True."
+                f"{cls.__name__} is a TenantMixin model, but its table {table.name!r} has no "
+                "tenant_id column (an imperative mapping does not get the mixin's column), so "
+                "nothing could scope it. Add a non-null, indexed tenant_id column to the table, "
+                "or map the class declaratively."
             )
-        _enroll(table, cls, _kind(table.c.tenant_id.type), (cls.__rls_admin_role__ or "") if cls.__rls__ else None)
-        if cls.__citus__:
-            set_citus_mode(table, "distributed")
-        for copy, entity in table.metadata.info.get(_COPIES_INFO_KEY, {}).get(table.key, ()):
-            _scope_copy(table, copy, entity)  # declared before this mixin ran (mixin order)
+        return  # joined inheritance: the parent's table holds tenant_id
+    if cls.__rls_admin_role__ and not cls.__rls__:
+        raise ConfigurationError(
+            f"{cls.__name__}.__rls_admin_role__ only makes sense with __rls__ = True."
+        )
+    _enroll(table, cls, _kind(table.c.tenant_id.type), (cls.__rls_admin_role__ or "") if cls.__rls__ else None)
+    if cls.__citus__:
+        set_citus_mode(table, "distributed")
+    for copy, entity in table.metadata.info.get(_COPIES_INFO_KEY, {}).get(table.key, ()):
+        _scope_copy(table, copy, entity)  # declared before this mixin ran (mixin order)
 
 
 def _enroll(table: Table, entity: type, kind: str, rls: str | None) -> None:

@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy import MetaData, Table
 from sqlalchemy.orm import Mapper, Session
 
+from ._mapping import own_table, when_mapped
 from ._transition import NEW, OLD, one_row_probe
 from .encryption.types import EncryptedType
 from .errors import ConfigurationError, NotFound
@@ -197,28 +198,34 @@ class Versioned:
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
-        table = cls.__dict__.get("__table__")
-        if not isinstance(table, Table):
-            return
-        if not table.primary_key.columns:
-            raise ConfigurationError(
-                f"Versioned table {table.name!r} has no primary key; versions are kept per key."
-            )
-        clash = set(META_COLUMNS) & set(table.c.keys())
-        if clash:
-            raise ConfigurationError(
-                f"{cls.__name__} has column(s) {sorted(clash)}, which its history table uses for "
-                "version bookkeeping. Rename the column(s) (mapped_column('name', ...) keeps the "
-                "attribute name) or do not make the model Versioned."
-            )
-        history = _define_history(table)
-        register(table.metadata, *history_objects(table, history))
-        table.metadata.info.setdefault(_HISTORY_KEY, {})[table.key] = history
-        cls.__history_table__ = history
-        entity = type(f"{cls.__name__}History", (_HistoryRow,), {"__module__": cls.__module__})
-        _entities(sa.inspect(cls).registry).map_imperatively(entity, history)
-        table.metadata.info.setdefault(_ENTITY_KEY, {})[table.key] = entity
-        scope_copies(table, history, entity)  # a tenant model's history is a tenant table too
+        when_mapped(cls, _set_up)
+
+
+def _set_up(mapper: Mapper[Any]) -> None:
+    """A versioned class is mapped (by any declarative style): define its history."""
+    cls = mapper.class_
+    table = own_table(mapper)
+    if table is None:
+        return  # single-table inheritance: the parent's table is versioned
+    if not table.primary_key.columns:
+        raise ConfigurationError(
+            f"Versioned table {table.name!r} has no primary key; versions are kept per key."
+        )
+    clash = set(META_COLUMNS) & set(table.c.keys())
+    if clash:
+        raise ConfigurationError(
+            f"{cls.__name__} has column(s) {sorted(clash)}, which its history table uses for "
+            "version bookkeeping. Rename the column(s) (mapped_column('name', ...) keeps the "
+            "attribute name) or do not make the model Versioned."
+        )
+    history = _define_history(table)
+    register(table.metadata, *history_objects(table, history))
+    table.metadata.info.setdefault(_HISTORY_KEY, {})[table.key] = history
+    cls.__history_table__ = history
+    entity = type(f"{cls.__name__}History", (_HistoryRow,), {"__module__": cls.__module__})
+    _entities(mapper.registry).map_imperatively(entity, history)
+    table.metadata.info.setdefault(_ENTITY_KEY, {})[table.key] = entity
+    scope_copies(table, history, entity)  # a tenant model's history is a tenant table too
 
 
 class _HistoryRow:

@@ -37,6 +37,7 @@ from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql.selectable import SelectBase
 from sqlalchemy.sql.util import find_tables
 
+from ._mapping import own_table, when_mapped
 from .errors import ConfigurationError, ReadOnlyError
 from .schema import objects
 from .schema.objects import RowLevelSecurity, qualified
@@ -107,16 +108,20 @@ class _ViewModel:
     _materialized: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw: Any) -> None:
-        super().__init_subclass__(**kw)  # DeclarativeBase maps the class here
-        if cls.__dict__.get("__abstract__") or "__tablename__" not in cls.__dict__:
-            return
-        table = cls.__dict__.get("__table__")
-        if not isinstance(table, Table):
-            raise ConfigurationError(
-                f"{cls.__name__} is a view model but was not mapped: put {cls.__mro__[1].__name__} "
-                f"before your declarative base, e.g. class {cls.__name__}(View, Base)."
-            )
-        _configure(cls, table)
+        super().__init_subclass__(**kw)
+        if "__tablename__" in cls.__dict__:
+            when_mapped(cls, _set_up)
+
+
+def _set_up(mapper: Mapper[Any]) -> None:
+    """A view class is mapped (by any declarative style): register its view."""
+    table = own_table(mapper)
+    if table is None:
+        raise ConfigurationError(
+            f"{mapper.class_.__name__} is a view model but maps no table of its own: give it "
+            "__tablename__ and its columns as Mapped[] attributes."
+        )
+    _configure(mapper.class_, table)
 
 
 def _configure(cls: type[_ViewModel], table: Table) -> None:

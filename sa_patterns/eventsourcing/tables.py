@@ -40,8 +40,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Mapper, mapped_column
 
+from .._mapping import own_table, refuse_sqlmodel, when_mapped
 from ..errors import ConfigurationError
 from ..schema import Function, Trigger, ident, qualified, quote_literal, register
 
@@ -111,10 +112,15 @@ class EventMixin:
     )
 
     def __init_subclass__(cls, **kw: Any) -> None:
+        refuse_sqlmodel(cls, "EventMixin")
         super().__init_subclass__(**kw)
-        table = cls.__dict__.get("__table__")
-        if isinstance(table, Table):
-            _configure_event_table(cls, table)
+        when_mapped(cls, _set_up_events)
+
+
+def _set_up_events(mapper: Mapper[Any]) -> None:
+    table = own_table(mapper)
+    if table is not None:
+        _configure_event_table(mapper.class_, table)
 
 
 def _configure_event_table(cls: type[Any], table: Table) -> None:
@@ -211,13 +217,18 @@ class SnapshotMixin:
     )
 
     def __init_subclass__(cls, **kw: Any) -> None:
+        refuse_sqlmodel(cls, "SnapshotMixin")
         super().__init_subclass__(**kw)
-        table = cls.__dict__.get("__table__")
-        if isinstance(table, Table):
-            key = stream_key(table)
-            table.append_constraint(
-                UniqueConstraint(*key, "aggregate_type", name=snapshot_key_name(table))
-            )
+        when_mapped(cls, _set_up_snapshots)
+
+
+def _set_up_snapshots(mapper: Mapper[Any]) -> None:
+    table = own_table(mapper)
+    if table is not None:
+        key = stream_key(table)
+        table.append_constraint(
+            UniqueConstraint(*key, "aggregate_type", name=snapshot_key_name(table))
+        )
 
 
 class CheckpointMixin:
@@ -236,10 +247,15 @@ class CheckpointMixin:
     )
 
     def __init_subclass__(cls, **kw: Any) -> None:
+        refuse_sqlmodel(cls, "CheckpointMixin")
         super().__init_subclass__(**kw)
-        table = cls.__dict__.get("__table__")
-        if isinstance(table, Table) and TENANT_COLUMN in table.c:
-            raise ConfigurationError(
-                f"{cls.__name__}: a checkpoint table must not be tenant-scoped: one projection "
-                "runner reads the whole log across tenants. Drop TenantMixin from it."
-            )
+        when_mapped(cls, _check_checkpoints)
+
+
+def _check_checkpoints(mapper: Mapper[Any]) -> None:
+    table = own_table(mapper)
+    if table is not None and TENANT_COLUMN in table.c:
+        raise ConfigurationError(
+            f"{mapper.class_.__name__}: a checkpoint table must not be tenant-scoped: one "
+            "projection runner reads the whole log across tenants. Drop TenantMixin from it."
+        )
