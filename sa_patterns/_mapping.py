@@ -13,21 +13,26 @@ mapper exists. It runs it at once when the class is mapped already, and otherwis
 class's own ``after_mapper_constructed`` event (SQLAlchemy holds a listener on a class that is
 not mapped yet and attaches it to the mapper when one is made). Nothing is global: no listener
 on :class:`~sqlalchemy.orm.Mapper`, nothing at import time.
+
+:func:`each_relationship` runs a check on every relationship of the mappers a model is
+configured with, for refusals that can only be decided once relationships are resolved.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Table, event, inspect
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import Mapper, RelationshipProperty
 
 from .errors import ConfigurationError
 
-__all__ = ["own_table", "refuse_sqlmodel", "when_mapped"]
+__all__ = ["each_relationship", "own_table", "refuse_sqlmodel", "when_mapped"]
 
 Setup = Callable[[Mapper[Any]], None]
+Check = Callable[[RelationshipProperty[Any]], None]
 
 
 def when_mapped(cls: type, setup: Setup) -> None:
@@ -56,6 +61,40 @@ def own_table(mapper: Mapper[Any]) -> Table | None:
     if mapper.inherits is not None and mapper.inherits.local_table is table:
         return None
     return table
+
+
+# mapper -> checks already run on its relationships (or waiting for its configuration)
+_checked: weakref.WeakKeyDictionary[Mapper[Any], set[Check]] = weakref.WeakKeyDictionary()
+
+
+def each_relationship(mapper: Mapper[Any], check: Check) -> None:
+    """Run ``check`` on every relationship of ``mapper``'s registry once it is resolved.
+
+    Registered per model (on ``mapper``'s ``mapper_configured`` event): when the model is
+    configured, the mappers of its registry that are configured already are checked at once and
+    the others when they are configured (each through its own one-off event). A relationship
+    defined on a plain model is checked too, as long as it is configured in the same
+    configuration pass as the model or before it.
+    """
+
+    def scan(configured: Mapper[Any], _class: type) -> None:
+        for other in list(configured.registry.mappers):
+            done = _checked.setdefault(other, set())
+            if check in done:
+                continue
+            done.add(check)
+            if other.configured:
+                _check_mapper(other, check)
+            else:
+                event.listen(other, "mapper_configured", lambda m, _c: _check_mapper(m, check), once=True)
+
+    event.listen(mapper, "mapper_configured", scan, once=True)
+
+
+def _check_mapper(mapper: Mapper[Any], check: Check) -> None:
+    for rel in mapper.relationships:
+        if rel.parent is mapper:  # inherited relationships are checked on their own mapper
+            check(rel)
 
 
 def refuse_sqlmodel(cls: type, mixin: str) -> None:

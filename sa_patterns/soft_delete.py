@@ -56,6 +56,7 @@ from sqlalchemy.orm import (
     Mapped,
     Mapper,
     ORMExecuteState,
+    RelationshipProperty,
     Session,
     UOWTransaction,
     attributes,
@@ -65,7 +66,7 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.orm.interfaces import ORMOption, UserDefinedOption
 
-from ._mapping import own_table, refuse_sqlmodel, when_mapped
+from ._mapping import each_relationship, own_table, refuse_sqlmodel, when_mapped
 from .context import ACTOR_SETTING, current_actor
 from .errors import ConfigurationError, ConflictError
 from .options import HARD_DELETE, INCLUDE_DELETED, flag
@@ -243,6 +244,7 @@ def _guard_objects(table: Table) -> tuple[Function, Trigger]:
 def _set_up(mapper: Mapper[Any]) -> None:
     """A soft-deletable class is mapped (each mapped class, subclasses included)."""
     event.listen(mapper, "mapper_configured", _check_cascades)
+    each_relationship(mapper, _refuse_secondary)
     table = own_table(mapper)
     if table is None:
         return  # single-table inheritance: the parent did the work
@@ -270,6 +272,25 @@ def _check_cascades(mapper: Mapper[Any], class_: type[Any]) -> None:
                 f"{rel.mapper.class_.__name__}, or remove 'delete' from the relationship's "
                 "cascade (use ON DELETE CASCADE with passive_deletes for hard deletes)."
             )
+
+
+def _refuse_secondary(rel: RelationshipProperty[Any]) -> None:
+    """``relationship(secondary=...)`` through a soft-delete table: refused (see the message)."""
+    secondary = rel.secondary
+    if secondary is None or "deleted_at" not in {c.name for c in secondary.columns}:
+        return
+    name = getattr(secondary, "name", None) or str(secondary)
+    raise ConfigurationError(
+        f"{rel.parent.class_.__name__}.{rel.key} uses the table {name!r} as secondary=, and "
+        "that table has a deleted_at column: SQLAlchemy's criteria do not reach a secondary "
+        "table, so soft-deleted links would still show in the collection, and removing an item "
+        "would DELETE the link row for good. Map the link as an association object (a "
+        "SoftDeleteMixin model with a many-to-one relationship to each side, which soft delete "
+        "filters), give the parent a one-to-many relationship to it, and use "
+        "sqlalchemy.ext.associationproxy.association_proxy for the collection of the other "
+        "side (see 'Many-to-many links' in docs/soft-delete.md). A plain Table secondary= with "
+        "a deleted_at column is refused too: nothing would fill or filter it."
+    )
 
 
 def _soft(obj: object) -> bool:

@@ -48,6 +48,7 @@ from sqlalchemy.orm import (
     Mapped,
     Mapper,
     ORMExecuteState,
+    RelationshipProperty,
     Session,
     SessionTransaction,
     declared_attr,
@@ -61,7 +62,7 @@ from sqlalchemy.sql.util import find_tables
 from sqlalchemy.types import TypeDecorator
 
 from ._compat import add_parameters
-from ._mapping import own_table, refuse_sqlmodel, when_mapped
+from ._mapping import each_relationship, own_table, refuse_sqlmodel, when_mapped
 from .context import TENANT_SETTING, TenantId, current_tenant, is_all_tenants, require_tenant
 from .errors import ConfigurationError, TenantRequired, TenantViolation
 from .options import ALL_TENANTS, flag
@@ -249,6 +250,7 @@ class TenantMixin:
 def _set_up(mapper: Mapper[Any]) -> None:
     """A tenant class is mapped (by any declarative style): enrol its table."""
     cls = mapper.class_
+    each_relationship(mapper, _refuse_secondary)
     table = own_table(mapper)
     if table is None:
         return  # single-table inheritance: the parent's table is enrolled
@@ -270,6 +272,25 @@ def _set_up(mapper: Mapper[Any]) -> None:
         set_citus_mode(table, "distributed")
     for copy, entity in table.metadata.info.get(_COPIES_INFO_KEY, {}).get(table.key, ()):
         _scope_copy(table, copy, entity)  # declared before this mixin ran (mixin order)
+
+
+def _refuse_secondary(rel: RelationshipProperty[Any]) -> None:
+    """``relationship(secondary=...)`` through a tenant table: refused (see the message)."""
+    secondary = rel.secondary
+    if secondary is None or "tenant_id" not in {c.name for c in secondary.columns}:
+        return
+    name = getattr(secondary, "name", None) or str(secondary)
+    raise ConfigurationError(
+        f"{rel.parent.class_.__name__}.{rel.key} uses the table {name!r} as secondary=, and "
+        "that table has a tenant_id column: SQLAlchemy's criteria do not reach a secondary "
+        "table, so other tenants' links would show in the collection and an appended item's "
+        "link row would get no tenant_id. Map the link as an association object (a TenantMixin "
+        "model with a many-to-one relationship to each side, which the tenant filter covers), "
+        "give the parent a one-to-many relationship to it, and use "
+        "sqlalchemy.ext.associationproxy.association_proxy for the collection of the other "
+        "side (see 'Many-to-many links' in docs/tenancy.md). A plain Table secondary= with a "
+        "tenant_id column is refused too: nothing would fill or filter it."
+    )
 
 
 def _enroll(table: Table, entity: type, kind: str, rls: str | None) -> None:
