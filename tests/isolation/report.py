@@ -5,7 +5,7 @@
 
 The page is a pure function of :mod:`.catalogue`: the shapes and their descriptions, the model
 kinds, the outcome each cell must have (scoped, or the refusal a shape declares) and the known
-gaps (``XFAIL``). The matrix enforces those outcomes, and ``test_isolation_docs.py`` checks
+gaps (``XFAIL``, ``XFAIL_ON``). The matrix enforces those outcomes, and ``test_isolation_docs.py`` checks
 that the committed page is this function's output, so the page cannot drift from the tests.
 """
 
@@ -16,7 +16,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from .catalogue import DECLARATIONS, SHAPES, XFAIL, cells, xfail_reason
+from .catalogue import DECLARATIONS, SHAPES, XFAIL, XFAIL_ON, cells, gaps
 from .harness import Cell
 from .models import KINDS
 
@@ -110,15 +110,18 @@ def _kind_of(cell: Cell) -> str:
     return f"refused `{refusal[0].__name__}`" if refusal else "scoped"
 
 
-def _gaps() -> list[tuple[str, list[Cell]]]:
-    """Each known-gap reason, in catalogue order, with the cells it covers."""
-    by_reason: dict[str, list[Cell]] = defaultdict(list)
-    for cell in cells():
-        reason = xfail_reason(cell)
-        if reason is not None:
-            by_reason[reason.removeprefix("issue 20: ")].append(cell)
-    order = list(dict.fromkeys(XFAIL.values()))
-    return [(reason, by_reason[reason]) for reason in order if by_reason.get(reason)]
+Gap = tuple[str, str]  # (SQLAlchemy versions, or "" for all; reason)
+
+
+def _gaps(all_cells: list[Cell]) -> list[tuple[Gap, list[Cell]]]:
+    """Each known gap, in catalogue order, with the cells it covers."""
+    by_gap: dict[Gap, list[Cell]] = defaultdict(list)
+    for cell in all_cells:
+        for gap in gaps(cell):
+            by_gap[gap].append(cell)
+    order = [("", r) for r in XFAIL.values()]
+    order += [(label, r) for label, _, entries in XFAIL_ON for r in entries.values()]
+    return [(gap, by_gap[gap]) for gap in dict.fromkeys(order) if by_gap.get(gap)]
 
 
 def _where(cells_: list[Cell]) -> str:
@@ -133,26 +136,25 @@ def _where(cells_: list[Cell]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def _cell_text(mine: list[Cell], gap_numbers: dict[str, int]) -> str:
+def _cell_text(mine: list[Cell], gap_numbers: dict[Gap, int]) -> str:
     if not mine:
         return "—"
-    gaps: dict[str, set[int]] = defaultdict(set)
+    numbers: dict[str, set[int]] = defaultdict(set)
     for cell in mine:
-        reason = xfail_reason(cell)
-        if reason is not None:
-            gaps[cell.scope].add(gap_numbers[reason.removeprefix("issue 20: ")])
+        for gap in gaps(cell):
+            numbers[cell.scope].add(gap_numbers[gap])
 
-    def refs(numbers: set[int]) -> str:
-        return ", ".join(f"[{n}](#not-yet)" for n in sorted(numbers))
+    def refs(found: set[int]) -> str:
+        return ", ".join(f"[{n}](#not-yet)" for n in sorted(found))
 
     tenant_cell = next(c for c in mine if c.scope == "tenant")
-    text = f"not yet {refs(gaps['tenant'])}" if gaps["tenant"] else _kind_of(tenant_cell)
-    if gaps["none"]:
-        text += f"; no tenant: not yet {refs(gaps['none'])}"
+    text = f"not yet {refs(numbers['tenant'])}" if numbers["tenant"] else _kind_of(tenant_cell)
+    if numbers["none"]:
+        text += f"; no tenant: not yet {refs(numbers['none'])}"
     return text
 
 
-def _table(kind_of_shape: str, gap_numbers: dict[str, int], all_cells: list[Cell]) -> list[str]:
+def _table(kind_of_shape: str, gap_numbers: dict[Gap, int], all_cells: list[Cell]) -> list[str]:
     names = list(KINDS)
     pairs: dict[tuple[str, str], list[Cell]] = defaultdict(list)
     for cell in all_cells:
@@ -181,8 +183,8 @@ def render() -> str:
             kind_rows=kind_rows,
         )
     ]
-    gaps = _gaps()
-    numbers = {reason: n for n, (reason, _) in enumerate(gaps, 1)}
+    found = _gaps(all_cells)
+    numbers = {gap: n for n, (gap, _) in enumerate(found, 1)}
     out.append("## Reads\n")
     out += _table("read", numbers, all_cells)
     out.append("\n## Writes\n")
@@ -196,24 +198,26 @@ def render() -> str:
     for decl in DECLARATIONS.values():
         out.append(f"- {decl.doc}: refused `{decl.refuses.__name__}`.")
     out.append("\n## Not yet\n")
-    if not gaps:
+    if not found:
         out.append("Every cell passes: no known gap.")
     else:
-        failing = sum(len(c) for _, c in gaps)
+        everywhere = {id(c) for (label, _), gap_cells in found if not label for c in gap_cells}
         out.append(
-            f"{failing} of the {len(all_cells)} cells fail today, for these causes. Each cell is a "
-            "strict `xfail` in the matrix: when a fix lands, the cell passes, the test run fails "
-            "on the unexpected pass, and the entry is deleted from `XFAIL` in "
-            "`tests/isolation/catalogue.py` (then this page is regenerated).\n"
+            f"{len(everywhere)} of the {len(all_cells)} cells fail today on every supported "
+            "SQLAlchemy, a few more on the versions named below. Each is a strict `xfail` in the "
+            "matrix (`XFAIL` and `XFAIL_ON` in `tests/isolation/catalogue.py`): when a fix lands, "
+            "the cell passes, the run fails on the unexpected pass, and the entry is deleted "
+            "(then this page is regenerated).\n"
         )
-        for n, (reason, gap_cells) in enumerate(gaps, 1):
+        for n, ((label, reason), gap_cells) in enumerate(found, 1):
             groups: dict[tuple[str, str], list[Cell]] = defaultdict(list)
             for cell in gap_cells:
                 groups[(cell.shape.name, cell.kind.name)].append(cell)
             where = "; ".join(
                 f"`{shape}` on `{kind}`{_where(group)}" for (shape, kind), group in groups.items()
             )
-            out.append(f"{n}. {reason}. Cells: {where}.")
+            versions = f" Only on {label}." if label else ""
+            out.append(f"{n}. {reason}.{versions} Cells: {where}.")
     out.append("")
     out.append(_THREAT)
     out.append(
