@@ -6,6 +6,7 @@ testing versions itself, so the day 2.0 support ends this module is all that goe
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -17,7 +18,21 @@ from sqlalchemy.sql.lambdas import StatementLambdaElement
 from sqlalchemy.sql.selectable import FromGrouping, Join
 from sqlalchemy.sql.visitors import iterate, replacement_traverse
 
-__all__ = ["SQLALCHEMY_21", "add_parameters", "where_entities_as_froms"]
+__all__ = [
+    "SQLALCHEMY_21",
+    "InsertParts",
+    "add_parameters",
+    "compound_options_in_cache_key",
+    "conflict_set",
+    "conflict_update",
+    "explicit_froms",
+    "insert_parts",
+    "raw_columns",
+    "replace_insert",
+    "update_values",
+    "where_entities_as_froms",
+    "with_conflict_where",
+]
 
 #: True on SQLAlchemy 2.1 or later.
 SQLALCHEMY_21: bool = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2]) >= (2, 1)
@@ -125,3 +140,128 @@ def where_entities_as_froms(statement: Any) -> Any:
         return _explicit_froms(element, enclosing) if isinstance(element, Select) else None
 
     return replacement_traverse(statement, {}, each)
+
+
+# --- statement parts the public API does not expose -----------------------------------------
+# The tenant wall must read what an INSERT/UPDATE writes and what a SELECT names in FROM, and
+# write a changed copy back. SQLAlchemy offers no public accessor for these parts; the few
+# private attributes read here are the same on 2.0.30 and 2.1 and are pinned by
+# tests/foundation/test_foundation_compat.py, so an upgrade that moves them fails there first.
+
+
+class InsertParts:
+    """What an ``INSERT`` writes: ``.values()`` of one row, a multi-VALUES list, or a SELECT."""
+
+    __slots__ = ("multi", "names", "select", "values")
+
+    def __init__(self, statement: Any) -> None:
+        self.values: Mapping[Any, Any] = getattr(statement, "_values", None) or {}
+        multi = getattr(statement, "_multi_values", ())
+        self.multi: list[Mapping[Any, Any]] | None = (
+            [row for batch in multi for row in batch] if multi else None
+        )
+        self.select: Any = getattr(statement, "select", None)
+        self.names: list[Any] | None = (
+            list(statement._select_names) if self.select is not None else None
+        )
+
+
+def insert_parts(statement: Any) -> InsertParts:
+    return InsertParts(statement)
+
+
+def replace_insert(
+    statement: Any,
+    *,
+    multi: Sequence[Mapping[Any, Any]] | None = None,
+    select: Any = None,
+    names: Sequence[Any] | None = None,
+) -> Any:
+    """A copy of ``statement`` with its multi-VALUES rows, or its SELECT and column names,
+    replaced (RETURNING, ON CONFLICT and options kept)."""
+    copy = statement._generate()
+    if multi is not None:
+        copy._multi_values = (list(multi),)
+    if select is not None:
+        copy.select = select
+        copy._select_names = list(names if names is not None else statement._select_names)
+    return copy
+
+
+def update_values(statement: Any) -> list[Mapping[Any, Any]]:
+    """The SET values of an UPDATE (``.values()`` and ``.ordered_values()``)."""
+    found: list[Mapping[Any, Any]] = []
+    values = getattr(statement, "_values", None)
+    if values:
+        found.append(values)
+    ordered = getattr(statement, "_ordered_values", None)
+    if ordered:
+        found.append(dict(ordered))
+    return found
+
+
+def conflict_update(statement: Any) -> Any:
+    """The ``ON CONFLICT DO UPDATE`` clause of a PostgreSQL INSERT, or None."""
+    from sqlalchemy.dialects.postgresql.dml import OnConflictDoUpdate
+
+    clause = getattr(statement, "_post_values_clause", None)
+    return clause if isinstance(clause, OnConflictDoUpdate) else None
+
+
+def conflict_set(clause: Any) -> list[tuple[Any, Any]]:
+    """The ``SET`` pairs of an ``ON CONFLICT DO UPDATE`` clause (a list of pairs on 2.0, a dict
+    on 2.1)."""
+    pairs = clause.update_values_to_set
+    return list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
+
+
+def with_conflict_where(statement: Any, criterion: ColumnElement[bool]) -> Any:
+    """A copy of an ``INSERT … ON CONFLICT DO UPDATE`` whose update also requires
+    ``criterion`` (ANDed with the statement's own ``where``)."""
+    from sqlalchemy import and_
+    from sqlalchemy.dialects.postgresql.dml import OnConflictDoUpdate
+
+    clause = conflict_update(statement)
+    assert clause is not None
+    where = criterion if clause.update_whereclause is None else and_(
+        clause.update_whereclause, criterion
+    )
+    target: dict[str, Any] = (
+        {"constraint": clause.constraint_target}
+        if clause.constraint_target is not None
+        else {
+            "index_elements": clause.inferred_target_elements,
+            "index_where": clause.inferred_target_whereclause,
+        }
+    )
+    new = OnConflictDoUpdate(set_=dict(clause.update_values_to_set), where=where, **target)
+    copy = statement._generate()
+    copy._post_values_clause = new
+    return copy
+
+
+def explicit_froms(select: Select[Any]) -> tuple[Any, ...]:
+    """What ``select`` names in ``select_from()`` (not the FROMs its columns imply)."""
+    return tuple(select._from_obj)
+
+
+@functools.cache
+def compound_options_in_cache_key() -> bool:
+    """Whether a UNION's cache key includes its options. Before sqlalchemy#12905 (fixed in 2.0.44
+    and 2.1) it did not: a UNION compiled once without the tenant criteria was reused with them
+    (and the reverse), so such statements must skip the compiled cache there."""
+    from sqlalchemy import false, literal, select, true, union_all
+    from sqlalchemy.orm import with_loader_criteria
+
+    class Probe:
+        pass
+
+    probe = union_all(select(literal(1)), select(literal(2)))
+    one = probe.options(with_loader_criteria(Probe, lambda cls: true()))._generate_cache_key()
+    two = probe.options(with_loader_criteria(Probe, lambda cls: false()))._generate_cache_key()
+    return one != two
+
+
+def raw_columns(select: Select[Any]) -> tuple[Any, ...]:
+    """What ``select(...)`` was given: entities, columns and FROM objects, unexpanded."""
+    return tuple(select._raw_columns)

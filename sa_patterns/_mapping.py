@@ -43,6 +43,12 @@ def when_mapped(cls: type, setup: Setup) -> None:
     calls return innermost mixin first, and listeners fire in the order they were added.
     (``after_mapper_constructed`` exists since SQLAlchemy 2.0.2; the floor is 2.0.30.)
     """
+    if getattr(cls, "__rls__", False) and not hasattr(cls, "__sa_tenant_kind__"):
+        raise ConfigurationError(
+            f"{cls.__name__} sets __rls__ = True but is not a TenantMixin model: row-level "
+            "security needs the tenant_id column and policy TenantMixin adds. Add TenantMixin "
+            "to the class, or remove __rls__."
+        )
     if cls.__dict__.get("__abstract__", False):
         return  # never mapped
     mapper: object = inspect(cls, raiseerr=False)

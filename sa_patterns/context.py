@@ -5,28 +5,41 @@ scopes restore the outer value on exit. ``session.info`` (keys ``tenant_id``, ``
 ``all_tenants``) wins over the scope, so a session can be pinned explicitly. The resolution rule
 lives here and nowhere else.
 
-PostgreSQL learns the context once per transaction through ``set_config(name, value, true)``
-(see :mod:`sa_patterns.install`): transaction-local, so a pooled connection never carries a
-tenant or an actor into its next transaction.
+PostgreSQL learns the context through ``set_config(name, value, true)``: transaction-local, so a
+pooled connection never carries a tenant or an actor into its next transaction. This module is
+the one owner of those settings. It sends them when a transaction begins, remembers what the
+database holds, and sends them again before the next statement or flush whenever the scope
+changed inside the transaction (a tenant switch, an actor set after a first query) or a
+savepoint that changed them ended (a rolled-back savepoint undoes ``set_config``). The ORM
+filter and the row-level security policy therefore never disagree. With psycopg 3 the settings
+share the round trip of the statement that follows them (:mod:`sa_patterns._pipeline`).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
+from ._pipeline import defer_settings, discard_settings
 from .errors import ConfigurationError, TenantRequired
+from .options import ALL_TENANTS, HARD_DELETE, INCLUDE_DELETED
+from .pattern import Pattern
 
 __all__ = [
     "ACTOR_SETTING",
+    "ALL_TENANTS_SETTING",
     "REQUEST_SETTING",
     "TENANT_SETTING",
+    "StatementContext",
     "TenantId",
     "actor_scope",
     "all_tenants",
@@ -35,6 +48,8 @@ __all__ = [
     "current_tenant",
     "is_all_tenants",
     "require_tenant",
+    "statement_context",
+    "sync_settings",
     "tenant_scope",
     "transaction_settings",
 ]
@@ -45,6 +60,9 @@ TenantId: TypeAlias = "int | str | uuid.UUID"
 TENANT_SETTING = "app.tenant_id"
 ACTOR_SETTING = "app.actor_id"
 REQUEST_SETTING = "app.request"
+#: Asks the admin policy (``__rls_admin_role__``) to lift the tenant filter. Any role can *set*
+#: it; only members of the admin role get a policy that reads it, so an app role cannot forge it.
+ALL_TENANTS_SETTING = "app.all_tenants"
 
 _tenant: ContextVar[TenantId | None] = ContextVar("sa_patterns_tenant", default=None)
 _actor: ContextVar[str | None] = ContextVar("sa_patterns_actor", default=None)
@@ -171,20 +189,138 @@ def current_request_metadata(session: Session | None = None) -> Mapping[str, str
     return _request.get()
 
 
+# --- one statement's context ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatementContext:
+    """What one ORM statement runs under, resolved once and handed to every pattern's hook:
+    the tenant in force, whether tenant filtering is lifted (``all_tenants()``,
+    ``session.info["all_tenants"]`` or the statement's ``all_tenants=True``), and the
+    statement's soft-delete opt-outs."""
+
+    state: ORMExecuteState
+    tenant: TenantId | None
+    admin: bool
+    include_deleted: bool
+    hard_delete: bool
+
+    @property
+    def session(self) -> Session:
+        return self.state.session
+
+
+def statement_context(state: ORMExecuteState) -> StatementContext:
+    session = state.session
+    options = state.execution_options
+    return StatementContext(
+        state,
+        current_tenant(session),
+        bool(options.get(ALL_TENANTS, False)) or is_all_tenants(session),
+        bool(options.get(INCLUDE_DELETED, False)),
+        bool(options.get(HARD_DELETE, False)),
+    )
+
+
+# --- the settings PostgreSQL holds ---------------------------------------------------------
+
+#: What a session's context is, in the form compared on every statement (cheap to build).
+_Key = tuple[object, object, object, bool]
+_SETTING_NAMES = (TENANT_SETTING, ACTOR_SETTING, REQUEST_SETTING, ALL_TENANTS_SETTING)
+# What each session's current transaction has told PostgreSQL (None: not known, send again).
+_held: weakref.WeakKeyDictionary[Session, _Key | None] = weakref.WeakKeyDictionary()
+# What a savepoint started with, to tell whether its end may have changed what is held.
+_at_savepoint: weakref.WeakKeyDictionary[SessionTransaction, _Key | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _key(session: Session) -> _Key:
+    return (
+        current_tenant(session),
+        current_actor(session),
+        current_request_metadata(session),
+        is_all_tenants(session),
+    )
+
+
+def _values(key: _Key) -> dict[str, str]:
+    tenant, actor, meta, admin = key
+    return {
+        TENANT_SETTING: "" if tenant is None else str(tenant),
+        ACTOR_SETTING: "" if actor is None else str(actor),
+        REQUEST_SETTING: json.dumps(dict(meta), sort_keys=True) if meta else "",  # type: ignore[call-overload]
+        ALL_TENANTS_SETTING: "on" if admin else "",
+    }
+
+
 def transaction_settings(session: Session) -> dict[str, str]:
-    """The ``set_config`` values this module contributes for a new transaction."""
-    settings: dict[str, str] = {}
-    tenant = current_tenant(session)
-    if tenant is not None:
-        settings[TENANT_SETTING] = str(tenant)
-    actor = current_actor(session)
-    if actor is not None:
-        settings[ACTOR_SETTING] = actor
-    meta = current_request_metadata(session)
-    if meta:
-        settings[REQUEST_SETTING] = json.dumps(dict(meta), sort_keys=True)
-    return settings
+    """The settings the session's context asks for, without the empty ones."""
+    return {name: value for name, value in _values(_key(session)).items() if value}
 
 
-#: Composed by :func:`sa_patterns.install` into the one ``set_config`` per transaction.
-TRANSACTION_SETTINGS = transaction_settings
+# The connections a session's transaction deferred settings on (discarded when it ends).
+_deferred: weakref.WeakKeyDictionary[Session, list[Connection]] = weakref.WeakKeyDictionary()
+
+
+def _send(session: Session, connection: Connection, key: _Key) -> None:
+    defer_settings(connection, _values(key))  # rides with the next statement: no round trip
+    deferred = _deferred.setdefault(session, [])
+    if connection not in deferred:
+        deferred.append(connection)
+
+
+def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    if transaction.nested:
+        _at_savepoint[transaction] = _held.get(session)
+        return  # a savepoint starts with what its transaction holds
+    key = _key(session)
+    if transaction_settings(session):
+        _send(session, connection, key)  # settings start empty in a transaction: else nothing
+    _held[session] = key
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        _held.pop(session, None)
+        for connection in _deferred.pop(session, ()):
+            discard_settings(connection)
+    elif transaction in _at_savepoint and _at_savepoint.pop(transaction) != _held.get(session):
+        # changed inside the savepoint: a rollback undid it, a release kept it; send again
+        _held[session] = None
+
+
+def sync_settings(session: Session) -> None:
+    """Tell PostgreSQL the context in force now, if it is not what the transaction holds.
+
+    Called before every statement and flush of an installed session. Only when the scope
+    changed inside the transaction, and then the ``set_config`` waits for the next statement
+    and shares its round trip (:mod:`sa_patterns._pipeline`).
+    """
+    if session not in _held:
+        return  # no transaction yet: after_begin sends the settings
+    key = _key(session)
+    if key != _held[session]:
+        _send(session, session.connection(), key)
+        _held[session] = key
+
+
+def _do_orm_execute(state: ORMExecuteState) -> None:
+    sync_settings(state.session)  # raw SQL is filtered by RLS too: every statement
+
+
+def _before_flush(session: Session, flush_context: object, instances: object) -> None:
+    sync_settings(session)  # a flush's INSERT/UPDATE is no ORM statement: sync before it
+
+
+#: Composed first by :func:`sa_patterns.install`, so every other hook runs with the settings in
+#: force.
+PATTERN = Pattern(
+    "context",
+    listeners=(
+        ("after_begin", _after_begin),
+        ("after_transaction_end", _after_transaction_end),
+        ("do_orm_execute", _do_orm_execute),
+        ("before_flush", _before_flush),
+    ),
+)

@@ -26,6 +26,7 @@ __all__ = [
     "SAPatternsError",
     "TenantRequired",
     "TenantViolation",
+    "UnsupportedStatement",
 ]
 
 class SAPatternsError(Exception):
@@ -135,6 +136,13 @@ class ReadOnlyError(ConfigurationError):
     """An ORM write was attempted on a read-only mapped class (a view)."""
 
     code = "sap11"
+
+
+class UnsupportedStatement(ConfigurationError):
+    """A statement shape the tenant or soft-delete wall cannot scope reliably; refused rather
+    than run unfiltered. The message names the supported form to use instead."""
+
+    code = "sap12"
 
 
 class InvalidCursor(SAPatternsError, ValueError):

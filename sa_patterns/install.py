@@ -1,77 +1,77 @@
-"""``install()``: attach the toolkit's session listeners to the factory the user passes in.
+"""``install()``: attach the patterns' session hooks to the factory the user passes in.
 
 Nothing is registered at import time and nothing global is touched: listeners go on the
 ``sessionmaker``'s private class, a ``Session`` subclass, or the private sync class made for an
-``async_sessionmaker``. ``install`` does not know what the patterns do. Each pattern module may
-expose three optional hooks, and ``install`` composes them:
+``async_sessionmaker``. ``install`` does not know what the patterns do; each is a
+:class:`~sa_patterns.pattern.Pattern` object, and ``install`` composes them in order:
 
-``SESSION_LISTENERS``
-    ``(event_name, fn)`` or ``(event_name, fn, listen_kwargs)`` tuples, attached in order.
-``LOADER_CRITERIA``
-    ``fn(state) -> iterable of ORM options``; all patterns' options are added by **one**
-    ``do_orm_execute`` hook, registered after the patterns' own listeners so that a statement a
-    pattern rewrote is filtered too.
-``TRANSACTION_SETTINGS``
-    ``fn(session) -> {setting: value}``; all values are sent in **one** ``SELECT set_config(...)``
-    per transaction, as bound parameters, transaction-local.
+* their listeners, attached in order (:mod:`sa_patterns.context`, which keeps PostgreSQL's
+  settings in step with the scope, first);
+* their loader criteria, added by **one** ``do_orm_execute`` hook registered after the patterns'
+  own listeners, so that a statement a pattern rewrote is filtered too; the same hook puts their
+  table conditions into explicit joins (:mod:`sa_patterns._joins`);
+* their checks of the legacy ``Session.bulk_*`` methods, which skip every session event: the
+  installed class gets guarded versions that refuse, or send the rows through the 2.0
+  statements the hooks scope.
 """
 
 from __future__ import annotations
 
-import importlib
+import types
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import ModuleType
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import event, insert, inspect, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import (
-    ORMExecuteState,
-    Session,
-    SessionTransaction,
-    scoped_session,
-    sessionmaker,
-)
+from sqlalchemy.orm import ORMExecuteState, Session, scoped_session, sessionmaker
 from sqlalchemy.orm.interfaces import ORMOption
+from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql.selectable import CompoundSelect
 
-from ._compat import where_entities_as_froms
-from .errors import ConfigurationError
-
-__all__ = ["PATTERN_MODULES", "install", "installed", "uninstall"]
-
-#: The modules whose hooks ``install`` composes, in order. A pattern joins by adding its module.
-PATTERN_MODULES: tuple[str, ...] = (
-    "sa_patterns.context",
-    "sa_patterns.typed_json",
-    "sa_patterns.soft_delete",
-    "sa_patterns.tenancy",
-    "sa_patterns.audit",
-    "sa_patterns.views",
-    "sa_patterns.encryption.blind_index",
+from ._compat import (
+    SQLALCHEMY_21,
+    compound_options_in_cache_key,
+    insert_parts,
+    where_entities_as_froms,
 )
+from ._joins import scope_explicit_joins
+from .context import statement_context
+from .errors import ConfigurationError, UnsupportedStatement
+from .pattern import BulkCheck, CriteriaHook, FromCriteriaHook, Pattern
 
-Listener = tuple[str, Callable[..., Any], dict[str, Any]]
-CriteriaHook = Callable[[ORMExecuteState], Iterable[ORMOption]]
-SettingsHook = Callable[[Session], Mapping[str, str]]
+__all__ = ["default_patterns", "install", "installed", "uninstall"]
 
 T = TypeVar("T")
 
-_installed: weakref.WeakKeyDictionary[Any, list[tuple[str, Callable[..., Any]]]] = (
-    weakref.WeakKeyDictionary()
-)
+_BULK_METHODS = ("bulk_insert_mappings", "bulk_update_mappings", "bulk_save_objects")
 
 
-def _load_patterns() -> list[ModuleType]:
-    modules = []
-    for name in PATTERN_MODULES:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:  # a pattern not built in this version
-            if exc.name != name:
-                raise
-    return modules
+class _Installed:
+    __slots__ = ("listeners", "methods")
+
+    def __init__(self) -> None:
+        self.listeners: list[tuple[str, Callable[..., Any]]] = []
+        #: (name, what the target itself held before, or None)
+        self.methods: list[tuple[str, Any]] = []
+
+
+_installed: weakref.WeakKeyDictionary[Any, _Installed] = weakref.WeakKeyDictionary()
+
+
+def default_patterns() -> tuple[Pattern, ...]:
+    """Every pattern of the toolkit, in the order their hooks run."""
+    from . import context, soft_delete, tenancy, typed_json, views
+    from .encryption import blind_index
+
+    return (
+        context.PATTERN,
+        typed_json.PATTERN,
+        soft_delete.PATTERN,
+        tenancy.PATTERN,
+        views.PATTERN,
+        blind_index.PATTERN,
+    )
 
 
 def _resolve(target: object) -> type[Session] | Session:
@@ -114,81 +114,169 @@ def _resolve(target: object) -> type[Session] | Session:
     )
 
 
-def _settings_hook(hooks: Sequence[SettingsHook]) -> Callable[..., None]:
-    def after_begin(
-        session: Session, transaction: SessionTransaction, connection: Connection
-    ) -> None:
-        settings: dict[str, str] = {}
-        for hook in hooks:
-            settings.update(hook(session))
-        if not settings:
-            return  # nothing to say: transaction-local settings start empty anyway
-        names = sorted(settings)
-        columns = ", ".join(f"set_config(:n{i}, :v{i}, true)" for i in range(len(names)))
-        params: dict[str, str] = {}
-        for i, name in enumerate(names):
-            params[f"n{i}"] = name
-            params[f"v{i}"] = settings[name]
-        connection.execute(text(f"SELECT {columns}"), params)
-
-    return after_begin
-
-
-def _criteria_hook(hooks: Sequence[CriteriaHook]) -> Callable[[ORMExecuteState], None]:
+def _criteria_hook(
+    criteria: Sequence[CriteriaHook], froms: Sequence[FromCriteriaHook]
+) -> Callable[[ORMExecuteState], None]:
     def do_orm_execute(state: ORMExecuteState) -> None:
-        if not (state.is_select or state.is_update or state.is_delete):
+        if state.is_insert:
+            if insert_parts(state.statement).select is None:
+                return  # only INSERT ... SELECT reads rows
+        elif not (state.is_select or state.is_update or state.is_delete):
             return
+        context = statement_context(state)  # resolved once, for every pattern
         options: list[ORMOption] = []
-        for hook in hooks:
-            options.extend(hook(state))
+        for hook in criteria:
+            options.extend(hook(context))
+        statement = state.statement
+        if froms and not (state.is_relationship_load or state.is_column_load):
+
+            def conditions(from_: Any) -> list[ColumnElement[bool]]:
+                return [condition for hook in froms for condition in hook(context, from_)]
+
+            statement = scope_explicit_joins(statement, conditions, deep=not SQLALCHEMY_21)
         if options:
-            state.statement = where_entities_as_froms(state.statement).options(*options)
+            statement = where_entities_as_froms(statement).options(*options)
+            if isinstance(statement, CompoundSelect) and not compound_options_in_cache_key():
+                # before sqlalchemy#12905 a UNION's cached SQL ignored its options: compile it
+                # afresh, or another tenant's criteria (or none) would be reused
+                statement = statement.execution_options(compiled_cache=None)
+        if statement is not state.statement:
+            state.statement = statement
 
     return do_orm_execute
 
 
-def _listeners(modules: Iterable[ModuleType]) -> list[Listener]:
-    listeners: list[Listener] = []
-    criteria: list[CriteriaHook] = []
-    settings: list[SettingsHook] = []
-    for module in modules:
-        for entry in getattr(module, "SESSION_LISTENERS", ()):
-            name, fn, *rest = entry
-            listeners.append((name, fn, dict(rest[0]) if rest else {}))
-        if hasattr(module, "LOADER_CRITERIA"):
-            criteria.append(module.LOADER_CRITERIA)
-        if hasattr(module, "TRANSACTION_SETTINGS"):
-            settings.append(module.TRANSACTION_SETTINGS)
-    if criteria:
-        listeners.append(("do_orm_execute", _criteria_hook(criteria), {}))
-    if settings:
-        listeners.append(("after_begin", _settings_hook(settings), {}))
-    return listeners
+def _bulk_methods(
+    checks: Sequence[BulkCheck], original: Callable[[str], Callable[..., Any]]
+) -> dict[str, Callable[..., Any]]:
+    """Guarded ``bulk_*`` methods; ``original(name)`` gives the method they stand in for."""
+
+    def scoped(session: Session, method: str, mapper: Any) -> bool:
+        reroute = False
+        for check in checks:
+            reroute = check(session, method, mapper) or reroute
+        return reroute
+
+    def bulk_insert_mappings(
+        self: Session, mapper: Any, mappings: Iterable[dict[str, Any]], *args: Any, **kw: Any
+    ) -> None:
+        target = inspect(mapper)
+        if scoped(self, "bulk_insert_mappings", target):
+            rows = list(mappings)
+            if rows:
+                self.execute(insert(target), rows)
+            return None
+        return original("bulk_insert_mappings")(self, mapper, mappings, *args, **kw)  # type: ignore[no-any-return]
+
+    def bulk_update_mappings(
+        self: Session, mapper: Any, mappings: Iterable[dict[str, Any]]
+    ) -> None:
+        target = inspect(mapper)
+        if scoped(self, "bulk_update_mappings", target):
+            rows = list(mappings)
+            if rows:
+                self.execute(update(target), rows)
+            return None
+        return original("bulk_update_mappings")(self, mapper, mappings)  # type: ignore[no-any-return]
+
+    def bulk_save_objects(self: Session, objects: Iterable[object], *args: Any, **kw: Any) -> None:
+        objects = list(objects)
+        for mapper in {inspect(obj).mapper for obj in objects}:
+            if scoped(self, "bulk_save_objects", mapper):
+                raise UnsupportedStatement(
+                    f"bulk_save_objects() of {mapper.class_.__name__} skips every session hook, "
+                    "so the tenant wall cannot see it. Use session.add_all(objects), or "
+                    "session.execute(insert(Model), rows) for speed."
+                )
+        return original("bulk_save_objects")(self, objects, *args, **kw)  # type: ignore[no-any-return]
+
+    return {
+        "bulk_insert_mappings": bulk_insert_mappings,
+        "bulk_update_mappings": bulk_update_mappings,
+        "bulk_save_objects": bulk_save_objects,
+    }
 
 
-def install(target: T) -> T:
-    """Attach every pattern's session listeners to ``target``; calling it again does nothing.
+def install(target: T, *, patterns: Sequence[Pattern] | None = None) -> T:
+    """Attach the patterns' session hooks to ``target``; calling it again does nothing.
 
     ``target`` is a ``sessionmaker``, ``async_sessionmaker``, ``scoped_session``, a ``Session``
-    or ``AsyncSession`` subclass, or a single session. Returns ``target`` so it can wrap a
-    factory inline: ``Session = sa_patterns.install(sessionmaker(engine))``.
+    or ``AsyncSession`` subclass, or a single session. ``patterns`` defaults to every pattern
+    of the toolkit (:func:`default_patterns`). Returns ``target`` so it can wrap a factory
+    inline: ``Session = sa_patterns.install(sessionmaker(engine))``.
     """
     resolved = _resolve(target)
     if resolved in _installed:
         return target
-    attached: list[tuple[str, Callable[..., Any]]] = []
-    for name, fn, kwargs in _listeners(_load_patterns()):
+    chosen = default_patterns() if patterns is None else tuple(patterns)
+    done = _Installed()
+    listeners: list[tuple[str, Callable[..., Any], dict[str, Any]]] = []
+    for pattern in chosen:
+        for entry in pattern.listeners:
+            name, fn, *rest = entry
+            listeners.append((name, fn, dict(rest[0]) if rest else {}))
+    criteria = [p.loader_criteria for p in chosen if p.loader_criteria is not None]
+    froms = [p.from_criteria for p in chosen if p.from_criteria is not None]
+    if criteria or froms:
+        listeners.append(("do_orm_execute", _criteria_hook(criteria, froms), {}))
+    for name, fn, kwargs in listeners:
         event.listen(resolved, name, fn, **kwargs)
-        attached.append((name, fn))
-    _installed[resolved] = attached
+        done.listeners.append((name, fn))
+    checks = [p.bulk_check for p in chosen if p.bulk_check is not None]
+    if checks:
+        _guard_bulk(resolved, checks, done)
+    _installed[resolved] = done
     return target
+
+
+def _guard_bulk(
+    resolved: type[Session] | Session, checks: Sequence[BulkCheck], done: _Installed
+) -> None:
+    """Guarded ``bulk_*`` methods on the installed class (or session), each standing in for
+    what the target held before: its own method, or the inherited one."""
+    own = vars(resolved)
+    previous = {name: own.get(name) for name in _BULK_METHODS}
+    if isinstance(resolved, Session):
+
+        def original(name: str) -> Callable[..., Any]:
+            held = previous[name]
+            if held is not None:
+                return lambda _self, *a, **kw: held(*a, **kw)
+            return getattr(type(resolved), name)  # type: ignore[no-any-return]
+
+        for name, fn in _bulk_methods(checks, original).items():
+            setattr(resolved, name, types.MethodType(fn, resolved))
+            done.methods.append((name, previous[name]))
+        return
+    bases = resolved.__mro__[1:]
+
+    def inherited(name: str) -> Callable[..., Any]:
+        held = previous[name]
+        if held is not None:
+            return held  # type: ignore[no-any-return]
+        for base in bases:
+            if name in vars(base):
+                return vars(base)[name]  # type: ignore[no-any-return]
+        raise AttributeError(name)
+
+    for name, fn in _bulk_methods(checks, inherited).items():
+        setattr(resolved, name, fn)
+        done.methods.append((name, previous[name]))
 
 
 def uninstall(target: object) -> None:
     """Remove what :func:`install` attached to ``target`` (a no-op if nothing was)."""
     resolved = _resolve(target)
-    for name, fn in _installed.pop(resolved, []):
+    done = _installed.pop(resolved, None)
+    if done is None:
+        return
+    for name, fn in done.listeners:
         event.remove(resolved, name, fn)
+    for name, held in done.methods:
+        if held is None:
+            delattr(resolved, name)
+        else:
+            setattr(resolved, name, held)
 
 
 def installed(target: object) -> bool:

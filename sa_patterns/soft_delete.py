@@ -2,7 +2,7 @@
 
 How it works, in one place:
 
-* **Reads.** :data:`LOADER_CRITERIA` adds one ``with_loader_criteria(SoftDeleteMixin,
+* **Reads.** :func:`loader_criteria` adds one ``with_loader_criteria(SoftDeleteMixin,
   deleted_at IS NULL, include_aliases=True)`` to every ORM statement. SQLAlchemy puts it in the
   WHERE of a top-level entity, in the ON clause of ``join()``/``outerjoin()`` (a LEFT JOIN stays
   a LEFT JOIN), in subqueries and EXISTS, in ORM bulk UPDATE, and it propagates to the lazy,
@@ -37,6 +37,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    and_,
     column,
     delete,
     event,
@@ -67,16 +68,17 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.interfaces import ORMOption, UserDefinedOption
 
 from ._mapping import each_relationship, own_table, refuse_sqlmodel, when_mapped
-from .context import ACTOR_SETTING, current_actor
+from .context import ACTOR_SETTING, StatementContext, current_actor
 from .errors import ConfigurationError, ConflictError
-from .options import HARD_DELETE, INCLUDE_DELETED, flag
+from .options import ALL_TENANTS, HARD_DELETE, INCLUDE_DELETED, flag
+from .pattern import Pattern
 from .schema.objects import Function, Trigger, ident, qualified, quote, quote_literal
 from .schema.registry import register
+from .tenancy import table_criteria
 
 __all__ = [
     "HARD_DELETE_SETTING",
-    "LOADER_CRITERIA",
-    "SESSION_LISTENERS",
+    "PATTERN",
     "SoftDeleteMixin",
     "hard_delete",
     "soft_unique",
@@ -86,6 +88,8 @@ __all__ = [
 HARD_DELETE_SETTING = "sa_patterns.hard_delete"
 
 _SOFT_UNIQUE = "sa_patterns.soft_unique"
+#: ``MetaData.info`` key: the keys of the tables soft-deletable models map
+_SOFT_TABLES = "sa_patterns.soft_delete_tables"
 _HARD = "sa_patterns.soft_delete.hard"  # session.info: states to really delete
 _GONE = "sa_patterns.soft_delete.gone"  # session.info: objects soft-deleted by this flush
 
@@ -257,6 +261,7 @@ def _set_up(mapper: Mapper[Any]) -> None:
                 "delete_batch columns to the table, or let declarative create it."
             )
         return  # joined inheritance: the parent's table holds deleted_at
+    table.metadata.info.setdefault(_SOFT_TABLES, set()).add(table.key)
     _finish_soft_unique(table)
     if mapper.class_.__soft_delete_guard__:
         register(table.metadata, *_guard_objects(table))
@@ -319,19 +324,31 @@ _FILTERED: tuple[ORMOption, ...] = (_LIVE, _Decided(False))
 _UNFILTERED: tuple[ORMOption, ...] = (_Decided(True),)
 
 
-def loader_criteria(state: ORMExecuteState) -> Iterable[ORMOption]:
+def loader_criteria(context: StatementContext) -> Iterable[ORMOption]:
     """The soft-delete options for one ORM statement (composed by :func:`sa_patterns.install`)."""
+    state = context.state
     if state.is_column_load or state.is_relationship_load:
         for opt in state.user_defined_options:
             if isinstance(opt, _Decided):
                 return ()  # the parent statement's criteria (or opt-out) came along
-    if flag(state, INCLUDE_DELETED) or (state.is_delete and flag(state, HARD_DELETE)):
+    if context.include_deleted or (state.is_delete and context.hard_delete):
         return _UNFILTERED
     return _FILTERED
 
 
-#: Composed by :func:`sa_patterns.install` into the shared ``do_orm_execute`` hook.
-LOADER_CRITERIA = loader_criteria
+def from_criteria(context: StatementContext, from_: Any) -> list[ColumnElement[bool]]:
+    """``deleted_at IS NULL`` for a soft-deletable table (or an alias of one) inside an explicit
+    join, where loader criteria do not reach (see :mod:`sa_patterns._joins`)."""
+    if context.include_deleted:
+        return []
+    table = from_
+    while not isinstance(table, Table):
+        table = getattr(table, "element", None)
+        if table is None:
+            return []
+    if table.key not in table.metadata.info.get(_SOFT_TABLES, ()):
+        return []
+    return [from_.c.deleted_at.is_(None)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,17 +413,24 @@ def _bulk_delete(state: ORMExecuteState) -> Result[Any] | None:
     result = state.invoke_statement(statement=soft)
     root = inspect(entity, raiseerr=True)
     touched = {root}
-    _cascade_bulk(session, root, batch, touched)
+    _cascade_bulk(session, root, batch, touched, admin=flag(state, ALL_TENANTS))
     for mapper in touched:
         _expunge_batch(session, mapper.class_, batch)
     return result
 
 
 def _cascade_bulk(
-    session: Session, mapper: Mapper[Any], batch: uuid.UUID, touched: set[Mapper[Any]]
+    session: Session,
+    mapper: Mapper[Any],
+    batch: uuid.UUID,
+    touched: set[Mapper[Any]],
+    *,
+    admin: bool,
 ) -> None:
     """Follow delete-cascade relationships set-based: one UPDATE per relationship level, children
-    of the rows this batch deleted join the batch (so ``restore()`` revives them too)."""
+    of the rows this batch deleted join the batch (so ``restore()`` revives them too). A child
+    of a tenant model must belong to the tenant in scope: a foreign key alone never reaches
+    across the tenant wall."""
     parent = mapper.columns["deleted_at"].table
     for target, table, local, remote in _soft_cascades(mapper):
         if any(c.table is not parent for c in local):
@@ -415,11 +439,13 @@ def _cascade_bulk(
         result = session.connection(bind_arguments={"mapper": target}).execute(
             update(table)
             .where(table.c.deleted_at.is_(None), tuple_(*remote).in_(deleted_parents))
+            .where(*table_criteria(session, table, admin=admin))
             .values(deleted_at=_now(), deleted_by=current_actor(session), delete_batch=batch)
         )
         if result.rowcount:
             touched.add(target)
-            _cascade_bulk(session, target, batch, touched)  # ends: each UPDATE takes live rows
+            # ends: each UPDATE takes live rows
+            _cascade_bulk(session, target, batch, touched, admin=admin)
 
 
 def _expunge_batch(session: Session, entity: type[Any], batch: uuid.UUID) -> None:
@@ -517,7 +543,7 @@ def before_flush(session: Session, flush_context: UOWTransaction, instances: obj
                 opened.append(connection)
             if _soft(st.obj()) and st.identity is not None:
                 _purge_hidden(
-                    connection, st.mapper, [tuple(st.identity)], deleted_only=True,
+                    session, connection, st.mapper, [tuple(st.identity)], deleted_only=True,
                     skip=orm_deletes,
                 )
 
@@ -650,6 +676,7 @@ def _restore_children(
         result = connection.execute(
             update(table)
             .where(table.c.delete_batch == batch, tuple_(*remote).in_(parent_keys))
+            .where(*table_criteria(session, table))
             .values(deleted_at=None, deleted_by=None, delete_batch=null())
             .returning(*child_pk)
         )
@@ -683,6 +710,7 @@ def _soft_cascades(mapper: Mapper[Any]) -> Iterator[tuple[Mapper[Any], Table, li
 
 
 def _purge_hidden(
+    session: Session,
     connection: Connection,
     mapper: Mapper[Any],
     rows: Sequence[tuple[Any, ...]],
@@ -691,7 +719,8 @@ def _purge_hidden(
     skip: AbstractSet[tuple[Mapper[Any], tuple[Any, ...]]] = frozenset(),
 ) -> None:
     """Really delete the children a hard delete cannot see: the ORM's cascade loads only live
-    rows, and a soft-deleted child would otherwise block (or dangle from) its parent's DELETE."""
+    rows, and a soft-deleted child would otherwise block (or dangle from) its parent's DELETE.
+    Only the tenant's own: another tenant's child blocks the DELETE instead of being purged."""
     for target, table, local, remote in _soft_cascades(mapper):
         parent_keys = _column_values(connection, mapper, rows, local)
         if not parent_keys:
@@ -699,12 +728,13 @@ def _purge_hidden(
         where: ColumnElement[bool] = tuple_(*remote).in_(parent_keys)
         if deleted_only:
             where = where & table.c.deleted_at.is_not(None)
+        where = and_(where, *table_criteria(session, table))
         pk = list(target.primary_key)
         found = [tuple(r) for r in connection.execute(select(*pk).where(where))]
         # children the ORM loaded are deleted by the flush itself
         children = [r for r in found if (target.base_mapper, r) not in skip]
         if children:
-            _purge_hidden(connection, target, children, deleted_only=False, skip=skip)
+            _purge_hidden(session, connection, target, children, deleted_only=False, skip=skip)
             connection.execute(delete(table).where(tuple_(*pk).in_(children)))
 
 
@@ -760,10 +790,15 @@ def after_flush_postexec(session: Session, flush_context: UOWTransaction) -> Non
             session.expunge(obj)
 
 
-#: Attached by :func:`sa_patterns.install`.
-SESSION_LISTENERS: list[tuple[str, Any] | tuple[str, Any, dict[str, Any]]] = [
-    ("do_orm_execute", _do_orm_execute),
-    ("before_flush", before_flush),
-    ("after_flush", after_flush),
-    ("after_flush_postexec", after_flush_postexec),
-]
+#: Composed by :func:`sa_patterns.install`.
+PATTERN = Pattern(
+    "soft_delete",
+    listeners=(
+        ("do_orm_execute", _do_orm_execute),
+        ("before_flush", before_flush),
+        ("after_flush", after_flush),
+        ("after_flush_postexec", after_flush_postexec),
+    ),
+    loader_criteria=loader_criteria,
+    from_criteria=from_criteria,
+)

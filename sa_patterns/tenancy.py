@@ -27,10 +27,13 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
+    ClauseElement,
+    ColumnElement,
     ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -40,37 +43,59 @@ from sqlalchemy import (
     event,
     false,
     inspect,
-    text,
+    literal,
+    select,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Connection, Result
+from sqlalchemy.engine import Result
 from sqlalchemy.orm import (
     Mapped,
     Mapper,
     ORMExecuteState,
     RelationshipProperty,
     Session,
-    SessionTransaction,
     declared_attr,
     mapped_column,
     with_loader_criteria,
 )
-from sqlalchemy.orm.interfaces import ORMOption
+from sqlalchemy.orm.interfaces import ORMOption, UserDefinedOption
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.type_api import TypeEngine
 from sqlalchemy.sql.util import find_tables
-from sqlalchemy.types import TypeDecorator
 
-from ._compat import add_parameters
+from ._compat import (
+    add_parameters,
+    conflict_set,
+    conflict_update,
+    insert_parts,
+    replace_insert,
+    update_values,
+    with_conflict_where,
+)
 from ._mapping import each_relationship, own_table, refuse_sqlmodel, when_mapped
-from .context import TENANT_SETTING, TenantId, current_tenant, is_all_tenants, require_tenant
-from .errors import ConfigurationError, TenantRequired, TenantViolation
+from .context import (
+    ALL_TENANTS_SETTING,
+    TENANT_SETTING,
+    StatementContext,
+    TenantId,
+    current_tenant,
+    is_all_tenants,
+    require_tenant,
+)
+from .errors import (
+    ConfigurationError,
+    TenantRequired,
+    TenantViolation,
+    UnsupportedStatement,
+)
 from .options import ALL_TENANTS, flag
+from .pattern import Pattern
 from .schema.objects import Policy, RowLevelSecurity, ident, quote, quote_literal
 from .schema.registry import register
 
 __all__ = [
     "ALL_TENANTS_SETTING",
+    "PATTERN",
     "TenantMixin",
     "citus_mode",
     "is_tenant_table",
@@ -82,10 +107,6 @@ __all__ = [
     "tenant_unique",
 ]
 
-#: Transaction-local setting that asks the admin policy (``__rls_admin_role__``) to lift the
-#: tenant filter. Any role can *set* it; only members of the admin role get a policy that reads
-#: it, so a plain app role cannot forge the bypass.
-ALL_TENANTS_SETTING = "app.all_tenants"
 # Bookkeeping lives in ``MetaData.info`` keyed by table, never in ``Table.info``: Alembic
 # renders ``Table.info`` into every ``create_table`` of a migration.
 #: ``{table.key: kind of its tenant column}``
@@ -408,8 +429,14 @@ def _selects_tenant_entity(state: ORMExecuteState) -> bool:
 
 
 def _tenant_kind_of_mapper(mapper: Any) -> str | None:
-    # set on the class by TenantMixin.__init_subclass__ (inherited by mapped subclasses)
+    # set on the class by TenantMixin's set-up (inherited by mapped subclasses)
     kind: str | None = getattr(mapper.class_, "__sa_tenant_kind__", None)
+    if kind is None and getattr(mapper.class_, "__rls__", False):
+        raise ConfigurationError(
+            f"{mapper.class_.__name__} sets __rls__ = True but is not a TenantMixin model: "
+            "row-level security needs the tenant_id column and policy TenantMixin adds. Add "
+            "TenantMixin to the class, or remove __rls__."
+        )
     return kind
 
 
@@ -428,9 +455,14 @@ def _touches_tenant_table(state: ORMExecuteState) -> bool:
 class _TenantGroup:
     """All mapped tenant classes of one tenant-column kind, as a ``with_loader_criteria`` root.
 
-    One criteria lambda per *kind*: a lambda's bound parameter takes its type from the first
-    class it is resolved for, so an int tenant's parameter must never meet a uuid column.
-    ``with_loader_criteria`` finds the classes a root covers through ``__subclasses__()``.
+    One criteria lambda per *kind*: a lambda's bound parameter takes its type from the root it is
+    first analysed with, so an int tenant's parameter must never meet a uuid column, and
+    ``TenantMixin`` itself (one root for every kind) cannot be the root. ``with_loader_criteria``
+    finds the classes a root covers through ``root.__subclasses__()``, which a group answers with
+    its members. That is SQLAlchemy's behaviour, not its API: it is pinned by
+    tests/foundation/test_foundation_compat.py on 2.0 and 2.1, and it pays (bench/RESULTS.md:
+    one option per kind instead of one per tenant model, which costs 30 % more per lookup with 30
+    tenant models).
     """
 
     _members: ClassVar[weakref.WeakSet[type]]
@@ -440,59 +472,21 @@ class _TenantGroup:
         return list(cls._members)
 
 
-class _TenantValue(TypeDecorator[Any]):
-    """The type of the tenant's bound parameter: the column's type, plus a cheap ``==``
-    between two bound parameters.
-
-    SQLAlchemy annotates the criteria's bound parameter when it applies the criteria, and an
-    annotated element hashes like the original; each execution then looks both up in the same
-    dicts (``construct_params``), and every probe that meets the twin calls ``==``, which builds a
-    ``BinaryExpression`` only to ask its truth (3+ per statement, most of the read overhead
-    of tenant filtering). That truth is "same hash"; it is answered here without building SQL.
-    Anything else compared with the parameter still builds SQL as usual.
-    """
-
-    cache_ok = True
-
-    class comparator_factory(TypeDecorator.Comparator[Any]):
-        def __eq__(self, other: Any) -> Any:
-            if isinstance(other, BindParameter):
-                return hash(self.expr) == hash(other)  # BinaryExpression.__bool__'s answer
-            return super().__eq__(other)
-
-        __hash__ = TypeDecorator.Comparator.__hash__
-
-
-class _IntTenantValue(_TenantValue):
-    impl = BigInteger
-    cache_ok = True
-
-
-class _UuidTenantValue(_TenantValue):
-    impl = Uuid
-    cache_ok = True
-
-
-class _StrTenantValue(_TenantValue):
-    impl = Text
-    cache_ok = True
-
-
 # ``tenant_id`` on a root is what the lambda sees when SQLAlchemy first analyses it: it fixes
 # the bound parameter's type for the whole kind.
 class _IntTenants(_TenantGroup):
     _members = weakref.WeakSet()
-    tenant_id = column("tenant_id", _IntTenantValue())
+    tenant_id = column("tenant_id", BigInteger())
 
 
 class _UuidTenants(_TenantGroup):
     _members = weakref.WeakSet()
-    tenant_id = column("tenant_id", _UuidTenantValue())
+    tenant_id = column("tenant_id", Uuid())
 
 
 class _StrTenants(_TenantGroup):
     _members = weakref.WeakSet()
-    tenant_id = column("tenant_id", _StrTenantValue())
+    tenant_id = column("tenant_id", Text())
 
 
 _GROUPS: dict[str, type[_TenantGroup]] = {
@@ -502,34 +496,33 @@ _GROUPS: dict[str, type[_TenantGroup]] = {
 }
 
 
+class _Scoped(UserDefinedOption):
+    """Travels with a statement to the loads it triggers (lazy, selectin, subquery): the tenant
+    whose criteria it carries, so a load run under that same tenant does not add them twice."""
+
+    propagate_to_loaders = True
+
+
 # One factory per kind (distinct lambdas, distinct cached analyses); the options are immutable,
-# so one per (kind, tenant) is built and reused (building one costs more than the query's
-# own Python work). ``tenant`` is a closure
-# variable of the factory: the lambda is cached per class and the value becomes a bound
-# parameter, never read inside the lambda at run time. propagate_to_loaders=False: every load
-# (lazy, selectin, refresh) passes through do_orm_execute and gets the tenant in force *then*.
+# so one per (kind, tenant) is built and reused (building one costs more than the query's own
+# Python work). ``tenant`` is a closure variable of the factory: the lambda is cached per class
+# and the value becomes a bound parameter, never read inside the lambda at run time.
+# propagate_to_loaders=True: joined eager loads apply only propagating criteria, and the loads a
+# statement triggers later carry them too; a load run under another tenant adds that tenant's
+# criteria as well (both must hold: nothing is returned), see loader_criteria.
 @functools.lru_cache(maxsize=4096)
 def _int_criteria(tenant: TenantId) -> ORMOption:
-    return with_loader_criteria(
-        _IntTenants, lambda cls: cls.tenant_id == tenant, include_aliases=True,
-        propagate_to_loaders=False,
-    )
+    return with_loader_criteria(_IntTenants, lambda cls: cls.tenant_id == tenant, include_aliases=True)
 
 
 @functools.lru_cache(maxsize=4096)
 def _uuid_criteria(tenant: TenantId) -> ORMOption:
-    return with_loader_criteria(
-        _UuidTenants, lambda cls: cls.tenant_id == tenant, include_aliases=True,
-        propagate_to_loaders=False,
-    )
+    return with_loader_criteria(_UuidTenants, lambda cls: cls.tenant_id == tenant, include_aliases=True)
 
 
 @functools.lru_cache(maxsize=4096)
 def _str_criteria(tenant: TenantId) -> ORMOption:
-    return with_loader_criteria(
-        _StrTenants, lambda cls: cls.tenant_id == tenant, include_aliases=True,
-        propagate_to_loaders=False,
-    )
+    return with_loader_criteria(_StrTenants, lambda cls: cls.tenant_id == tenant, include_aliases=True)
 
 
 _CRITERIA = {_KIND_INT: _int_criteria, _KIND_UUID: _uuid_criteria, _KIND_STR: _str_criteria}
@@ -537,13 +530,16 @@ _CRITERIA = {_KIND_INT: _int_criteria, _KIND_UUID: _uuid_criteria, _KIND_STR: _s
 
 @functools.cache
 def _deny(kind: str) -> ORMOption:
-    return with_loader_criteria(
-        _GROUPS[kind], lambda cls: false(), include_aliases=True, propagate_to_loaders=False
-    )
+    return with_loader_criteria(_GROUPS[kind], lambda cls: false(), include_aliases=True)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _marker(tenant: object) -> _Scoped:
+    return _Scoped(tenant)
 
 
 def _options(state: ORMExecuteState, tenant: TenantId) -> list[ORMOption]:
-    options = []
+    options: list[ORMOption] = []
     for kind, group in _GROUPS.items():
         if not group._members:
             continue
@@ -558,6 +554,7 @@ def _options(state: ORMExecuteState, tenant: TenantId) -> list[ORMOption]:
             options.append(_deny(kind))  # no row of this kind can belong to such a tenant
             continue
         options.append(_CRITERIA[kind](value))
+    options.append(_marker(tenant))
     return options
 
 
@@ -569,44 +566,62 @@ def _scoped_options(kinds: tuple[str, ...], tenant: TenantId) -> tuple[ORMOption
     objects, so the per-statement cost is one cache lookup. The tenant stays a bound parameter
     of each option's criteria (see :func:`_int_criteria`).
     """
-    options = []
+    options: list[ORMOption] = []
     for kind in kinds:
         try:
             value = _coerce(tenant, kind, "tenant_scope()")
         except ConfigurationError:
             return None  # decided per statement by _options (raise, or deny that kind)
         options.append(_CRITERIA[kind](value))
+    options.append(_marker(tenant))
     return tuple(options)
 
 
-def loader_criteria(state: ORMExecuteState) -> Iterable[ORMOption]:
-    """The ``LOADER_CRITERIA`` hook: ``tenant_id = :tenant`` on every tenant entity."""
-    kinds = tuple([kind for kind, group in _GROUPS.items() if group._members])
-    if not kinds:
+def _kinds_in_use() -> tuple[str, ...]:
+    return tuple([kind for kind, group in _GROUPS.items() if group._members])
+
+
+def _admin(state: ORMExecuteState) -> bool:
+    return flag(state, ALL_TENANTS) or is_all_tenants(state.session)
+
+
+def loader_criteria(context: StatementContext) -> Iterable[ORMOption]:
+    """The loader-criteria hook: ``tenant_id = :tenant`` on every tenant entity."""
+    kinds = _kinds_in_use()
+    if not kinds or context.admin:
         return ()  # no tenant model in this process: costs the other patterns nothing
-    session = state.session
-    if flag(state, ALL_TENANTS) or is_all_tenants(session):
-        return ()
-    tenant = current_tenant(session)
+    state, session, tenant = context.state, context.session, context.tenant
+    if state.is_relationship_load and tenant is not None:
+        for option in state.user_defined_options:
+            if isinstance(option, _Scoped) and option.payload == tenant:
+                return ()  # the parent statement's criteria for this very tenant came along
     if tenant is None:
         if _touches_tenant_table(state):
             require_tenant(session, what=_describe(state))
         # belt and braces: nothing we failed to see can leak
         return [_deny(kind) for kind in kinds]
     options = _scoped_options(kinds, tenant)
-    return _not_carried(state, _options(state, tenant) if options is None else options)
+    return _options(state, tenant) if options is None else options
 
 
-def _not_carried(state: ORMExecuteState, options: Sequence[ORMOption]) -> Sequence[ORMOption]:
-    """``options`` less those a relationship load already carries. A selectin load copies every
-    option of its parent statement, ours included (whatever ``propagate_to_loaders`` says):
-    adding them again repeated each tenant condition in its SQL and cost a second statement
-    copy. Options are compared by identity, and ours are cached per tenant, so only the very
-    criteria in force now are skipped; after a tenant switch both apply (no row)."""
-    if not state.is_relationship_load:
-        return options
-    carried = {id(option) for option in state.statement._with_options}
-    return [option for option in options if id(option) not in carried]
+def from_criteria(context: StatementContext, from_: Any) -> list[ColumnElement[bool]]:
+    """The explicit-join hook: the tenant condition on a tenant table (or an alias of one)
+    that a statement names in an explicit join, where loader criteria do not reach."""
+    table = _base_table(from_)
+    kind = None if table is None or context.admin else _tenant_kind(table)
+    if kind is None:
+        return []
+    what = _describe(context.state)
+    tenant = _coerce(require_tenant(context.session, what=what), kind, what)
+    return [from_.c.tenant_id == tenant]
+
+
+def _base_table(from_: Any) -> Table | None:
+    while not isinstance(from_, Table):
+        from_ = getattr(from_, "element", None)
+        if from_ is None:
+            return None
+    return from_
 
 
 def _describe(state: ORMExecuteState) -> str:
@@ -617,59 +632,30 @@ def _describe(state: ORMExecuteState) -> str:
     return f"this {verb}" + (f" on {names}" if names else "")
 
 
-# The tenant each session's current transaction told PostgreSQL (set in after_begin).
-_sent: weakref.WeakKeyDictionary[Session, tuple[str | None, bool]] = weakref.WeakKeyDictionary()
-
-
-def _wanted(session: Session) -> tuple[str | None, bool]:
-    tenant = current_tenant(session)
-    return (None if tenant is None else str(tenant), is_all_tenants(session))
-
-
-def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
-    _sent[session] = _wanted(session)
-
-
-def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:
-        _sent.pop(session, None)
-
-
-def transaction_settings(session: Session) -> dict[str, str]:
-    """``app.all_tenants = on`` inside ``all_tenants()`` (read only by the admin policy)."""
-    return {ALL_TENANTS_SETTING: "on"} if is_all_tenants(session) else {}
-
-
-def _resync(session: Session, tenant: TenantId | None, admin: bool) -> None:
-    """The scope changed inside a transaction: tell PostgreSQL before the next statement, so the
-    ORM filter and the RLS policy never disagree (one extra statement, only on a switch)."""
-    sent = _sent.get(session)
-    if sent is None:
-        return  # no transaction yet: after_begin sends the settings
-    wanted = (None if tenant is None else str(tenant), admin)
-    if wanted == sent:
-        return
-    _sent[session] = wanted
-    session.connection().execute(
-        text("SELECT set_config(:t, :tv, true), set_config(:a, :av, true)"),
-        {"t": TENANT_SETTING, "tv": wanted[0] or "", "a": ALL_TENANTS_SETTING,
-         "av": "on" if admin else ""},
-    )
+def table_criteria(session: Session, table: Any, *, admin: bool = False) -> list[ColumnElement[bool]]:
+    """``[table.c.tenant_id == tenant]`` for a tenant table (or alias), ``[]`` for any other or
+    inside ``all_tenants()``: the condition Core statements the toolkit writes itself (cascades,
+    purges) add, so they never reach another tenant's rows by foreign key alone."""
+    base = _base_table(table)
+    kind = None if base is None else _tenant_kind(base)
+    if kind is None or admin or is_all_tenants(session):
+        return []
+    what = f"a statement on {base.name}"  # type: ignore[union-attr]
+    return [table.c.tenant_id == _coerce(require_tenant(session, what=what), kind, what)]
 
 
 def _do_orm_execute(state: ORMExecuteState) -> Result[Any] | None:
-    session = state.session
-    tenant = current_tenant(session)
-    admin = is_all_tenants(session)
-    _resync(session, tenant, admin)  # raw SQL is filtered by RLS too: always keep in sync
-    if not (_IntTenants._members or _UuidTenants._members or _StrTenants._members):
+    if not _kinds_in_use():
         return None  # no tenant model in this process: nothing below can apply
+    session = state.session
     if state.is_select:
         if state.is_column_load:
+            _scope_refresh(state)
             return None
         # Key loaded objects by tenant: get() and many-to-one lazy loads then never reuse an
         # object cached under another tenant (they query, and the filters apply).
-        token = _ALL_TOKEN if admin or flag(state, ALL_TENANTS) else tenant
+        admin = _admin(state)
+        token = _ALL_TOKEN if admin else current_tenant(session)
         if token is not None and _selects_tenant_entity(state):
             state.update_execution_options(identity_token=token)
     elif not state.is_orm_statement:
@@ -684,13 +670,27 @@ def _do_orm_execute(state: ORMExecuteState) -> Result[Any] | None:
     return None
 
 
+def _scope_refresh(state: ORMExecuteState) -> None:
+    """``session.refresh()`` and the reload of expired attributes: SQLAlchemy applies no loader
+    criteria to them, so the tenant in force now goes into their WHERE clause directly (an
+    object loaded under another tenant then reads as deleted; with no tenant, TenantRequired)."""
+    mapper = state.bind_mapper
+    kind = None if mapper is None else _tenant_kind_of_mapper(mapper)
+    if kind is None or _admin(state) or not isinstance(state.statement, Select):
+        return
+    assert mapper is not None
+    what = f"reloading a {mapper.class_.__name__}"
+    tenant = _coerce(require_tenant(state.session, what=what), kind, what)
+    state.statement = state.statement.where(mapper.columns["tenant_id"] == tenant)
+
+
 def _scope_bulk_by_primary_key(state: ORMExecuteState) -> None:
     """ORM bulk UPDATE by primary key (a list of parameter dicts) ignores loader criteria, so
     the tenant goes into its WHERE clause directly."""
     params = state.parameters
     if not isinstance(params, Sequence) or isinstance(params, str) or not params:
         return
-    if flag(state, ALL_TENANTS) or is_all_tenants(state.session):
+    if _admin(state):
         return
     for mapper in _tenant_entities(state):
         kind = _tenant_kind_of_mapper(mapper)
@@ -717,52 +717,102 @@ def _tenant_param(params: Mapping[Any, Any]) -> tuple[bool, object]:
 
 
 def _check_insert(state: ORMExecuteState) -> Result[Any] | None:
+    """Fill and check ``tenant_id`` in every form an ORM INSERT takes: parameter dicts and
+    lists, ``.values()`` of one or many rows, ``from_select()`` and upserts."""
     mappers = _tenant_entities(state)
-    if not mappers or flag(state, ALL_TENANTS) or is_all_tenants(state.session):
+    if not mappers or _admin(state):
         return None
     kind = _tenant_kind_of_mapper(mappers[0])
     assert kind is not None
-    name = mappers[0].class_.__name__
+    mapper = mappers[0]
+    name = mapper.class_.__name__
     tenant = _coerce(require_tenant(state.session, what=f"INSERT into {name}"), kind, "tenant")
 
-    def fill(params: Mapping[str, Any]) -> dict[str, Any]:
-        present, value = _tenant_param(params)
-        if present and _coerce(value, kind, f"{name}.tenant_id") != tenant:
+    def check(value: object) -> None:
+        if isinstance(value, ClauseElement):
+            raise UnsupportedStatement(
+                f"INSERT into {name} computes tenant_id in SQL ({value!r}): the wall cannot "
+                "check it. Leave tenant_id out (it is filled in) or pass the value itself."
+            )
+        if _coerce(value, kind, f"{name}.tenant_id") != tenant:
             raise TenantViolation(
                 f"INSERT into {name} with tenant_id={value!r} while tenant {tenant!r} is in "
                 "scope. Drop the explicit tenant_id, or use all_tenants() for admin work."
             )
+
+    def fill(params: Mapping[Any, Any]) -> dict[Any, Any]:
+        present, value = _tenant_param(params)
+        if present:
+            check(value)
+            return dict(params)
         return {**params, "tenant_id": tenant}
 
-    values = getattr(state.statement, "_values", None) or {}
-    present, value = _tenant_param(values)
+    statement: Any = state.statement
+    parts = insert_parts(statement)
+    present, value = _tenant_param(parts.values)
     if present:
-        fill({"tenant_id": value})
+        check(value)
+    if conflict_update(statement) is not None:
+        statement = _scope_upsert(statement, mapper, tenant)
+    if parts.multi is not None:
+        statement = replace_insert(statement, multi=[fill(row) for row in parts.multi])
+    elif parts.select is not None:
+        statement = _scope_insert_select(statement, parts, mapper, tenant)
+    elif not present and not state.parameters:
+        statement = statement.values(tenant_id=tenant)
+    state.statement = statement
     params = state.parameters
     if isinstance(params, Mapping) and params:
         return add_parameters(state, fill(params))
     if isinstance(params, Sequence) and params and not isinstance(params, str):
         return add_parameters(state, [fill(p) for p in params])
-    if not present:
-        state.statement = state.statement.values(tenant_id=tenant)  # type: ignore[attr-defined]
     return None
+
+
+def _scope_insert_select(statement: Any, parts: Any, mapper: Any, tenant: TenantId) -> Any:
+    """``INSERT … SELECT``: the SELECT is read under the loader criteria (the hook puts them on
+    the INSERT), and only rows of the tenant in scope are written: a ``tenant_id`` the SELECT
+    computes is checked row by row in SQL, a missing one is filled."""
+    names = list(parts.names)
+    keys = [getattr(n, "key", n) for n in names]
+    source = parts.select.subquery()
+    columns = list(source.c)
+    tenant_column = mapper.columns["tenant_id"]
+    if "tenant_id" in keys:
+        chosen = select(*columns).where(
+            columns[keys.index("tenant_id")] == literal(tenant, tenant_column.type)
+        )
+        return replace_insert(statement, select=chosen, names=names)
+    chosen = select(*columns, literal(tenant, tenant_column.type).label("tenant_id"))
+    return replace_insert(statement, select=chosen, names=[*names, "tenant_id"])
+
+
+def _scope_upsert(statement: Any, mapper: Any, tenant: TenantId) -> Any:
+    """``INSERT … ON CONFLICT DO UPDATE``: the conflicting row is updated only when it is the
+    tenant's own (another tenant's row is left as it is, and not returned), and ``SET`` may not
+    move a row between tenants."""
+    clause = conflict_update(statement)
+    for key, value in conflict_set(clause):
+        if getattr(key, "key", key) != "tenant_id":
+            continue
+        excluded = getattr(getattr(value, "table", None), "name", None) == "excluded"
+        if not (excluded and getattr(value, "key", None) == "tenant_id"):
+            raise TenantViolation(
+                f"the upsert of {mapper.class_.__name__} sets tenant_id: rows never move between "
+                "tenants. Leave tenant_id out of set_."
+            )
+    return with_conflict_where(statement, mapper.local_table.c.tenant_id == tenant)
 
 
 def _check_update_values(state: ORMExecuteState) -> None:
     mappers = _tenant_entities(state)
-    if not mappers or flag(state, ALL_TENANTS) or is_all_tenants(state.session):
+    if not mappers or _admin(state):
         return
     kind = _tenant_kind_of_mapper(mappers[0])
     assert kind is not None
     name = mappers[0].class_.__name__
     tenant = current_tenant(state.session)
-    candidates: list[Mapping[Any, Any]] = []
-    values = getattr(state.statement, "_values", None)
-    if values:
-        candidates.append(values)
-    ordered = getattr(state.statement, "_ordered_values", None)
-    if ordered:
-        candidates.append(dict(ordered))
+    candidates = update_values(state.statement)
     params = state.parameters
     if isinstance(params, Mapping):
         candidates.append(params)
@@ -775,7 +825,7 @@ def _check_update_values(state: ORMExecuteState) -> None:
         )):
             raise TenantViolation(
                 f"UPDATE of {name} sets tenant_id={value!r}: rows never move between tenants "
-                "(in scope: {tenant!r}). Use all_tenants() for a deliberate migration."
+                f"(in scope: {tenant!r}). Use all_tenants() for a deliberate migration."
             )
 
 
@@ -783,6 +833,7 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
     admin = is_all_tenants(session)
     for obj in session.new:
         if not isinstance(obj, TenantMixin):
+            _tenant_kind_of_mapper(inspect(obj).mapper)  # refuses __rls__ without TenantMixin
             continue
         kind = _tenant_kind(type(obj).__table__)  # type: ignore[attr-defined]
         assert kind is not None
@@ -827,12 +878,18 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
             )
 
 
+def bulk_check(session: Session, method: str, mapper: Any) -> bool:
+    """The check of the legacy ``Session.bulk_*`` methods, which skip every
+    session event: True sends mappings of a tenant model through the scoped 2.0 statements
+    (``execute(insert(...), rows)`` / ``execute(update(...), rows)``)."""
+    return _tenant_kind_of_mapper(mapper) is not None
+
+
 #: Composed by :func:`sa_patterns.install`.
-SESSION_LISTENERS = [
-    ("after_begin", _after_begin),
-    ("after_transaction_end", _after_transaction_end),
-    ("do_orm_execute", _do_orm_execute),
-    ("before_flush", _before_flush),
-]
-LOADER_CRITERIA = loader_criteria
-TRANSACTION_SETTINGS = transaction_settings
+PATTERN = Pattern(
+    "tenancy",
+    listeners=(("do_orm_execute", _do_orm_execute), ("before_flush", _before_flush)),
+    loader_criteria=loader_criteria,
+    from_criteria=from_criteria,
+    bulk_check=bulk_check,
+)

@@ -37,8 +37,9 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.types import TypeDecorator
 
 from .errors import ConfigurationError, InvalidData
+from .pattern import Listener, Pattern
 
-__all__ = ["SESSION_LISTENERS", "TypedJSON"]
+__all__ = ["PATTERN", "TypedJSON"]
 
 M = TypeVar("M")
 
@@ -380,7 +381,7 @@ def _transaction_over(session: Session, *args: Any) -> None:
     session.info.pop(_COMMITTING, None)
 
 
-SESSION_LISTENERS = [
+_LISTENERS: list[Listener] = [
     ("loaded_as_persistent", _remember),
     ("pending_to_persistent", _remember_flushed),
     ("before_flush", _before_flush),
@@ -389,3 +390,5 @@ SESSION_LISTENERS = [
     ("after_commit", _transaction_over),
     ("after_soft_rollback", _transaction_over),
 ]
+
+PATTERN = Pattern("typed_json", listeners=tuple(_LISTENERS))

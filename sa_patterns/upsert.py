@@ -19,7 +19,8 @@ from sqlalchemy.dialects.postgresql.dml import Insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from .errors import ConfigurationError, InvalidData
+from .errors import ConfigurationError, InvalidData, TenantViolation
+from .tenancy import is_tenant_table
 
 __all__ = ["MAX_PARAMETERS", "insert_many", "insert_many_async"]
 
@@ -31,8 +32,11 @@ MAX_PARAMETERS = 65_535
 
 
 def _required(column: Column[Any]) -> bool:
-    """A value must be supplied: NOT NULL, no default of any kind, not the serial/identity PK."""
+    """A value must be supplied: NOT NULL, no default of any kind, not the serial/identity PK,
+    not a tenant model's ``tenant_id`` (the session fills it in)."""
     if column.nullable or column.computed is not None or column.identity is not None:
+        return False
+    if column.name == "tenant_id" and is_tenant_table(column.table):
         return False
     if column.default is not None or column.server_default is not None:
         return False
@@ -99,6 +103,8 @@ def _plan(
             _check_duplicates(model, clean, target)
         written = sorted({k for row in clean for k in row})
         skip = set(target or ()) | set(pk)
+        if is_tenant_table(mapper.local_table):
+            skip.add("tenant_id")  # rows never move between tenants
         columns = list(update) if update is not None else [k for k in written if k not in skip]
         bad = [c for c in columns if c not in table_columns]
         if bad:
@@ -165,6 +171,7 @@ def insert_many(
     stmt, clean, size = _plan(model, rows, on_conflict, conflict, update, chunk_size)
     if not clean:
         return []
+    guard = _guarded(model, on_conflict)
     out: list[T] = []
     with session.begin_nested():
         for chunk in _chunks(clean, size):
@@ -174,10 +181,34 @@ def insert_many(
                     chunk,
                     execution_options={"populate_existing": True, "insertmanyvalues_page_size": size},
                 )
-                out.extend(result.all())
+                written = result.all()
+                _check_written(model, guard, chunk, len(written))
+                out.extend(written)
+            elif guard:
+                keys = session.execute(
+                    stmt.returning(*inspect(model).primary_key), chunk,
+                    execution_options={"insertmanyvalues_page_size": size},
+                ).all()
+                _check_written(model, guard, chunk, len(keys))
             else:
                 session.execute(stmt, chunk, execution_options={"insertmanyvalues_page_size": size})
     return out
+
+
+def _guarded(model: type[Any], on_conflict: OnConflict) -> bool:
+    """Whether an upsert must prove every row was written: on a tenant model, the session's
+    hook lets ``DO UPDATE`` touch the tenant's own rows only, so a row whose key another
+    tenant holds is neither inserted nor updated."""
+    return on_conflict == "update" and is_tenant_table(inspect(model).local_table)
+
+
+def _check_written(model: type[Any], guard: bool, chunk: Sequence[Any], written: int) -> None:
+    if guard and written < len(chunk):
+        raise TenantViolation(
+            f"insert_many({model.__name__}, on_conflict='update'): {len(chunk) - written} "
+            "row(s) have the key of another tenant's row, which an upsert may not touch. "
+            "Nothing was written."
+        )
 
 
 async def insert_many_async(
@@ -195,6 +226,7 @@ async def insert_many_async(
     stmt, clean, size = _plan(model, rows, on_conflict, conflict, update, chunk_size)
     if not clean:
         return []
+    guard = _guarded(model, on_conflict)
     out: list[T] = []
     async with session.begin_nested():
         for chunk in _chunks(clean, size):
@@ -204,7 +236,15 @@ async def insert_many_async(
                     chunk,
                     execution_options={"populate_existing": True, "insertmanyvalues_page_size": size},
                 )
-                out.extend(result.all())
+                written = result.all()
+                _check_written(model, guard, chunk, len(written))
+                out.extend(written)
+            elif guard:
+                keys = (await session.execute(
+                    stmt.returning(*inspect(model).primary_key), chunk,
+                    execution_options={"insertmanyvalues_page_size": size},
+                )).all()
+                _check_written(model, guard, chunk, len(keys))
             else:
                 await session.execute(
                     stmt, chunk, execution_options={"insertmanyvalues_page_size": size}

@@ -39,13 +39,14 @@ from sqlalchemy.sql.util import find_tables
 
 from ._mapping import own_table, when_mapped
 from .errors import ConfigurationError, ReadOnlyError
+from .pattern import Pattern
 from .schema import objects
 from .schema.objects import RowLevelSecurity, qualified
 from .schema.registry import NOT_A_TABLE, register, registered
 from .schema.view_catalog import read_view_graph
 
 __all__ = [
-    "SESSION_LISTENERS",
+    "PATTERN",
     "MaterializedView",
     "View",
     "compile_definition",
@@ -421,4 +422,15 @@ def _do_orm_execute(state: ORMExecuteState) -> None:
             raise _read_only(mapper.class_)
 
 
-SESSION_LISTENERS = [("before_flush", _before_flush), ("do_orm_execute", _do_orm_execute)]
+def _bulk_check(session: Session, method: str, mapper: Mapper[Any]) -> bool:
+    """The legacy ``Session.bulk_*`` methods skip the hooks above: refuse them here."""
+    if issubclass(mapper.class_, _ViewModel):
+        raise _read_only(mapper.class_)
+    return False
+
+
+PATTERN = Pattern(
+    "views",
+    listeners=(("before_flush", _before_flush), ("do_orm_execute", _do_orm_execute)),
+    bulk_check=_bulk_check,
+)

@@ -29,12 +29,13 @@ from sqlalchemy.sql import ColumnElement, false, operators, true
 
 from .._compat import add_parameters
 from ..errors import ConfigurationError
+from ..pattern import Pattern
 from ..schema import ident
 
 if TYPE_CHECKING:
     from .types import EncryptedType
 
-__all__ = ["NORMALIZERS", "SESSION_LISTENERS", "blind_eq", "blind_index_value"]
+__all__ = ["NORMALIZERS", "PATTERN", "blind_eq", "blind_index_value"]
 
 #: Named normalisations (applied in the order given) for ``normalize=``.
 NORMALIZERS: dict[str, Callable[[str], str]] = {
@@ -239,4 +240,6 @@ def _do_orm_execute(state: ORMExecuteState) -> Result[Any] | None:
 
 #: Composed by :func:`sa_patterns.install`: keep blind indexes current on every ORM flush and
 #: ORM bulk UPDATE by primary key.
-SESSION_LISTENERS = [("before_flush", _before_flush), ("do_orm_execute", _do_orm_execute)]
+PATTERN = Pattern(
+    "blind_index", listeners=(("before_flush", _before_flush), ("do_orm_execute", _do_orm_execute))
+)

@@ -157,3 +157,105 @@ def test_rewrite_leaves_joins_and_plain_selects_alone() -> None:
     plain = select(Parent).where(Parent.id == 1)
     assert where_entities_as_froms(joined) is joined
     assert where_entities_as_froms(plain) is plain
+
+
+# --- the private statement parts _compat reads and writes (pinned on 2.0.30, 2.0.x and 2.1) ---
+
+
+class Item(Base):
+    __tablename__ = "compat_items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+
+
+def test_insert_parts_read_values_multi_values_and_select() -> None:
+    from sa_patterns._compat import insert_parts
+
+    one = insert_parts(insert(Item).values(id=1, name="a"))
+    assert {getattr(k, "key", k): v for k, v in one.values.items()}.keys() == {"id", "name"}
+    assert one.multi is None and one.select is None
+    many = insert_parts(insert(Item).values([{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]))
+    assert [{getattr(k, "key", k): v for k, v in r.items()} for r in many.multi or []] == [
+        {"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    source = select(Item.id + 10, Item.name)
+    copied = insert_parts(insert(Item).from_select(["id", "name"], source))
+    assert copied.select is source and copied.names == ["id", "name"]
+
+
+def test_replace_insert_keeps_returning_and_swaps_the_parts() -> None:
+    from sqlalchemy.dialects import postgresql
+
+    from sa_patterns._compat import replace_insert
+
+    stmt = insert(Item).values([{"id": 1, "name": "a"}]).returning(Item.id)
+    swapped = replace_insert(stmt, multi=[{"id": 2, "name": "b"}, {"id": 3, "name": "c"}])
+    sql = str(swapped.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+    assert "VALUES (2, 'b'), (3, 'c') RETURNING compat_items.id" in sql, sql
+    chosen = replace_insert(
+        insert(Item).from_select(["id"], select(Item.id)), select=select(Item.id, Item.name),
+        names=["id", "name"],
+    )
+    sql = str(chosen.compile(dialect=postgresql.dialect()))
+    assert sql.startswith("INSERT INTO compat_items (id, name) SELECT"), sql
+
+
+def test_update_values_reads_values_and_ordered_values() -> None:
+    from sa_patterns._compat import update_values
+
+    [values] = update_values(update(Item).values(name="x"))
+    assert {getattr(k, "key", k) for k in values} == {"name"}
+    ordered = update_values(update(Item).ordered_values((Item.name, "y")))
+    assert [[getattr(v, "value", v) for v in d.values()] for d in ordered] == [["y"]]
+
+
+def test_conflict_clause_read_and_rewritten() -> None:
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    from sa_patterns._compat import conflict_set, conflict_update, with_conflict_where
+
+    stmt = pg_insert(Item).values(id=1, name="a")
+    stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={"name": stmt.excluded.name})
+    clause = conflict_update(stmt)
+    assert clause is not None
+    assert [getattr(k, "key", k) for k, _ in conflict_set(clause)] == ["name"]
+    guarded = with_conflict_where(stmt, Item.__table__.c.id > 0)
+    sql = str(guarded.compile(dialect=postgresql.dialect()))
+    assert "ON CONFLICT (id) DO UPDATE SET name = excluded.name WHERE compat_items.id >" in sql, sql
+    assert conflict_update(pg_insert(Item).values(id=1, name="a").on_conflict_do_nothing()) is None
+
+
+def test_explicit_froms_and_raw_columns() -> None:
+    from sqlalchemy import join
+
+    from sa_patterns._compat import explicit_froms, raw_columns
+
+    j = join(Item, Item.__table__.alias("other"), Item.id == Item.__table__.alias("o2").c.id)
+    stmt = select(func.count()).select_from(j)
+    assert explicit_froms(stmt) == (j,)
+    assert explicit_froms(select(Item)) == ()
+    assert len(raw_columns(select(Item.id, Item.name))) == 2
+
+
+def test_loader_criteria_root_covers_the_classes_its_subclasses_names() -> None:
+    """Tenancy's criteria root (one per tenant-column kind) relies on with_loader_criteria
+    walking ``root.__subclasses__()`` to find the mapped classes it covers."""
+    from sqlalchemy import column
+    from sqlalchemy.dialects import postgresql
+
+    class Other(Base):
+        __tablename__ = "compat_others"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+
+    class Root:
+        name = column("name")
+
+        @classmethod
+        def __subclasses__(cls) -> list[type]:
+            return [Item]
+
+    option = with_loader_criteria(Root, lambda cls: cls.name == "x", include_aliases=True)
+    dialect = postgresql.dialect()
+    assert "WHERE compat_items.name = " in str(select(Item).options(option).compile(dialect=dialect))
+    assert "WHERE" not in str(select(Other).options(option).compile(dialect=dialect))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy import URL, Engine, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 import sa_patterns
+from sa_patterns._pipeline import settings_sql
 from sa_patterns.errors import ConfigurationError
 from sa_patterns.install import installed
+from sa_patterns.testing.wire import RoundTrips
 
 # coalesce: a setting never set in this backend reads NULL, one set in an earlier transaction ''
 PROBE = text(
@@ -30,28 +31,34 @@ def small_engine(pg_url: URL) -> Iterator[Engine]:
     eng.dispose()
 
 
-def count_set_config(engine: Engine) -> list[str]:
-    seen: list[str] = []
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "set_config" in statement:
-            seen.append(statement)
-
-    return seen
-
-
-def test_context_reaches_postgres_once_per_transaction(small_engine: Engine) -> None:
-    factory = sa_patterns.install(sessionmaker(small_engine))
-    seen = count_set_config(small_engine)
-    with sa_patterns.tenant_scope(5), sa_patterns.actor_scope("alice", ip="10.0.0.1"), factory() as s:
-        for _ in range(5):
-            row = s.execute(PROBE).one()
-        assert row == ("5", "alice", '{"ip": "10.0.0.1"}')
-        s.commit()
-    assert len(seen) == 1, "one set_config round trip per transaction, not per query"
+def test_context_reaches_postgres_once_per_transaction_in_no_round_trip_of_its_own(
+    pg_url: URL,
+) -> None:
+    with RoundTrips(pg_url) as wire:
+        engine = create_engine(wire.url, pool_size=1, max_overflow=0)
+        plain, factory = sessionmaker(engine), sa_patterns.install(sessionmaker(engine))
+        for maker in (plain, factory):  # connect, and prepare nothing differently
+            with maker() as s:
+                s.execute(PROBE)
+        wire.reset()
+        with plain() as s:
+            for _ in range(5):
+                s.execute(PROBE).one()
+            s.commit()
+        trips, statements = wire.count, wire.statements
+        wire.reset()
+        with sa_patterns.tenant_scope(5), sa_patterns.actor_scope("alice", ip="10.0.0.1"), factory() as s:
+            for _ in range(5):
+                row = s.execute(PROBE).one()
+            assert row == ("5", "alice", '{"ip": "10.0.0.1"}')
+            s.commit()
+        engine.dispose()
+    assert wire.statements == statements + 1, "one set_config per transaction, not per query"
+    assert wire.count == trips, "and it shares the first statement's round trip"
     # values are bound parameters, never spliced into the SQL text
-    assert "alice" not in seen[0] and "5" not in seen[0].replace("set_config", "")
+    sql, params = settings_sql({"app.actor_id": "alice", "app.tenant_id": "5"}, named=False)
+    assert "alice" not in sql and "5" not in sql.replace("set_config", "")
+    assert sorted(params.values()) == ["5", "alice", "app.actor_id", "app.tenant_id"]
 
 
 def test_nothing_survives_into_the_pooled_connections_next_transaction(small_engine: Engine) -> None:
@@ -85,11 +92,12 @@ def test_hostile_values_are_data(small_engine: Engine) -> None:
 def test_install_is_idempotent_and_uninstall_removes(small_engine: Engine) -> None:
     maker = sessionmaker(small_engine)
     sa_patterns.install(maker)
+    once = len(maker().dispatch.do_orm_execute), len(maker().dispatch.before_flush)
     sa_patterns.install(maker)
-    seen = count_set_config(small_engine)
+    assert (len(maker().dispatch.do_orm_execute), len(maker().dispatch.before_flush)) == once
+    assert once[0] > 0
     with sa_patterns.tenant_scope(1), maker() as s:
-        s.execute(text("SELECT 1"))
-    assert len(seen) == 1
+        assert s.execute(PROBE).one()[0] == "1"
     assert installed(maker)
     sa_patterns.uninstall(maker)
     assert not installed(maker)

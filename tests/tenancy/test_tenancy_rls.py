@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import URL, Connection, Engine, create_engine, event, select, text
+from sqlalchemy import URL, Connection, Engine, create_engine, select, text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 from tenancy_models import ADMIN_ROLE, APP_ROLE, Base, Project, StrDoc
@@ -19,6 +19,7 @@ import sa_patterns
 from sa_patterns.cli import main as cli_main
 from sa_patterns.schema import quote
 from sa_patterns.testing.rls import assert_rls_ready, rls_problems
+from sa_patterns.testing.wire import RoundTrips
 
 
 def role_engine(pg_url: URL, schema: str, role: str, **kw: object) -> Engine:
@@ -171,19 +172,22 @@ def test_doctor_cli(pg_url: URL, db_schema: str, seeded_db: Engine, capsys: pyte
     assert "row level security" in out and "superuser" in out
 
 
-def test_one_set_config_per_transaction_not_per_query(app_engine: Engine) -> None:
-    statements: list[str] = []
-
-    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
-        statements.append(statement)
-
-    event.listen(app_engine, "before_cursor_execute", count)
-    try:
-        with sa_patterns.tenant_scope(1), factory(app_engine).begin() as s:
+def test_one_set_config_per_transaction_riding_with_the_first_query(
+    pg_url: URL, db_schema: str, seeded_db: Engine
+) -> None:
+    """As the app role, RLS on: the tenant reaches the policy before the first statement, in
+    that statement's round trip; a switch inside the transaction rides with the next one."""
+    with RoundTrips(pg_url) as wire:
+        engine = role_engine(wire.url, db_schema, APP_ROLE, pool_size=1, max_overflow=0)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        wire.reset()
+        with sa_patterns.tenant_scope(1), factory(engine).begin() as s:
             for _ in range(5):
-                s.scalars(select(Project)).all()
-                s.scalars(RAW).all()
-    finally:
-        event.remove(app_engine, "before_cursor_execute", count)
-    assert sum("set_config" in st for st in statements) == 1
-    assert len(statements) == 11
+                assert [p.id for p in s.scalars(select(Project))] == [11, 12]
+                assert s.scalars(RAW).all() == [11, 12]
+            with sa_patterns.tenant_scope(2):
+                assert s.scalars(RAW).all() == [21]
+        engine.dispose()
+    # BEGIN, 11 queries, COMMIT: 13 round trips; 2 set_config statements ride along
+    assert (wire.count, wire.statements) == (13, 15)

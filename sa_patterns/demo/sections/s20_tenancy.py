@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 
-from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, join, select, text
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
+from sqlalchemy.orm import joinedload
 
 import sa_patterns
 
@@ -34,6 +35,25 @@ def run(ctx: DemoContext) -> None:
     ctx.show("tenant 1 sees workspaces", names)
     ctx.check(names == ["acme-hq", "acme-lab"] and boards == 2, "ORM reads are scoped to tenant 1")
     ctx.check(other is None, "session.get() of tenant 2's workspace returns None under tenant 1")
+
+    # Paths SQLAlchemy's loader criteria do not reach on their own: eager joins, refreshes of
+    # objects loaded under another tenant, and tables inside an explicit join.
+    with ctx.Session() as s:
+        with sa_patterns.tenant_scope(2):
+            theirs = s.get(TnWorkspace, globex_id)
+        with sa_patterns.tenant_scope(1):
+            eager = s.scalars(select(TnWorkspace).options(joinedload(TnWorkspace.boards))).unique().all()
+            counted = s.scalar(select(func.count()).select_from(
+                join(TnWorkspace, TnBoard, TnWorkspace.id == TnBoard.workspace_id)))
+            try:
+                s.refresh(theirs)
+                refreshed = True
+            except InvalidRequestError:
+                refreshed = False
+    ctx.show("tenant 1: joinedload, count over join(), refresh of tenant 2's object",
+             [sorted(b.title for w in eager for b in w.boards), counted, refreshed])
+    ctx.check(counted == 2 and len(eager) == 2 and not refreshed,
+              "joined eager loads, explicit joins and refreshes are scoped to the tenant in force")
 
     with sa_patterns.tenant_scope(1), ctx.Session() as s:
         then = sa_patterns.as_of(TnBoard, s.scalar(text("SELECT clock_timestamp()")))
