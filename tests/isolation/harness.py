@@ -348,9 +348,10 @@ class Shape:
     #: the shape asks for a real DELETE (soft-deletable rows may disappear, the tenant's only)
     hard: bool = False
     #: the error the shape must be refused with on a tenant model kind (``None``: it must
-    #: succeed, scoped). A ``ConfigurationError`` (the shape is unsupported) is raised without
-    #: a tenant too; any other refusal gives way to ``TenantRequired`` there.
+    #: succeed, scoped); with no tenant, the cell may raise it instead of ``TenantRequired``
     refuses: type[SAPatternsError] | None = None
+    #: ``(kind name, error)`` pairs: the refusal on that kind, whether it has tenants or not
+    refuses_on: tuple[tuple[str, type[SAPatternsError]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -380,7 +381,10 @@ class Cell:
     def expected(self) -> tuple[type[SAPatternsError], ...]:
         """The refusals this cell may raise; empty: it must succeed, scoped. With no tenant a
         tenant model's cell raises ``TenantRequired``, or the refusal the shape gets anyway."""
-        refuses = (self.shape.refuses,) if self.kind.tenant and self.shape.refuses else ()
+        on = dict(self.shape.refuses_on).get(self.kind.name)
+        if on is None and self.kind.tenant:
+            on = self.shape.refuses
+        refuses = (on,) if on else ()
         if self.refuses_without_tenant:
             return (TenantRequired, *refuses)
         return refuses
@@ -388,6 +392,8 @@ class Cell:
 
 @dataclass
 class Outcome:
+    """What the run step returned, or the ``SAPatternsError`` it raised."""
+
     value: object = None
     error: SAPatternsError | None = None
 
@@ -718,8 +724,7 @@ def _reference(cell: Cell, connection: Connection, base: str) -> object:
             value: object = drive(cell.shape.run(runner, cell.kind, prepared))
             return normalize(value)
     finally:
-        nested.rollback()
-        connection.execute(text("SELECT set_config('search_path', :p, true)"), {"p": f"{base}, public"})
+        nested.rollback()  # undoes the prepare step's raw SQL and the search_path too
 
 
 def judge(
