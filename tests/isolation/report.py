@@ -12,6 +12,7 @@ that the committed page is this function's output, so the page cannot drift from
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -66,8 +67,8 @@ parent. Every text value carries its owner's tag (`t2:...`, `...:dead`).
 
 In the tables: **scoped** — the statement ran, on the tenant's live rows only (on `soft`: live
 rows); **refused `Error`** — it raised that `sa_patterns.errors` exception and changed nothing;
-**not yet** — a known gap, a strict `xfail` in the matrix (see [Not yet](#not-yet)); **—** — the
-shape does not apply to that kind.
+**not yet** — a known gap, a strict `xfail` in the matrix (see [Not yet](#not-yet)), "on 2.0"
+when it holds on that SQLAlchemy version only; **—** — the shape does not apply to that kind.
 
 ## Model kinds
 
@@ -136,21 +137,40 @@ def _where(cells_: list[Cell]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def _short(label: str) -> str:
+    """``SQLAlchemy 2.0.30 (2.0.59 passes)`` -> ``2.0.30``."""
+    match = re.search(r"\d+(\.\d+)+", label)
+    return match.group() if match else label
+
+
 def _cell_text(mine: list[Cell], gap_numbers: dict[Gap, int]) -> str:
     if not mine:
         return "—"
-    numbers: dict[str, set[int]] = defaultdict(set)
+    everywhere: dict[str, set[int]] = defaultdict(set)
+    on_some: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
     for cell in mine:
         for gap in gaps(cell):
-            numbers[cell.scope].add(gap_numbers[gap])
+            label = gap[0]
+            if label:
+                on_some[cell.scope][_short(label)].add(gap_numbers[gap])
+            else:
+                everywhere[cell.scope].add(gap_numbers[gap])
 
     def refs(found: set[int]) -> str:
         return ", ".join(f"[{n}](#not-yet)" for n in sorted(found))
 
+    def versions(scope: str, prefix: str = "") -> str:
+        return "".join(
+            f"; {prefix}on {version}: not yet {refs(found)}"
+            for version, found in on_some[scope].items()
+        )
+
     tenant_cell = next(c for c in mine if c.scope == "tenant")
-    text = f"not yet {refs(numbers['tenant'])}" if numbers["tenant"] else _kind_of(tenant_cell)
-    if numbers["none"]:
-        text += f"; no tenant: not yet {refs(numbers['none'])}"
+    text = f"not yet {refs(everywhere['tenant'])}" if everywhere["tenant"] else _kind_of(tenant_cell)
+    text += versions("tenant")
+    if everywhere["none"]:
+        text += f"; no tenant: not yet {refs(everywhere['none'])}"
+    text += versions("none", prefix="no tenant ")
     return text
 
 
