@@ -22,7 +22,6 @@ this pattern itself costs.
 
 from __future__ import annotations
 
-import importlib
 import multiprocessing
 import multiprocessing.connection
 import random
@@ -232,11 +231,12 @@ def _worker(conn: multiprocessing.connection.Connection, variant: str, url: str)
         author, post = _plain_models()
     factory = sessionmaker(engine)
     if variant == "ours_only":
-        # isolate this pattern's cost: compose only the context and soft-delete hooks
-        # (this worker process only; an application installs every pattern)
-        installer = importlib.import_module("sa_patterns.install")
-        installer.PATTERN_MODULES = ("sa_patterns.context", "sa_patterns.soft_delete")
-    if variant in ("ours", "ours_only"):
+        # isolate this pattern's cost: compose only the context and soft-delete hooks (an
+        # application installs every pattern)
+        from sa_patterns import context, soft_delete
+
+        sa_patterns.install(factory, patterns=[context.PATTERN, soft_delete.PATTERN])
+    elif variant == "ours":
         sa_patterns.install(factory)
     queries = _queries(variant, author, post)
     conn.send("ready")

@@ -27,6 +27,7 @@ __all__ = [
     "conflict_update",
     "explicit_froms",
     "insert_parts",
+    "is_orphan",
     "raw_columns",
     "replace_insert",
     "update_values",
@@ -84,9 +85,25 @@ def _surface(froms: Iterable[Any]) -> set[Any]:
     return found
 
 
-def _missing(select: Select[Any], enclosing: frozenset[Any]) -> list[Any]:
+#: Set once a tenant or soft-deletable model has a joined-inheritance subclass (their criteria
+#: then name a parent table's column); see :func:`where_entities_as_froms`.
+_joined_subclasses: list[bool] = [False]
+
+
+def note_joined_subclass() -> None:
+    """A filtered model has a joined-inheritance subclass (called by its pattern's set-up)."""
+    _joined_subclasses[0] = True
+
+
+def _joined(info: Any) -> bool:
+    mapper = info.mapper
+    return mapper.inherits is not None and mapper.local_table is not mapper.inherits.local_table
+
+
+def _missing(select: Select[Any], enclosing: frozenset[Any], joined_only: bool = False) -> list[Any]:
     """Entities in ``select``'s WHERE that it neither selects nor names as a FROM, and that are
-    not correlated to an enclosing SELECT (whose criteria covers them, as 2.1 decides too).
+    not correlated to an enclosing SELECT (whose criteria covers them, as 2.1 decides too);
+    ``joined_only``: joined-inheritance subclasses only.
 
     A SELECT with ``.join()``s is left alone: an extra FROM would change the joins' left side.
     """
@@ -96,20 +113,24 @@ def _missing(select: Select[Any], enclosing: frozenset[Any]) -> list[Any]:
     return [
         info
         for info in _where_entities(select)
-        if info.selectable not in present and not enclosing.intersection(info.selectable._cloned_set)
+        if info.selectable not in present
+        and not enclosing.intersection(info.selectable._cloned_set)
+        and (not joined_only or _joined(info))
     ]
 
 
-def _explicit_froms(select: Select[Any], enclosing: frozenset[Any]) -> Select[Any]:
+def _explicit_froms(
+    select: Select[Any], enclosing: frozenset[Any], joined_only: bool = False
+) -> Select[Any]:
     outer = enclosing | _surface(select.get_final_froms())
 
     def nested(element: Any, **kw: Any) -> Any:
         if element is not select and isinstance(element, Select):
-            return _explicit_froms(element, outer)
+            return _explicit_froms(element, outer, joined_only)
         return None
 
     result = cast("Select[Any]", replacement_traverse(select, {}, nested))
-    missing = _missing(result, enclosing)
+    missing = _missing(result, enclosing, joined_only)
     return result.select_from(*(info.entity for info in missing)) if missing else result
 
 
@@ -120,24 +141,31 @@ def where_entities_as_froms(statement: Any) -> Any:
     ``with_loader_criteria`` applies to the entities a SELECT selects or names as FROMs; from 2.1
     it also covers entities referenced only in WHERE (sqlalchemy#13070). Naming them as FROMs
     gives 2.0 the same filtering; the SQL is unchanged otherwise (the table was in that FROM list
-    already, and a correlated one is skipped, as 2.1 does). A no-op on 2.1, and on 2.0 for
-    statements without such a SELECT (the common case: one walk, nothing copied).
+    already, and a correlated one is skipped, as 2.1 does). A no-op on 2.0 for statements without
+    such a SELECT (the common case: one walk, nothing copied).
+
+    On 2.1 it does the same for joined-inheritance subclasses only, and only once a filtered
+    model has one: 2.1's own criteria for ``exists().where(Sub.id == x)`` name the parent
+    table's ``tenant_id`` without joining it to the subclass table (a cartesian product that
+    matched another tenant's row); named as a FROM, the subclass brings its join.
     """
-    if SQLALCHEMY_21 or not isinstance(statement, ClauseElement) or isinstance(
-        statement, StatementLambdaElement
-    ):
+    joined_only = SQLALCHEMY_21
+    if (joined_only and not _joined_subclasses[0]) or not isinstance(
+        statement, ClauseElement
+    ) or isinstance(statement, StatementLambdaElement):
         return statement
     if not any(
-        isinstance(elem, Select) and _missing(elem, frozenset()) for elem in iterate(statement)
+        isinstance(elem, Select) and _missing(elem, frozenset(), joined_only)
+        for elem in iterate(statement)
     ):
         return statement
     if isinstance(statement, Select):
-        return _explicit_froms(statement, frozenset())
+        return _explicit_froms(statement, frozenset(), joined_only)
     table = getattr(statement, "table", None)  # ORM UPDATE/DELETE: subqueries correlate to it
     enclosing = frozenset(_surface([table])) if isinstance(table, ClauseElement) else frozenset()
 
     def each(element: Any, **kw: Any) -> Any:
-        return _explicit_froms(element, enclosing) if isinstance(element, Select) else None
+        return _explicit_froms(element, enclosing, joined_only) if isinstance(element, Select) else None
 
     return replacement_traverse(statement, {}, each)
 
@@ -245,11 +273,17 @@ def explicit_froms(select: Select[Any]) -> tuple[Any, ...]:
     return tuple(select._from_obj)
 
 
+def is_orphan(state: Any) -> bool:
+    """Whether the flush will delete ``state`` as an orphan of a ``delete-orphan`` cascade
+    (no parent holds it any more), as SQLAlchemy's unit of work decides it."""
+    return bool(state.mapper._is_orphan(state))
+
+
 @functools.cache
 def compound_options_in_cache_key() -> bool:
     """Whether a UNION's cache key includes its options. Before sqlalchemy#12905 (fixed in 2.0.44
     and 2.1) it did not: a UNION compiled once without the tenant criteria was reused with them
-    (and the reverse), so such statements must skip the compiled cache there."""
+    (and the reverse)."""
     from sqlalchemy import false, literal, select, true, union_all
     from sqlalchemy.orm import with_loader_criteria
 

@@ -25,9 +25,10 @@ from typing import Any, TypeVar
 from sqlalchemy import event, insert, inspect, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, scoped_session, sessionmaker
-from sqlalchemy.orm.interfaces import ORMOption
+from sqlalchemy.orm.interfaces import ORMOption, UserDefinedOption
 from sqlalchemy.sql import ColumnElement
 from sqlalchemy.sql.selectable import CompoundSelect
+from sqlalchemy.sql.visitors import replacement_traverse
 
 from ._compat import (
     SQLALCHEMY_21,
@@ -64,11 +65,13 @@ def default_patterns() -> tuple[Pattern, ...]:
     from . import context, soft_delete, tenancy, typed_json, views
     from .encryption import blind_index
 
+    # tenancy before soft delete: its flush check must see session.delete() of another
+    # tenant's object before soft delete turns it into an UPDATE
     return (
         context.PATTERN,
         typed_json.PATTERN,
-        soft_delete.PATTERN,
         tenancy.PATTERN,
+        soft_delete.PATTERN,
         views.PATTERN,
         blind_index.PATTERN,
     )
@@ -114,6 +117,15 @@ def _resolve(target: object) -> type[Session] | Session:
     )
 
 
+class _Composed(UserDefinedOption):
+    """Marks a statement the composed hook has scoped. SQLAlchemy copies a statement's options
+    into the statements it derives from it (the SELECT that synchronizes the session after an
+    ORM UPDATE): those arrive scoped already, and are left alone."""
+
+
+_COMPOSED = _Composed()
+
+
 def _criteria_hook(
     criteria: Sequence[CriteriaHook], froms: Sequence[FromCriteriaHook]
 ) -> Callable[[ORMExecuteState], None]:
@@ -122,6 +134,8 @@ def _criteria_hook(
             if insert_parts(state.statement).select is None:
                 return  # only INSERT ... SELECT reads rows
         elif not (state.is_select or state.is_update or state.is_delete):
+            return
+        if any(isinstance(option, _Composed) for option in state.user_defined_options):
             return
         context = statement_context(state)  # resolved once, for every pattern
         options: list[ORMOption] = []
@@ -135,15 +149,38 @@ def _criteria_hook(
 
             statement = scope_explicit_joins(statement, conditions, deep=not SQLALCHEMY_21)
         if options:
-            statement = where_entities_as_froms(statement).options(*options)
+            if state.is_update or state.is_delete:
+                statement = _join_parent_tables(state, statement)
             if isinstance(statement, CompoundSelect) and not compound_options_in_cache_key():
-                # before sqlalchemy#12905 a UNION's cached SQL ignored its options: compile it
-                # afresh, or another tenant's criteria (or none) would be reused
-                statement = statement.execution_options(compiled_cache=None)
+                statement = _options_in_members(statement, options)
+            statement = where_entities_as_froms(statement).options(*options, _COMPOSED)
         if statement is not state.statement:
             state.statement = statement
 
     return do_orm_execute
+
+
+def _options_in_members(union: Any, options: Sequence[ORMOption]) -> Any:
+    """Before sqlalchemy#12905 (2.0.44) a UNION's cache key ignored its options, so its SQL
+    compiled with one tenant's criteria (or none) was reused for another. Each SELECT of the
+    UNION carries the options too: they do nothing there (only the UNION's apply), but they are
+    in its cache key."""
+    members = {member: member.options(*options) for member in union.selects}
+    return replacement_traverse(union, {}, lambda e, **kw: members.get(e))  # type: ignore[call-overload]
+
+
+def _join_parent_tables(state: ORMExecuteState, statement: Any) -> Any:
+    """ORM UPDATE/DELETE of a joined-inheritance subclass: the criteria name columns of its
+    parents' tables (``tenant_id``, ``deleted_at``), which SQLAlchemy adds to the statement with
+    no join condition: a cartesian product that reached every tenant's rows. The inheritance
+    conditions join them."""
+    mapper = state.bind_mapper
+    conditions = []
+    while mapper is not None and mapper.inherits is not None:
+        if mapper.inherit_condition is not None and mapper.local_table is not mapper.inherits.local_table:
+            conditions.append(mapper.inherit_condition)
+        mapper = mapper.inherits
+    return statement.where(*conditions) if conditions else statement
 
 
 def _bulk_methods(

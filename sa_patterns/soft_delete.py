@@ -42,7 +42,9 @@ from sqlalchemy import (
     delete,
     event,
     exc,
+    func,
     inspect,
+    not_,
     null,
     select,
     text,
@@ -65,11 +67,13 @@ from sqlalchemy.orm import (
     object_session,
     with_loader_criteria,
 )
+from sqlalchemy.orm.collections import collection_adapter
 from sqlalchemy.orm.interfaces import ORMOption, UserDefinedOption
 
+from ._compat import conflict_update, is_orphan, note_joined_subclass, with_conflict_where
 from ._mapping import each_relationship, own_table, refuse_sqlmodel, when_mapped
 from .context import ACTOR_SETTING, StatementContext, current_actor
-from .errors import ConfigurationError, ConflictError
+from .errors import ConfigurationError, ConflictError, TenantViolation
 from .options import ALL_TENANTS, HARD_DELETE, INCLUDE_DELETED, flag
 from .pattern import Pattern
 from .schema.objects import Function, Trigger, ident, qualified, quote, quote_literal
@@ -260,7 +264,8 @@ def _set_up(mapper: Mapper[Any]) -> None:
                 "__table__ does not get the mixin's columns). Add deleted_at, deleted_by and "
                 "delete_batch columns to the table, or let declarative create it."
             )
-        return  # joined inheritance: the parent's table holds deleted_at
+        note_joined_subclass()  # joined inheritance: the parent's table holds deleted_at
+        return
     table.metadata.info.setdefault(_SOFT_TABLES, set()).add(table.key)
     _finish_soft_unique(table)
     if mapper.class_.__soft_delete_guard__:
@@ -383,7 +388,39 @@ def _do_orm_execute(state: ORMExecuteState) -> Result[Any] | None:
         return None
     if state.is_delete:
         return _bulk_delete(state)
+    if state.is_update:
+        _live_rows_by_primary_key(state)
+    elif state.is_insert:
+        _live_rows_on_conflict(state)
     return None
+
+
+def _live_rows_on_conflict(state: ORMExecuteState) -> None:
+    """``INSERT … ON CONFLICT DO UPDATE``: a soft-deleted row is hidden, so an upsert onto its
+    key leaves it as it is (and does not return it) instead of overwriting it."""
+    if flag(state, INCLUDE_DELETED) or conflict_update(state.statement) is None:
+        return
+    mapper = state.bind_mapper
+    if mapper is not None and issubclass(mapper.class_, SoftDeleteMixin):
+        table = mapper.columns["deleted_at"].table
+        state.statement = with_conflict_where(state.statement, table.c.deleted_at.is_(None))
+
+
+def _live_rows_by_primary_key(state: ORMExecuteState) -> None:
+    """ORM bulk UPDATE by primary key (a list of parameter dicts) ignores loader criteria: a
+    soft-deleted row is hidden, so ``deleted_at IS NULL`` goes into its WHERE clause directly
+    (``include_deleted=True`` writes deleted rows on purpose)."""
+    params = state.parameters
+    if not isinstance(params, Sequence) or isinstance(params, str) or not params:
+        return
+    if flag(state, INCLUDE_DELETED):
+        return
+    entity = state.statement.entity_description.get("entity")  # type: ignore[attr-defined]
+    if isinstance(entity, type) and issubclass(entity, SoftDeleteMixin):
+        state.statement = state.statement.where(  # type: ignore[attr-defined]
+            entity.deleted_at.is_(None)
+        )
+        state.update_execution_options(synchronize_session=None)
 
 
 def _bulk_delete(state: ORMExecuteState) -> Result[Any] | None:
@@ -407,7 +444,15 @@ def _bulk_delete(state: ORMExecuteState) -> Result[Any] | None:
     )
     if delete_stmt.whereclause is not None:
         soft = soft.where(delete_stmt.whereclause)
+    # already deleted rows keep their first delete (and its batch, for restore()); loader
+    # criteria say the same, but do not reach an UPDATE by primary key
+    soft = soft.where(entity.deleted_at.is_(None))
     soft = soft.execution_options(**delete_stmt.get_execution_options())
+    by_primary_key = isinstance(state.parameters, Sequence) and not isinstance(state.parameters, str)
+    if by_primary_key and state.parameters:
+        # SQLAlchemy cannot synchronize objects for a by-primary-key UPDATE with extra WHERE
+        # criteria; the objects this batch deleted leave the session below
+        soft = soft.execution_options(synchronize_session=None)
     if delete_stmt._returning:  # keep delete(...).returning(...) working
         soft = soft.returning(*delete_stmt._returning)
     result = state.invoke_statement(statement=soft)
@@ -514,8 +559,10 @@ def before_flush(session: Session, flush_context: UOWTransaction, instances: obj
     for state in list(hard):
         hard.update(_cascade(state))
 
-    # roots of this flush's soft deletes: session.delete() and soft_delete()/deleted_at set
-    deleting = [inspect(o) for o in session.deleted if _soft(o)]
+    # roots of this flush's soft deletes: session.delete(), orphans of a delete-orphan
+    # cascade (the flush would DELETE them), and soft_delete()/deleted_at set
+    orphans = _soft_orphans(session)
+    deleting = [inspect(o) for o in session.deleted if _soft(o)] + orphans
     deleting = [s for s in deleting if s not in hard]
     marked: list[InstanceState[Any]] = []
     restored: list[tuple[InstanceState[Any], uuid.UUID]] = []
@@ -591,9 +638,40 @@ def before_flush(session: Session, flush_context: UOWTransaction, instances: obj
     for obj in list(gone):
         if obj not in session:
             gone.remove(obj)  # already expunged along an expunge cascade
-        elif not session.is_modified(obj):
+        elif not session.is_modified(obj) or inspect(obj) in orphans:
+            # an orphan's own change (its parent reference cleared) is the removal itself: it
+            # leaves now, or the flush would still DELETE it
             session.expunge(obj)
             gone.remove(obj)
+
+
+def _soft_orphans(session: Session) -> list[InstanceState[Any]]:
+    """Soft-deletable objects a ``delete-orphan`` cascade would delete at this flush: removed
+    from a parent's collection (``team.members.clear()``, an association proxy's ``remove``)
+    and held by no other parent. SQLAlchemy decides orphans inside the flush, after
+    ``before_flush``; they are found here the same way, to be soft-deleted instead, and the
+    parent's collection forgets their removal (its other changes kept), so the flush neither
+    deletes them nor nulls their foreign key."""
+    found: list[InstanceState[Any]] = []
+    for parent in list(session.dirty):
+        parent_state = inspect(parent)
+        for rel in parent_state.mapper.relationships:
+            if not rel.cascade.delete_orphan or not issubclass(rel.mapper.class_, SoftDeleteMixin):
+                continue
+            history = parent_state.attrs[rel.key].history
+            orphans = [
+                inspect(child) for child in history.deleted
+                if child is not None and inspect(child).persistent and is_orphan(inspect(child))
+            ]
+            if not orphans or not rel.uselist:
+                continue
+            found.extend(s for s in orphans if s not in found)
+            added = list(history.added)
+            attributes.set_committed_value(parent, rel.key, list(history.unchanged))
+            adapter = collection_adapter(getattr(parent, rel.key))
+            for child in added:
+                adapter.append_with_event(child)
+    return found
 
 
 _MARK = ("deleted_at", "deleted_by", "delete_batch")
@@ -726,9 +804,20 @@ def _purge_hidden(
         if not parent_keys:
             continue
         where: ColumnElement[bool] = tuple_(*remote).in_(parent_keys)
+        scope = table_criteria(session, table)
+        if scope:
+            foreign = connection.execute(
+                select(func.count()).select_from(table).where(where, not_(and_(*scope)))
+            ).scalar_one()
+            if foreign:
+                raise TenantViolation(
+                    f"hard_delete() of {mapper.class_.__name__}: {foreign} row(s) of "
+                    f"{target.class_.__name__} belonging to another tenant reference it; they "
+                    "are not this tenant's to purge. Nothing was deleted."
+                )
         if deleted_only:
             where = where & table.c.deleted_at.is_not(None)
-        where = and_(where, *table_criteria(session, table))
+        where = and_(where, *scope)
         pk = list(target.primary_key)
         found = [tuple(r) for r in connection.execute(select(*pk).where(where))]
         # children the ORM loaded are deleted by the flush itself
@@ -790,6 +879,12 @@ def after_flush_postexec(session: Session, flush_context: UOWTransaction) -> Non
             session.expunge(obj)
 
 
+def _bulk_check(session: Session, method: str, mapper: Mapper[Any]) -> bool:
+    """``bulk_update_mappings()`` skips every session hook, so deleted rows would be written:
+    mappings of a soft-deletable model go through the scoped ``execute(update(...), rows)``."""
+    return method == "bulk_update_mappings" and issubclass(mapper.class_, SoftDeleteMixin)
+
+
 #: Composed by :func:`sa_patterns.install`.
 PATTERN = Pattern(
     "soft_delete",
@@ -801,4 +896,5 @@ PATTERN = Pattern(
     ),
     loader_criteria=loader_criteria,
     from_criteria=from_criteria,
+    bulk_check=_bulk_check,
 )

@@ -68,6 +68,7 @@ from ._compat import (
     conflict_set,
     conflict_update,
     insert_parts,
+    note_joined_subclass,
     replace_insert,
     update_values,
     with_conflict_where,
@@ -113,6 +114,8 @@ __all__ = [
 _TENANT_INFO_KEY = "sa_patterns.tenant_tables"
 #: per tenant table key: its RLS admin role ("" for none), for tables registered with __rls__
 _RLS_INFO_KEY = "sa_patterns.rls_tables"
+#: ``{table.key: kind}`` of the tables of joined-inheritance subclasses of tenant models
+_JOINED_INFO_KEY = "sa_patterns.tenant_joined_tables"
 #: per source table key: the tables holding copies of its rows, with their ORM entities
 _COPIES_INFO_KEY = "sa_patterns.tenant_copies"
 #: ``{table.key: "distributed" | "reference"}``, read by :mod:`sa_patterns.citus`
@@ -283,7 +286,13 @@ def _set_up(mapper: Mapper[Any]) -> None:
                 "nothing could scope it. Add a non-null, indexed tenant_id column to the table, "
                 "or map the class declaratively."
             )
-        return  # joined inheritance: the parent's table holds tenant_id
+        # joined inheritance: the parent's table holds tenant_id; a statement that reaches this
+        # table alone (a subquery over the subclass) must still fail closed without a tenant
+        kind = getattr(cls, "__sa_tenant_kind__", None)
+        if kind is not None:
+            table.metadata.info.setdefault(_JOINED_INFO_KEY, {})[table.key] = kind
+            note_joined_subclass()
+        return
     if cls.__rls_admin_role__ and not cls.__rls__:
         raise ConfigurationError(
             f"{cls.__name__}.__rls_admin_role__ only makes sense with __rls__ = True."
@@ -447,7 +456,8 @@ def _touches_tenant_table(state: ORMExecuteState) -> bool:
         return True
     statement: Any = state.statement
     return any(
-        isinstance(t, Table) and _tenant_kind(t) is not None
+        isinstance(t, Table)
+        and (_tenant_kind(t) is not None or t.key in t.metadata.info.get(_JOINED_INFO_KEY, ()))
         for t in find_tables(statement, include_crud=True)
     )
 
@@ -832,11 +842,9 @@ def _check_update_values(state: ORMExecuteState) -> None:
 def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
     admin = is_all_tenants(session)
     for obj in session.new:
-        if not isinstance(obj, TenantMixin):
-            _tenant_kind_of_mapper(inspect(obj).mapper)  # refuses __rls__ without TenantMixin
+        kind = _tenant_kind_of_mapper(inspect(obj).mapper)  # refuses __rls__ w/o TenantMixin
+        if kind is None:
             continue
-        kind = _tenant_kind(type(obj).__table__)  # type: ignore[attr-defined]
-        assert kind is not None
         name = type(obj).__name__
         if admin:
             if obj.tenant_id is None:
@@ -856,13 +864,10 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
     if admin:
         return
     for obj, verb in [(o, "UPDATE") for o in session.dirty] + [(o, "DELETE") for o in session.deleted]:
-        if not isinstance(obj, TenantMixin):
-            continue
         insp = inspect(obj, raiseerr=True)
-        if verb == "UPDATE" and not session.is_modified(obj):
+        kind = _tenant_kind_of_mapper(insp.mapper)
+        if kind is None or (verb == "UPDATE" and not session.is_modified(obj)):
             continue
-        kind = _tenant_kind(type(obj).__table__)  # type: ignore[attr-defined]
-        assert kind is not None
         name = type(obj).__name__
         tenant = _coerce(require_tenant(session, what=f"{verb} of {name}"), kind, "tenant")
         history = insp.attrs.tenant_id.history

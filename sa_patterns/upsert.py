@@ -19,7 +19,8 @@ from sqlalchemy.dialects.postgresql.dml import Insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from .errors import ConfigurationError, InvalidData, TenantViolation
+from .errors import ConfigurationError, ConflictError, InvalidData, TenantViolation
+from .soft_delete import SoftDeleteMixin
 from .tenancy import is_tenant_table
 
 __all__ = ["MAX_PARAMETERS", "insert_many", "insert_many_async"]
@@ -196,19 +197,26 @@ def insert_many(
 
 
 def _guarded(model: type[Any], on_conflict: OnConflict) -> bool:
-    """Whether an upsert must prove every row was written: on a tenant model, the session's
-    hook lets ``DO UPDATE`` touch the tenant's own rows only, so a row whose key another
-    tenant holds is neither inserted nor updated."""
-    return on_conflict == "update" and is_tenant_table(inspect(model).local_table)
+    """Whether an upsert must prove every row was written: the session's hooks let ``DO
+    UPDATE`` touch only the tenant's own, live rows, so a row whose key another tenant's row or
+    a soft-deleted row holds is neither inserted nor updated."""
+    return on_conflict == "update" and (
+        is_tenant_table(inspect(model).local_table) or issubclass(model, SoftDeleteMixin)
+    )
 
 
 def _check_written(model: type[Any], guard: bool, chunk: Sequence[Any], written: int) -> None:
-    if guard and written < len(chunk):
-        raise TenantViolation(
-            f"insert_many({model.__name__}, on_conflict='update'): {len(chunk) - written} "
-            "row(s) have the key of another tenant's row, which an upsert may not touch. "
-            "Nothing was written."
-        )
+    if not guard or written >= len(chunk):
+        return
+    held = "another tenant's row or a soft-deleted row" if issubclass(
+        model, SoftDeleteMixin) else "another tenant's row"
+    message = (
+        f"insert_many({model.__name__}, on_conflict='update'): {len(chunk) - written} row(s) "
+        f"have the key of {held}, which an upsert may not touch. Nothing was written."
+    )
+    if is_tenant_table(inspect(model).local_table):
+        raise TenantViolation(message)
+    raise ConflictError(message + " Restore or hard-delete the deleted row first.")
 
 
 async def insert_many_async(

@@ -1017,34 +1017,14 @@ def cells() -> Iterator[Cell]:
 
 #: ``(shape, kind, mode, scope) -> reason`` of the cells that fail today; ``"*"`` matches any
 #: kind, mode or scope. Each runs as ``xfail(strict=True)``: delete the entry when it XPASSes.
-_UNION = (
-    "union_all(select(...), select(...)) run by the session gets no criteria: other tenants' "
-    "and deleted rows come back"
-)
-_JOINED_BULK_20 = (
-    "joined inheritance: ORM UPDATE/DELETE of Report (its WHERE on the base table) fails with "
-    "AttributeError: 'LoaderCriteriaOption' object has no attribute '__dict__'"
-)
 Key = tuple[str, str, str, str]
 XFAIL: dict[Key, str] = {
-    ("association_proxy_clear", "assoc", "*", "tenant"): (
-        "delete-orphan cascade of a soft-deletable association object is a real DELETE "
-        "(DELETE FROM iso_memberships WHERE id = 101)"
-    ),
 }
 
 
 #: Gaps seen on some SQLAlchemy versions only: (which versions, in words; the test; entries).
 #: Each runs as a strict xfail on the versions it names, and as a plain cell on the others.
 XFAIL_ON: list[tuple[str, Callable[[tuple[int, ...]], bool], dict[Key, str]]] = [
-    ("SQLAlchemy 2.0", lambda v: v < (2, 1), {
-        (shape, "joined", "*", "tenant"): _JOINED_BULK_20
-        for shape in ("update", "update_by_ids", "update_returning", "delete", "delete_returning")
-    }),
-    ("SQLAlchemy 2.0.30 (2.0.59 passes)", lambda v: v <= (2, 0, 30), {
-        ("union", "*", "*", "tenant"): _UNION,
-        ("union", "soft", "*", "none"): _UNION,
-    }),
 ]
 
 SQLALCHEMY = tuple(int(re.match(r"\d+", p).group()) for p in sqlalchemy.__version__.split(".")[:3])  # type: ignore[union-attr]

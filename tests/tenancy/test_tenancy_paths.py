@@ -260,13 +260,13 @@ def test_bulk_delete_cascade_stays_inside_the_tenant(s: Session, sql: SQL) -> No
 
 
 def test_hard_delete_never_purges_another_tenants_child(s: Session, sql: SQL) -> None:
-    # 998 (tenant 2, soft-deleted) blocks the parent's DELETE by its foreign key: the hard
-    # delete fails; it never reaches across the tenant wall to purge it
+    # 998 (tenant 2, soft-deleted) references the parent: the hard delete is refused; it never
+    # reaches across the tenant wall to purge it
     with sa_patterns.tenant_scope(1):
         p = s.get(Project, 12)
         assert p is not None
         sa_patterns.hard_delete(s, p)
-        with pytest.raises(sa_exc.IntegrityError):
+        with pytest.raises(TenantViolation, match="belonging to another tenant"):
             s.flush()
     s.rollback()
     assert sql("SELECT tenant_id FROM tp_tasks WHERE id = 998") == [(2,)]
@@ -381,3 +381,24 @@ def test_orm_update_statement_with_returning_is_scoped(s: Session) -> None:
     with sa_patterns.tenant_scope(1):
         rows = s.execute(update(Project).values(name="x").returning(Project.id)).scalars().all()
     assert sorted(rows) == [11, 12]
+
+
+def test_delete_orphan_of_a_soft_deletable_child_is_a_soft_delete(s: Session, sql: SQL) -> None:
+    """A child removed from a delete-orphan collection is soft-deleted (restorable), and a child
+    appended in the same flush is still written with its parent's key."""
+    with sa_patterns.tenant_scope(1):
+        p = s.get(Project, 12)
+        assert p is not None
+        gone = p.tasks[0]
+        p.tasks.remove(gone)
+        p.tasks.append(Task(id=129, title="new"))
+        s.flush()
+        assert sql("SELECT project_id, deleted_at IS NOT NULL FROM tp_tasks WHERE id = :i",
+                   i=gone.id) == [(12, True)]
+        assert sql("SELECT project_id, tenant_id FROM tp_tasks WHERE id = 129") == [(12, 1)]
+        assert sorted(t.id for t in s.scalars(select(Task).where(Task.project_id == 12))) == [122, 129]
+        back = s.get(Task, gone.id, execution_options={"include_deleted": True})
+        assert back is not None and back is not gone  # it left the session like a deleted one
+        back.restore()
+        s.flush()
+    assert sql("SELECT deleted_at FROM tp_tasks WHERE id = :i", i=gone.id) == [(None,)]
