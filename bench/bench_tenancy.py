@@ -14,10 +14,18 @@ The hand-written variant adds ``tenant_id = :t AND deleted_at IS NULL`` for ever
 statement and hides deleted tasks in the relationship's ``primaryjoin`` (the composite foreign
 key already keeps children inside the parent's tenant). No competitor library is timed: the
 issue names none for this pattern, and sqlalchemy-tenants filters only through RLS roles.
+
+Then: one-query transactions (the context's ``set_config`` against a plain session), lookups
+with the tenant switching before each inside one transaction, round trips and statements counted
+on the wire for both, and the criteria root against one ``with_loader_criteria`` per model with
+32 tenant models mapped. The section is named after the SQLAlchemy line it ran on: run it under
+2.1 and 2.0 (``nox -s bench -- --only tenancy`` and ``nox -s bench-sqlalchemy-2.0 -- --only
+tenancy``) and RESULTS.md keeps both.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 import uuid
@@ -25,7 +33,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import URL, String, create_engine, event, select, text
+import sqlalchemy
+from sqlalchemy import URL, String, create_engine, select, text
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -39,10 +48,18 @@ from sqlalchemy.orm import (
 
 import sa_patterns
 from bench.harness import Section, compare, consume, sized
+from sa_patterns._compat import SQLALCHEMY_21
 from sa_patterns.tenancy import tenant_foreign_key, tenant_unique
+from sa_patterns.testing.wire import RoundTrips
 
-NAME = "tenancy"
-TITLE = "Tenancy (TenantMixin + SoftDeleteMixin vs hand-written WHERE; set_config per transaction)"
+# One section per SQLAlchemy line: run the bench under 2.1 and under 2.0 (nox -s bench and
+# nox -s bench-sqlalchemy-2.0) and RESULTS.md keeps both.
+SQLALCHEMY = sqlalchemy.__version__
+NAME = "tenancy" if SQLALCHEMY_21 else "tenancy_sqlalchemy20"
+TITLE = (
+    f"Tenancy on SQLAlchemy {SQLALCHEMY} (TenantMixin + SoftDeleteMixin vs hand-written WHERE; "
+    "the context per transaction)"
+)
 
 TENANTS = 20
 PROJECTS = 2_000
@@ -210,38 +227,69 @@ def run(url: URL, reps: int) -> Section:
             f"sa_patterns {found[('ours', phase)]:,} ({'identical' if same else 'DIFFERENT'})"
         )
 
-    # --- set_config per transaction -------------------------------------------------------
-    statements: list[str] = []
+    # --- the context per transaction, and tenant switches, counted on the wire -----------------
+    with RoundTrips(url) as wire:
+        wired = create_engine(wire.url, connect_args={"options": f"-csearch_path={SCHEMA}"})
+        wired_ours, wired_plain = sa_patterns.install(sessionmaker(wired)), sessionmaker(wired)
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
+        def transactions(factory: sessionmaker[Session], queries: int) -> Callable[[], object]:
+            def go() -> None:
+                with sa_patterns.tenant_scope(tenant):
+                    for key in task_keys[:TRANSACTIONS]:
+                        with factory.begin() as s:
+                            for _ in range(queries):
+                                s.scalar(text("SELECT :x"), {"x": key})
 
-    def transactions(factory: sessionmaker[Session], queries: int) -> Callable[[], object]:
-        def go() -> None:
-            with sa_patterns.tenant_scope(tenant):
-                for key in task_keys[:TRANSACTIONS]:
-                    with factory.begin() as s:
-                        for _ in range(queries):
-                            s.scalar(text("SELECT :x"), {"x": key})
+            return go
 
-        return go
+        def switching(factory: sessionmaker[Session], manual: bool) -> Callable[[], object]:
+            """One transaction, the tenant changing before every lookup (tenants 3 and 4)."""
 
-    statements.clear()
-    transactions(ours, 5)()
-    per_txn = sum("set_config" in s for s in statements) / TRANSACTIONS
-    queries_per_txn = sum("set_config" not in s for s in statements) / TRANSACTIONS
-    section.tables.append(compare(
-        f"{TRANSACTIONS:,} transactions of 1 query each (× vs no set_config)",
-        {"plain session (no set_config)": transactions(plain, 1),
-         "installed session (one set_config per transaction)": transactions(ours, 1)},
-        reps=reps, baseline="plain session (no set_config)",
-    ))
-    event.remove(engine, "before_cursor_execute", count)
-    section.notes.append(
-        f"statements counted on the wire: {per_txn:.2f} set_config per transaction for "
-        f"{queries_per_txn:.0f} queries per transaction (target: exactly 1, not one per query)"
-    )
+            def go() -> None:
+                with factory() as s:
+                    for n, key in enumerate(task_keys):
+                        who = tenant + n % 2
+                        with sa_patterns.tenant_scope(who):
+                            stmt = select(PTask if manual else Task).where(
+                                (PTask if manual else Task).id == key)
+                            if manual:
+                                stmt = stmt.where(PTask.tenant_id == who, PTask.deleted_at.is_(None))
+                            s.execute(stmt).scalars().all()
+                            s.expunge_all()
+
+            return go
+
+        counts: dict[str, tuple[float, float]] = {}
+        for label, go, per in (
+            ("plain, 1 query per transaction", transactions(wired_plain, 1), TRANSACTIONS),
+            ("installed, 1 query per transaction", transactions(wired_ours, 1), TRANSACTIONS),
+            ("installed, 5 queries per transaction", transactions(wired_ours, 5), TRANSACTIONS),
+            ("hand-written, tenant switching", switching(wired_plain, True), QUERIES),
+            ("installed, tenant switching", switching(wired_ours, False), QUERIES),
+        ):
+            wire.reset()
+            go()
+            counts[label] = (wire.count / per, wire.statements / per)
+        section.tables.append(compare(
+            f"{TRANSACTIONS:,} transactions of 1 query each (× vs a plain session)",
+            {"plain session (no context)": transactions(plain, 1),
+             "installed session (tenant + context per transaction)": transactions(ours, 1)},
+            reps=reps, baseline="plain session (no context)",
+        ))
+        section.tables.append(compare(
+            f"{QUERIES:,} lookups in one transaction, the tenant switching before each "
+            "(× vs hand-written WHERE)",
+            {"hand-written tenant_id = :t AND deleted_at IS NULL": switching(plain, True),
+             "sa_patterns, the setting following each switch": switching(ours, False)},
+            reps=reps, baseline="hand-written tenant_id = :t AND deleted_at IS NULL",
+        ))
+        wired.dispose()
+    for label, (trips, sent) in counts.items():
+        unit = "lookup" if "switching" in label else "transaction"
+        section.notes.append(
+            f"on the wire, {label}: {trips:.2f} round trips and {sent:.2f} statements per {unit}"
+        )
+    section.tables.append(_criteria_roots(url, reps))
     section.notes.append(
         "wall-clock tables include the database round trip and the noise of a 2-core machine "
         "shared with other jobs (see min – max); the CPU tables isolate the Python cost the "
@@ -251,7 +299,74 @@ def run(url: URL, reps: int) -> Section:
         "all variants connect as the superuser (RLS bypassed), so the tables time the ORM filter "
         "alone; RLS adds the policy's predicate inside PostgreSQL for the app role"
     )
+    section.notes.append(
+        "round trips are counted by sa_patterns.testing.wire.RoundTrips, a loopback proxy that "
+        "reads the protocol (a Sync or a simple Query ends a round trip); with psycopg 3 the "
+        "context's set_config shares the round trip of the statement after it"
+    )
     engine.dispose()
     with create_engine(url).begin() as conn:
         conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
     return section
+
+
+def _criteria_roots(url: URL, reps: int) -> Any:
+    """Why tenancy filters through one criteria root per tenant-column kind (a class whose
+    ``__subclasses__()`` lists the tenant models) instead of the public spelling, one
+    ``with_loader_criteria`` per tenant model: the options of every statement grow with the
+    number of models. 30 more tenant models are declared (as a real application has them) and
+    the same pk lookups run both ways."""
+    from sqlalchemy.orm import with_loader_criteria
+
+    from sa_patterns.tenancy import criteria
+
+    class ManyBase(DeclarativeBase):
+        pass
+
+    extra = [
+        type(f"Extra{i}", (sa_patterns.SoftDeleteMixin, sa_patterns.TenantMixin, ManyBase), {
+            "__tablename__": f"bt_extra_{i}",
+            "__annotations__": {"id": Mapped[int]},
+            "id": mapped_column(primary_key=True),
+        })
+        for i in range(30)
+    ]
+    models = [Project, Task, *extra]
+
+    @functools.lru_cache(maxsize=64)
+    def per_model(tenant: Any) -> tuple[Any, ...]:
+        return tuple(
+            with_loader_criteria(m, lambda cls: cls.tenant_id == tenant, include_aliases=True)
+            for m in models
+        )
+
+    engine = create_engine(url, connect_args={"options": f"-csearch_path={SCHEMA}"})
+    factory = sa_patterns.install(sessionmaker(engine))
+    tenant = 3
+    _, task_keys = _keys(tenant)
+    grouped = criteria._scoped_options
+
+    def lookups(one_per_model: bool) -> Callable[[], object]:
+        def go() -> None:
+            if one_per_model:
+                criteria._scoped_options = lambda kinds, t: (*per_model(t), criteria._marker(t))  # type: ignore[assignment]
+            try:
+                with sa_patterns.tenant_scope(tenant), factory() as s:
+                    for key in task_keys:
+                        s.execute(select(Task).where(Task.id == key)).scalars().all()
+                        s.expunge_all()
+            finally:
+                criteria._scoped_options = grouped
+
+        return go
+
+    table = compare(
+        f"pk: client CPU of {QUERIES:,} lookups with {len(models)} tenant models mapped "
+        "(× vs one criteria root per kind)",
+        {"one criteria root per tenant-column kind (shipped)": lookups(False),
+         "one with_loader_criteria per tenant model (public API)": lookups(True)},
+        reps=reps, baseline="one criteria root per tenant-column kind (shipped)",
+        clock=time.process_time,
+    )
+    engine.dispose()
+    return table
