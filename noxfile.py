@@ -71,3 +71,13 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[dev]", *BENCH_COMPETITORS)
     session.install("--no-deps", *BENCH_NO_DEPS)
     session.run("python", "-m", "bench", *session.posargs)
+
+
+@nox.session(name="bench-sqlalchemy-2.0")
+def bench_sqlalchemy_20(session: nox.Session) -> None:
+    """The benchmarks that report per SQLAlchemy line (tenancy) on the newest 2.0.x:
+    ``nox -s bench-sqlalchemy-2.0 -- --only tenancy`` writes its own section of RESULTS.md."""
+    spec = SQLALCHEMY_20["latest"]
+    session.install("-e", ".[dev]", f"sqlalchemy[asyncio]{spec}")
+    session.run("python", "-c", SQLALCHEMY_CHECK, spec)
+    session.run("python", "-m", "bench", *session.posargs)

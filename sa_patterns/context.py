@@ -64,10 +64,10 @@ REQUEST_SETTING = "app.request"
 #: it; only members of the admin role get a policy that reads it, so an app role cannot forge it.
 ALL_TENANTS_SETTING = "app.all_tenants"
 
-_tenant: ContextVar[TenantId | None] = ContextVar("sa_patterns_tenant", default=None)
-_actor: ContextVar[str | None] = ContextVar("sa_patterns_actor", default=None)
-_request: ContextVar[Mapping[str, str] | None] = ContextVar("sa_patterns_request", default=None)
-_all_tenants: ContextVar[bool] = ContextVar("sa_patterns_all_tenants", default=False)
+#: The scope in force: (tenant, actor, request metadata, all tenants). One variable, read once
+#: per statement; each scope function sets a new tuple and restores the outer one on exit.
+_Scope = tuple["TenantId | None", "str | None", "Mapping[str, str] | None", bool]
+_scope: ContextVar[_Scope] = ContextVar("sa_patterns_scope", default=(None, None, None, False))
 
 
 def _check_tenant(value: object, where: str) -> TenantId:
@@ -108,11 +108,12 @@ def tenant_scope(tenant_id: TenantId) -> Iterator[TenantId]:
             "tenant_scope(None): a scope needs a tenant. Use sa_patterns.all_tenants() for "
             "deliberate cross-tenant work."
         )
-    token = _tenant.set(_check_tenant(tenant_id, "tenant_scope()"))
+    _, actor, request, admin = _scope.get()
+    token = _scope.set((_check_tenant(tenant_id, "tenant_scope()"), actor, request, admin))
     try:
         yield tenant_id
     finally:
-        _tenant.reset(token)
+        _scope.reset(token)
 
 
 @contextmanager
@@ -122,23 +123,23 @@ def actor_scope(actor_id: object, **metadata: object) -> Iterator[str | None]:
     meta = {str(k): str(v) for k, v in metadata.items()} or None
     for key, value in (meta or {}).items():
         _check_text(key + value, "actor_scope()", "request metadata value")
-    token_actor = _actor.set(actor)
-    token_meta = _request.set(meta)
+    tenant, _, _, admin = _scope.get()
+    token = _scope.set((tenant, actor, meta, admin))
     try:
         yield actor
     finally:
-        _request.reset(token_meta)
-        _actor.reset(token_actor)
+        _scope.reset(token)
 
 
 @contextmanager
 def all_tenants() -> Iterator[None]:
     """Deliberately lift tenant filtering for the block (admin work, migrations, reports)."""
-    token = _all_tenants.set(True)
+    tenant, actor, request, _ = _scope.get()
+    token = _scope.set((tenant, actor, request, True))
     try:
         yield
     finally:
-        _all_tenants.reset(token)
+        _scope.reset(token)
 
 
 def _info(session: Session | None) -> Mapping[str, Any]:
@@ -150,7 +151,7 @@ def current_tenant(session: Session | None = None) -> TenantId | None:
     info = _info(session)
     if info.get("tenant_id") is not None:
         return _check_tenant(info["tenant_id"], 'session.info["tenant_id"]')
-    return _tenant.get()
+    return _scope.get()[0]
 
 
 def require_tenant(session: Session | None = None, *, what: str = "this statement") -> TenantId:
@@ -170,7 +171,7 @@ def is_all_tenants(session: Session | None = None) -> bool:
     info = _info(session)
     if "all_tenants" in info:
         return bool(info["all_tenants"])
-    return _all_tenants.get()
+    return _scope.get()[3]
 
 
 def current_actor(session: Session | None = None) -> str | None:
@@ -178,7 +179,7 @@ def current_actor(session: Session | None = None) -> str | None:
     info = _info(session)
     if info.get("actor_id") is not None:
         return _check_actor(info["actor_id"], 'session.info["actor_id"]')
-    return _actor.get()
+    return _scope.get()[1]
 
 
 def current_request_metadata(session: Session | None = None) -> Mapping[str, str] | None:
@@ -186,7 +187,7 @@ def current_request_metadata(session: Session | None = None) -> Mapping[str, str
     info = _info(session)
     if info.get("request") is not None:
         return {str(k): str(v) for k, v in dict(info["request"]).items()}
-    return _request.get()
+    return _scope.get()[2]
 
 
 # --- one statement's context ----------------------------------------------------------------
@@ -211,12 +212,12 @@ class StatementContext:
 
 
 def statement_context(state: ORMExecuteState) -> StatementContext:
-    session = state.session
+    tenant, _, _, admin = _key(state.session)
     options = state.execution_options
     return StatementContext(
         state,
-        current_tenant(session),
-        bool(options.get(ALL_TENANTS, False)) or is_all_tenants(session),
+        tenant,
+        admin or bool(options.get(ALL_TENANTS, False)),
         bool(options.get(INCLUDE_DELETED, False)),
         bool(options.get(HARD_DELETE, False)),
     )
@@ -225,7 +226,7 @@ def statement_context(state: ORMExecuteState) -> StatementContext:
 # --- the settings PostgreSQL holds ---------------------------------------------------------
 
 #: What a session's context is, in the form compared on every statement (cheap to build).
-_Key = tuple[object, object, object, bool]
+_Key = _Scope
 _SETTING_NAMES = (TENANT_SETTING, ACTOR_SETTING, REQUEST_SETTING, ALL_TENANTS_SETTING)
 # What each session's current transaction has told PostgreSQL (None: not known, send again).
 _held: weakref.WeakKeyDictionary[Session, _Key | None] = weakref.WeakKeyDictionary()
@@ -236,6 +237,16 @@ _at_savepoint: weakref.WeakKeyDictionary[SessionTransaction, _Key | None] = (
 
 
 def _key(session: Session) -> _Key:
+    """The session's context; the scope's own tuple when ``session.info`` overrides nothing
+    (the common case: one variable read)."""
+    info = session.info
+    if (
+        "tenant_id" not in info
+        and "actor_id" not in info
+        and "request" not in info
+        and "all_tenants" not in info
+    ):
+        return _scope.get()
     return (
         current_tenant(session),
         current_actor(session),
@@ -249,7 +260,7 @@ def _values(key: _Key) -> dict[str, str]:
     return {
         TENANT_SETTING: "" if tenant is None else str(tenant),
         ACTOR_SETTING: "" if actor is None else str(actor),
-        REQUEST_SETTING: json.dumps(dict(meta), sort_keys=True) if meta else "",  # type: ignore[call-overload]
+        REQUEST_SETTING: json.dumps(dict(meta), sort_keys=True) if meta else "",
         ALL_TENANTS_SETTING: "on" if admin else "",
     }
 

@@ -118,9 +118,9 @@ def _resolve(target: object) -> type[Session] | Session:
 
 
 class _Composed(UserDefinedOption):
-    """Marks a statement the composed hook has scoped. SQLAlchemy copies a statement's options
-    into the statements it derives from it (the SELECT that synchronizes the session after an
-    ORM UPDATE): those arrive scoped already, and are left alone."""
+    """Marks an UPDATE/DELETE the composed hook has scoped. SQLAlchemy copies its options into
+    the SELECT it derives from it to synchronize the session: that arrives scoped already, and
+    is left alone."""
 
 
 _COMPOSED = _Composed()
@@ -153,7 +153,9 @@ def _criteria_hook(
                 statement = _join_parent_tables(state, statement)
             if isinstance(statement, CompoundSelect) and not compound_options_in_cache_key():
                 statement = _options_in_members(statement, options)
-            statement = where_entities_as_froms(statement).options(*options, _COMPOSED)
+            if state.is_update or state.is_delete:  # SQLAlchemy derives SELECTs from these
+                options.append(_COMPOSED)
+            statement = where_entities_as_froms(statement).options(*options)
         if statement is not state.statement:
             state.statement = statement
 

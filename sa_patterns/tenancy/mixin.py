@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..schema.objects import ident
 from ..schema.registry import register
-from .criteria import _GROUPS
+from .criteria import enroll
 from .rls import rls_entities
 from .tables import (
     _COPIES_INFO_KEY,
@@ -147,7 +147,7 @@ def _enroll(table: Table, entity: type, kind: str, rls: str | None) -> None:
     and with ``rls`` (an admin role, or "" for none) it gets row-level security."""
     table.metadata.info.setdefault(_TENANT_INFO_KEY, {})[table.key] = kind
     entity.__sa_tenant_kind__ = kind  # type: ignore[attr-defined]
-    _GROUPS[kind]._members.add(entity)
+    enroll(kind, entity)
     if rls is not None:
         table.metadata.info.setdefault(_RLS_INFO_KEY, {})[table.key] = rls
         register(table.metadata, *rls_entities(table, rls or None))

@@ -402,3 +402,30 @@ def test_delete_orphan_of_a_soft_deletable_child_is_a_soft_delete(s: Session, sq
         back.restore()
         s.flush()
     assert sql("SELECT deleted_at FROM tp_tasks WHERE id = :i", i=gone.id) == [(None,)]
+
+
+def test_tenant_parameter_equality_is_answered_without_building_sql(
+    s: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pins the speed trick of tenancy.criteria._TenantValue on SQLAlchemy 2.0 and 2.1: while a
+    tenant-filtered statement executes, SQLAlchemy compares the criteria's bound parameter with
+    its annotated twin (``==``) and the comparator answers with a plain bool. If SQLAlchemy stops
+    doing this, the trick is dead code and this test says so."""
+    from sqlalchemy.sql.elements import BindParameter
+
+    from sa_patterns.tenancy.criteria import _TenantValue
+
+    answers: list[object] = []
+    original = _TenantValue.comparator_factory.__eq__
+
+    def counting(self: object, other: object) -> object:
+        result = original(self, other)  # type: ignore[arg-type]
+        if isinstance(other, BindParameter):
+            answers.append(result)
+        return result
+
+    monkeypatch.setattr(_TenantValue.comparator_factory, "__eq__", counting)
+    with sa_patterns.tenant_scope(1):
+        assert [p.id for p in s.scalars(select(Project).where(Project.id == 11))] == [11]
+    assert answers, "SQLAlchemy no longer compares the tenant parameter: remove _TenantValue"
+    assert all(isinstance(answer, bool) for answer in answers)
