@@ -29,7 +29,7 @@ from sqlalchemy.orm import Mapper, RelationshipProperty
 
 from .errors import ConfigurationError
 
-__all__ = ["each_relationship", "own_table", "refuse_sqlmodel", "when_mapped"]
+__all__ = ["each_relationship", "own_table", "refuse_sqlmodel", "secondary_refusal", "when_mapped"]
 
 Setup = Callable[[Mapper[Any]], None]
 Check = Callable[[RelationshipProperty[Any]], None]
@@ -121,3 +121,27 @@ def refuse_sqlmodel(cls: type, mixin: str) -> None:
             "SQLModel/pydantic classes for the API schemas, e.g. with "
             "model_config = ConfigDict(from_attributes=True)."
         )
+
+
+def secondary_refusal(column: str, harm: str, link: str, page: str) -> Check:
+    """The check that refuses ``relationship(secondary=...)`` through a table with ``column``
+    (``tenant_id``, ``deleted_at``): SQLAlchemy's criteria never reach a secondary table, so
+    ``harm`` would follow. The message names the association-object recipe (``link``) and the
+    docs ``page`` that shows it."""
+
+    def check(rel: RelationshipProperty[Any]) -> None:
+        secondary = rel.secondary
+        if secondary is None or column not in {c.name for c in secondary.columns}:
+            return
+        name = getattr(secondary, "name", None) or str(secondary)
+        raise ConfigurationError(
+            f"{rel.parent.class_.__name__}.{rel.key} uses the table {name!r} as secondary=, and "
+            f"that table has a {column} column: SQLAlchemy's criteria do not reach a secondary "
+            f"table, so {harm}. Map the link as an association object ({link}), give the parent "
+            "a one-to-many relationship to it, and use "
+            "sqlalchemy.ext.associationproxy.association_proxy for the collection of the other "
+            f"side (see 'Many-to-many links' in {page}). A plain Table secondary= with a "
+            f"{column} column is refused too: nothing would fill or filter it."
+        )
+
+    return check

@@ -59,7 +59,6 @@ from sqlalchemy.orm import (
     Mapped,
     Mapper,
     ORMExecuteState,
-    RelationshipProperty,
     Session,
     UOWTransaction,
     attributes,
@@ -71,7 +70,7 @@ from sqlalchemy.orm.collections import collection_adapter
 from sqlalchemy.orm.interfaces import ORMOption, UserDefinedOption
 
 from ._compat import conflict_update, is_orphan, note_joined_subclass, with_conflict_where
-from ._mapping import each_relationship, own_table, refuse_sqlmodel, when_mapped
+from ._mapping import each_relationship, own_table, refuse_sqlmodel, secondary_refusal, when_mapped
 from .context import ACTOR_SETTING, StatementContext, current_actor
 from .errors import ConfigurationError, ConflictError, TenantViolation
 from .options import ALL_TENANTS, HARD_DELETE, INCLUDE_DELETED, flag
@@ -252,7 +251,7 @@ def _guard_objects(table: Table) -> tuple[Function, Trigger]:
 def _set_up(mapper: Mapper[Any]) -> None:
     """A soft-deletable class is mapped (each mapped class, subclasses included)."""
     event.listen(mapper, "mapper_configured", _check_cascades)
-    each_relationship(mapper, _refuse_secondary)
+    each_relationship(mapper, _REFUSE_SECONDARY)
     table = own_table(mapper)
     if table is None:
         return  # single-table inheritance: the parent did the work
@@ -284,23 +283,14 @@ def _check_cascades(mapper: Mapper[Any], class_: type[Any]) -> None:
             )
 
 
-def _refuse_secondary(rel: RelationshipProperty[Any]) -> None:
-    """``relationship(secondary=...)`` through a soft-delete table: refused (see the message)."""
-    secondary = rel.secondary
-    if secondary is None or "deleted_at" not in {c.name for c in secondary.columns}:
-        return
-    name = getattr(secondary, "name", None) or str(secondary)
-    raise ConfigurationError(
-        f"{rel.parent.class_.__name__}.{rel.key} uses the table {name!r} as secondary=, and "
-        "that table has a deleted_at column: SQLAlchemy's criteria do not reach a secondary "
-        "table, so soft-deleted links would still show in the collection, and removing an item "
-        "would DELETE the link row for good. Map the link as an association object (a "
-        "SoftDeleteMixin model with a many-to-one relationship to each side, which soft delete "
-        "filters), give the parent a one-to-many relationship to it, and use "
-        "sqlalchemy.ext.associationproxy.association_proxy for the collection of the other "
-        "side (see 'Many-to-many links' in docs/soft-delete.md). A plain Table secondary= with "
-        "a deleted_at column is refused too: nothing would fill or filter it."
-    )
+_REFUSE_SECONDARY = secondary_refusal(
+    "deleted_at",
+    "soft-deleted links would still show in the collection, and removing an item would DELETE "
+    "the link row for good",
+    "a SoftDeleteMixin model with a many-to-one relationship to each side, which soft delete "
+    "filters",
+    "docs/soft-delete.md",
+)
 
 
 def _soft(obj: object) -> bool:

@@ -18,7 +18,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import (
     Mapped,
     Mapper,
-    RelationshipProperty,
     declared_attr,
     mapped_column,
 )
@@ -27,7 +26,7 @@ from sqlalchemy.sql.type_api import TypeEngine
 from .._compat import (
     note_joined_subclass,
 )
-from .._mapping import each_relationship, own_table, refuse_sqlmodel, when_mapped
+from .._mapping import each_relationship, own_table, refuse_sqlmodel, secondary_refusal, when_mapped
 from ..errors import (
     ConfigurationError,
 )
@@ -93,7 +92,7 @@ class TenantMixin:
 def _set_up(mapper: Mapper[Any]) -> None:
     """A tenant class is mapped (by any declarative style): enrol its table."""
     cls = mapper.class_
-    each_relationship(mapper, _refuse_secondary)
+    each_relationship(mapper, _REFUSE_SECONDARY)
     table = own_table(mapper)
     if table is None:
         return  # single-table inheritance: the parent's table is enrolled
@@ -123,23 +122,14 @@ def _set_up(mapper: Mapper[Any]) -> None:
         _scope_copy(table, copy, entity)  # declared before this mixin ran (mixin order)
 
 
-def _refuse_secondary(rel: RelationshipProperty[Any]) -> None:
-    """``relationship(secondary=...)`` through a tenant table: refused (see the message)."""
-    secondary = rel.secondary
-    if secondary is None or "tenant_id" not in {c.name for c in secondary.columns}:
-        return
-    name = getattr(secondary, "name", None) or str(secondary)
-    raise ConfigurationError(
-        f"{rel.parent.class_.__name__}.{rel.key} uses the table {name!r} as secondary=, and "
-        "that table has a tenant_id column: SQLAlchemy's criteria do not reach a secondary "
-        "table, so other tenants' links would show in the collection and an appended item's "
-        "link row would get no tenant_id. Map the link as an association object (a TenantMixin "
-        "model with a many-to-one relationship to each side, which the tenant filter covers), "
-        "give the parent a one-to-many relationship to it, and use "
-        "sqlalchemy.ext.associationproxy.association_proxy for the collection of the other "
-        "side (see 'Many-to-many links' in docs/tenancy.md). A plain Table secondary= with a "
-        "tenant_id column is refused too: nothing would fill or filter it."
-    )
+_REFUSE_SECONDARY = secondary_refusal(
+    "tenant_id",
+    "other tenants' links would show in the collection and an appended item's link row would "
+    "get no tenant_id",
+    "a TenantMixin model with a many-to-one relationship to each side, which the tenant "
+    "filter covers",
+    "docs/tenancy.md",
+)
 
 
 def _enroll(table: Table, entity: type, kind: str, rls: str | None) -> None:
