@@ -2,7 +2,8 @@
 
 A shape is one small coroutine registered with :func:`read` or :func:`write`: a name, a
 one-line description (it becomes a row of ``docs/isolation.md``), and the model kinds it applies
-to. It is written once against :class:`~.harness.Runner` and runs on ``Session`` and
+to (a kind declared in another style, ``Kind.like``, takes the shapes of the kind it varies:
+:func:`applies`). It is written once against :class:`~.harness.Runner` and runs on ``Session`` and
 ``AsyncSession`` alike (``sync_only`` for API that only the sync session has). A shape added here
 is a row of the matrix, crossed with every kind it applies to, both modes and both scopes (the
 tenant, and no tenant), with no other change: :func:`cells` enumerates them and
@@ -1004,11 +1005,17 @@ def _secondary() -> registry:
 # === cells =================================================================================
 
 
+def applies(shape: Shape, kind: Kind) -> bool:
+    """Whether ``shape`` runs on ``kind``: a variant in another declarative style (``like``)
+    takes exactly the shapes of the kind it is a variant of."""
+    return shape.applies(KINDS[kind.judged_as])
+
+
 def cells() -> Iterator[Cell]:
     """Every shape × every kind it applies to × sync/async × tenant/no tenant."""
     for shape in SHAPES.values():
         for kind in KINDS.values():
-            if not shape.applies(kind):
+            if not applies(shape, kind):
                 continue
             for mode in ("sync",) if shape.sync_only else ("sync", "async"):
                 for scope in ("tenant", "none"):

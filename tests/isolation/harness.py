@@ -21,6 +21,9 @@ The oracle, for every cell:
   carries another tenant's tag or a dead row's, and something was written.
 * Either kind may instead **refuse**: raise an ``SAPatternsError`` and change nothing.
 
+A kind that is another kind's variant (``Kind.like``: the same models in another declarative
+style) is judged as that kind: the refusals a shape declares for it are that kind's.
+
 Objects a shape's ``prepare`` step loaded (under the tenant, or under the foreign tenant for
 "foreign" shapes) are held by the caller already: the oracle does not count them as leaked by
 the run, but their state is part of the result compared with the universe (so a refresh that
@@ -381,7 +384,7 @@ class Cell:
     def expected(self) -> tuple[type[SAPatternsError], ...]:
         """The refusals this cell may raise; empty: it must succeed, scoped. With no tenant a
         tenant model's cell raises ``TenantRequired``, or the refusal the shape gets anyway."""
-        on = dict(self.shape.refuses_on).get(self.kind.name)
+        on = dict(self.shape.refuses_on).get(self.kind.judged_as)
         if on is None and self.kind.tenant:
             on = self.shape.refuses
         refuses = (on,) if on else ()
@@ -450,7 +453,8 @@ def drop_universes(connection: Connection, base: str) -> None:
 
 def setup_database(connection: Connection, base: str) -> None:
     """Tables, the inconsistent data (a plain session: no hook, like raw SQL) and universes."""
-    sa_patterns.create_all(connection, models.Base.metadata)
+    for metadata in models.METADATAS:
+        sa_patterns.create_all(connection, metadata)
     with Session(bind=connection) as session:
         session.add_all(models.seed_objects())
         session.commit()

@@ -1,6 +1,10 @@
 """The models of the isolation matrix and their deliberately inconsistent data.
 
-Every model kind the ORM wall must cover, on a fresh ``DeclarativeBase`` (tables ``iso_*``).
+Every model kind the ORM wall must cover, on a fresh ``DeclarativeBase`` (tables ``iso_*``),
+and the tenant + soft-delete parent/child pair again in the other declarative styles the mixins
+support: the legacy ``declarative_base()`` and ``registry.mapped``, each on its own registry and
+``MetaData`` (:data:`METADATAS`), seeded with the same rows (:func:`parents_and_children`) and
+judged as the ``DeclarativeBase`` pair (``Kind.like``).
 Foreign keys are plain single-column keys on purpose: a composite tenant foreign key would
 forbid the cross-tenant rows the matrix needs (a child of tenant 2 under a parent of tenant 1).
 
@@ -15,10 +19,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, Table
+from sqlalchemy import ForeignKey, MetaData, String, Table
 from sqlalchemy.ext.associationproxy import AssociationProxy, association_proxy
 from sqlalchemy.ext.asyncio import AsyncAttrs
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    declarative_base,
+    mapped_column,
+    registry,
+    relationship,
+)
 from sqlalchemy.orm.attributes import InstrumentedAttribute
 
 from sa_patterns import SoftDeleteMixin, TenantMixin
@@ -171,6 +182,61 @@ class Sink(Base):
     label: Mapped[str] = mapped_column(String(200))
 
 
+# --- the same pair, declared with the legacy declarative_base() ----------------------------
+
+LegacyBase: Any = declarative_base(metadata=MetaData(), name="LegacyBase")
+
+
+class LegacyParent(SoftDeleteMixin, TenantMixin, AsyncAttrs, LegacyBase):
+    __tablename__ = "iso_legacy_parents"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(String(80))
+    children: Mapped[list[LegacyChild]] = relationship(
+        back_populates="parent", cascade="all, delete-orphan"
+    )
+
+
+class LegacyChild(SoftDeleteMixin, TenantMixin, AsyncAttrs, LegacyBase):
+    __tablename__ = "iso_legacy_children"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("iso_legacy_parents.id"), index=True)
+    label: Mapped[str] = mapped_column(String(80))
+    parent: Mapped[LegacyParent | None] = relationship(back_populates="children")
+
+
+# --- the same pair, declared with the registry.mapped decorator ----------------------------
+
+mapped_registry = registry(metadata=MetaData())
+
+
+@mapped_registry.mapped
+class MappedParent(SoftDeleteMixin, TenantMixin, AsyncAttrs):
+    __tablename__ = "iso_mapped_parents"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(String(80))
+    children: Mapped[list[MappedChild]] = relationship(
+        back_populates="parent", cascade="all, delete-orphan"
+    )
+
+
+@mapped_registry.mapped
+class MappedChild(SoftDeleteMixin, TenantMixin, AsyncAttrs):
+    __tablename__ = "iso_mapped_children"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("iso_mapped_parents.id"), index=True)
+    label: Mapped[str] = mapped_column(String(80))
+    parent: Mapped[MappedParent | None] = relationship(back_populates="children")
+
+
+#: The tenant + soft-delete parent/child pairs, one per declarative style, seeded alike.
+PAIRS: tuple[tuple[type[Any], type[Any]], ...] = (
+    (Parent, Child), (LegacyParent, LegacyChild), (MappedParent, MappedChild),
+)
+
+#: Every ``MetaData`` of the matrix: the ``DeclarativeBase``'s, then one per other style.
+METADATAS: tuple[MetaData, ...] = (Base.metadata, LegacyBase.metadata, mapped_registry.metadata)
+
+
 # --- model kinds ---------------------------------------------------------------------
 
 
@@ -199,10 +265,18 @@ class Kind:
     write_col: str = "label"
     #: extra values a new ``root`` row needs (foreign keys to the current tenant's rows)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the kind this one is a variant of (the same models in another declarative style): it
+    #: takes that kind's shapes and is judged as that kind (its declared refusals)
+    like: str | None = None
 
     @property
     def relational(self) -> bool:
         return self.children is not None
+
+    @property
+    def judged_as(self) -> str:
+        """The name of the kind whose shapes and refusals this kind takes: its own, or ``like``."""
+        return self.like or self.name
 
     def new(self, n: int, tag: str) -> dict[str, Any]:
         """Values of a new ``root`` row: a fresh id, a label tagged with the writer."""
@@ -221,6 +295,20 @@ KINDS: dict[str, Kind] = {
             "`TenantMixin` + `SoftDeleteMixin` parent and child (one-to-many, many-to-one)",
             tenant=True, soft=True, root=Parent, parent=Parent, child=Child,
             children=Parent.children, parent_of=Child.parent, fk="parent_id",
+        ),
+        Kind(
+            "tenant_soft_legacy",
+            "the `tenant_soft` pair declared with the legacy `declarative_base()`",
+            tenant=True, soft=True, root=LegacyParent, parent=LegacyParent, child=LegacyChild,
+            children=LegacyParent.children, parent_of=LegacyChild.parent, fk="parent_id",
+            like="tenant_soft",
+        ),
+        Kind(
+            "tenant_soft_mapped",
+            "the `tenant_soft` pair declared with the `registry.mapped` decorator",
+            tenant=True, soft=True, root=MappedParent, parent=MappedParent, child=MappedChild,
+            children=MappedParent.children, parent_of=MappedChild.parent, fk="parent_id",
+            like="tenant_soft",
         ),
         Kind(
             "joined",
@@ -264,13 +352,53 @@ def _tag(tenant: int | None, what: str, dead: bool = False) -> str:
     return f"t{owner}:{what}" + (":dead" if dead else "")
 
 
+def parents_and_children(parent: type[Any], child: type[Any]) -> list[Any]:
+    """The rows of a tenant + soft-delete parent/child pair (``seed_objects`` seeds every pair
+    of :data:`PAIRS` with these, whatever style declared it).
+
+    Per tenant ``t`` (ids ``t*100 + n``): parents 1-2 live, 3 dead; children live and dead under
+    parent 1, live under parent 2 and under the dead parent 3, and a child of ``t`` under another
+    tenant's parent 1 (id ``t*100 + 9``). The foreign tenant has one more parent and child
+    (``205``).
+    """
+
+    other = {TENANT: FOREIGN, FOREIGN: TENANT, THIRD: TENANT}
+    rows: list[Any] = []
+    for t in TENANTS:
+        b = t * 100
+        rows += [
+            parent(id=b + 1, tenant_id=t, label=_tag(t, f"parent{b + 1}")),
+            parent(id=b + 2, tenant_id=t, label=_tag(t, f"parent{b + 2}")),
+            parent(id=b + 3, tenant_id=t, label=_tag(t, f"parent{b + 3}", True), deleted_at=_DEAD),
+        ]
+    for t in TENANTS:
+        b = t * 100
+        rows += [
+            child(id=b + 1, tenant_id=t, parent_id=b + 1, label=_tag(t, f"child{b + 1}")),
+            child(id=b + 2, tenant_id=t, parent_id=b + 1, label=_tag(t, f"child{b + 2}", True),
+                  deleted_at=_DEAD),
+            child(id=b + 3, tenant_id=t, parent_id=b + 2, label=_tag(t, f"child{b + 3}")),
+            child(id=b + 4, tenant_id=t, parent_id=b + 3, label=_tag(t, f"child{b + 4}")),
+            # this tenant's child under another tenant's parent
+            child(id=b + 9, tenant_id=t, parent_id=other[t] * 100 + 1,
+                  label=_tag(t, f"child{b + 9}")),
+        ]
+    b = FOREIGN * 100
+    rows += [
+        parent(id=b + 5, tenant_id=FOREIGN, label=_tag(FOREIGN, f"parent{b + 5}")),
+        child(id=b + 5, tenant_id=FOREIGN, parent_id=b + 5, label=_tag(FOREIGN, f"child{b + 5}")),
+    ]
+    return rows
+
+
 def seed_objects() -> list[Any]:
     """Rows of three tenants, live and soft-deleted, with references across tenants.
 
     Per tenant ``t`` (ids ``t*100 + n``): plain rows 1-2; parents 1-2 live, 3 dead; children
     live and dead under parent 1, live under parent 2 and under the dead parent 3; a child of
     ``t`` under another tenant's parent 1 (id ``t*100 + 9``: tenant 2's child under tenant 1's
-    parent, tenant 1's and 3's under tenant 2's and 1's); docs, reports, items and specials owned
+    parent, tenant 1's and 3's under tenant 2's and 1's), for every pair of :data:`PAIRS`
+    (:func:`parents_and_children`); docs, reports, items and specials owned
     by owners, the ``t*100 + 9`` ones by another tenant's owner; teams, people,
     memberships live and dead, and a membership ``t*100 + 9`` linking another tenant's team and
     person. The foreign tenant has one more row (``205``) in each of its tables. Folders and notes (no tenant) live and dead, with a live note under a dead
@@ -284,23 +412,10 @@ def seed_objects() -> list[Any]:
         b = t * 100
         rows += [Plain(id=b + n, tenant_id=t, label=_tag(t, f"plain{b + n}")) for n in (1, 2)]
         rows += [Owner(id=b + n, tenant_id=t, label=_tag(t, f"owner{b + n}")) for n in (1, 2)]
-        rows += [
-            Parent(id=b + 1, tenant_id=t, label=_tag(t, f"parent{b + 1}")),
-            Parent(id=b + 2, tenant_id=t, label=_tag(t, f"parent{b + 2}")),
-            Parent(id=b + 3, tenant_id=t, label=_tag(t, f"parent{b + 3}", True), deleted_at=_DEAD),
-        ]
+    for parent, child in PAIRS:
+        rows += parents_and_children(parent, child)
     for t in TENANTS:
         b = t * 100
-        rows += [
-            Child(id=b + 1, tenant_id=t, parent_id=b + 1, label=_tag(t, f"child{b + 1}")),
-            Child(id=b + 2, tenant_id=t, parent_id=b + 1, label=_tag(t, f"child{b + 2}", True),
-                  deleted_at=_DEAD),
-            Child(id=b + 3, tenant_id=t, parent_id=b + 2, label=_tag(t, f"child{b + 3}")),
-            Child(id=b + 4, tenant_id=t, parent_id=b + 3, label=_tag(t, f"child{b + 4}")),
-            # this tenant's child under another tenant's parent
-            Child(id=b + 9, tenant_id=t, parent_id=other[t] * 100 + 1,
-                  label=_tag(t, f"child{b + 9}")),
-        ]
         rows += [
             Doc(id=b + 1, tenant_id=t, owner_id=b + 1, label=_tag(t, f"doc{b + 1}")),
             Report(id=b + 2, tenant_id=t, owner_id=b + 1, label=_tag(t, f"doc{b + 2}"),
@@ -338,8 +453,6 @@ def seed_objects() -> list[Any]:
     b = FOREIGN * 100
     rows += [
         Plain(id=b + 5, tenant_id=FOREIGN, label=_tag(FOREIGN, f"plain{b + 5}")),
-        Parent(id=b + 5, tenant_id=FOREIGN, label=_tag(FOREIGN, f"parent{b + 5}")),
-        Child(id=b + 5, tenant_id=FOREIGN, parent_id=b + 5, label=_tag(FOREIGN, f"child{b + 5}")),
         Report(id=b + 5, tenant_id=FOREIGN, owner_id=b + 1, label=_tag(FOREIGN, f"doc{b + 5}"),
                summary=_tag(FOREIGN, f"summary{b + 5}")),
         Special(id=b + 5, tenant_id=FOREIGN, owner_id=b + 1, label=_tag(FOREIGN, f"item{b + 5}")),
@@ -360,5 +473,5 @@ def seed_objects() -> list[Any]:
 
 
 def iso_tables() -> list[Table]:
-    """Every table of the matrix, parents before children."""
-    return list(Base.metadata.sorted_tables)
+    """Every table of the matrix (of every ``MetaData``), parents before children."""
+    return [table for metadata in METADATAS for table in metadata.sorted_tables]

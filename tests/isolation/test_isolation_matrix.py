@@ -54,11 +54,21 @@ async def test_async(
 
 
 def test_catalogue_is_consistent() -> None:
-    """Every shape applies to some kind, and every XFAIL entry still names cells (a typo or a
+    """Every shape applies to some kind, a kind in another declarative style takes exactly the
+    cells of the kind it varies, and every XFAIL entry still names cells (a typo or a
     removed shape would otherwise leave an entry that silently marks nothing)."""
     for shape in SHAPES.values():
         assert any(shape.applies(k) for k in KINDS.values()), f"{shape.name} applies to no kind"
     all_cells = list(cells())
+    for kind in KINDS.values():
+        if kind.like is None:
+            continue
+        like = KINDS[kind.like]
+        assert like.like is None, f"{kind.name} is a variant of {like.name}, itself a variant"
+        assert (kind.tenant, kind.soft, kind.relational) == (like.tenant, like.soft, like.relational)
+        ours = {(c.shape.name, c.mode, c.scope) for c in all_cells if c.kind is kind}
+        theirs = {(c.shape.name, c.mode, c.scope) for c in all_cells if c.kind is like}
+        assert ours == theirs, f"{kind.name} does not take the cells of {like.name}"
     entries = [*XFAIL.items()] + [item for _, _, more in XFAIL_ON for item in more.items()]
     for key, reason in entries:
         assert any(matches(key, c) for c in all_cells), (
