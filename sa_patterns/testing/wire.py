@@ -108,7 +108,8 @@ class RoundTrips:
         started = False
         try:
             while data := client.recv(65536):
-                upstream.sendall(data)
+                # counted before it is forwarded: the reply, and the caller reading the count
+                # after it, can only come later
                 buffer += data
                 while True:
                     if not started:
@@ -133,5 +134,6 @@ class RoundTrips:
                             self.count += 1
                         if kind in (b"B", b"Q"):
                             self.statements += 1
+                upstream.sendall(data)
         except OSError:
             pass
