@@ -31,6 +31,7 @@ __all__ = [
     "raw_columns",
     "replace_insert",
     "update_values",
+    "walks_statements",
     "where_entities_as_froms",
     "with_conflict_where",
 ]
@@ -134,7 +135,7 @@ def _explicit_froms(
     return result.select_from(*(info.entity for info in missing)) if missing else result
 
 
-def where_entities_as_froms(statement: Any) -> Any:
+def where_entities_as_froms(statement: Any, selects: Sequence[Any] | None = None) -> Any:
     """SQLAlchemy 2.0: name each ORM entity that a SELECT references only in its WHERE clause
     (``exists().where(Child.parent_id == Parent.id)``) as an explicit FROM of that SELECT.
 
@@ -148,16 +149,18 @@ def where_entities_as_froms(statement: Any) -> Any:
     model has one: 2.1's own criteria for ``exists().where(Sub.id == x)`` name the parent
     table's ``tenant_id`` without joining it to the subclass table (a cartesian product that
     matched another tenant's row); named as a FROM, the subclass brings its join.
+
+    ``selects``: every SELECT of ``statement``, when the caller walked it already.
     """
     joined_only = SQLALCHEMY_21
     if (joined_only and not _joined_subclasses[0]) or not isinstance(
         statement, ClauseElement
     ) or isinstance(statement, StatementLambdaElement):
         return statement
-    if not any(
-        isinstance(elem, Select) and _missing(elem, frozenset(), joined_only)
-        for elem in iterate(statement)
-    ):
+    found = selects if selects is not None else [
+        elem for elem in iterate(statement) if isinstance(elem, Select)
+    ]
+    if not any(_missing(elem, frozenset(), joined_only) for elem in found):
         return statement
     if isinstance(statement, Select):
         return _explicit_froms(statement, frozenset(), joined_only)
@@ -277,6 +280,12 @@ def is_orphan(state: Any) -> bool:
     """Whether the flush will delete ``state`` as an orphan of a ``delete-orphan`` cascade
     (no parent holds it any more), as SQLAlchemy's unit of work decides it."""
     return bool(state.mapper._is_orphan(state))
+
+
+def walks_statements() -> bool:
+    """Whether the wall must look at every SELECT nested in a statement: on 2.0, and on 2.1 once
+    a filtered model has a joined-inheritance subclass (see :func:`where_entities_as_froms`)."""
+    return not SQLALCHEMY_21 or _joined_subclasses[0]
 
 
 @functools.cache

@@ -21,7 +21,7 @@ SELECT is searched (``deep``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Table, and_
@@ -43,11 +43,24 @@ __all__ = ["Criteria", "scope_explicit_joins"]
 Criteria = Callable[[Any], list[ColumnElement[bool]]]
 
 
-def scope_explicit_joins(statement: Any, criteria: Criteria, *, deep: bool = False) -> Any:
+def scope_explicit_joins(
+    statement: Any,
+    criteria: Criteria,
+    *,
+    deep: bool = False,
+    selects: Sequence[Select[Any]] | None = None,
+) -> Any:
     """``statement`` with the conditions of ``criteria`` in every explicit join and plain table
     of its FROM lists (see the module docstring); ``statement`` itself when it holds none.
-    ``deep`` also searches the SELECTs nested in WHERE clauses and column lists."""
-    scope = _deep if deep else _scoped
+    ``deep`` also searches the SELECTs nested in WHERE clauses and column lists; ``selects``,
+    every SELECT of the statement when the caller walked it already (one walk serves both)."""
+    if deep:
+        found = selects if selects is not None else [
+            e for e in iterate(statement) if isinstance(e, Select)
+        ]
+        if not any(_needs(s) for s in found):
+            return statement
+    scope = _tree if deep else _scoped
     if isinstance(statement, (Select, CompoundSelect)):
         return scope(statement, criteria)
     select = getattr(statement, "select", None)
@@ -56,15 +69,8 @@ def scope_explicit_joins(statement: Any, criteria: Criteria, *, deep: bool = Fal
         if scoped is not select:
             return replace_insert(statement, select=scoped, names=insert_parts(statement).names)
     if deep and isinstance(statement, ClauseElement):  # UPDATE / DELETE ... WHERE (subquery)
-        return _deep(statement, criteria)
+        return _tree(statement, criteria)
     return statement
-
-
-def _deep(element: Any, criteria: Criteria) -> Any:
-    """Every SELECT in ``element``, nested ones first, scoped; ``element`` when none needs it."""
-    if not any(_needs(e) for e in iterate(element) if isinstance(e, Select)):
-        return element
-    return _tree(element, criteria)
 
 
 def _tree(element: Any, criteria: Criteria) -> Any:

@@ -26,14 +26,15 @@ from sqlalchemy import event, insert, inspect, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, scoped_session, sessionmaker
 from sqlalchemy.orm.interfaces import ORMOption, UserDefinedOption
-from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql import ClauseElement, ColumnElement, Select
 from sqlalchemy.sql.selectable import CompoundSelect
-from sqlalchemy.sql.visitors import replacement_traverse
+from sqlalchemy.sql.visitors import iterate, replacement_traverse
 
 from ._compat import (
     SQLALCHEMY_21,
     compound_options_in_cache_key,
     insert_parts,
+    walks_statements,
     where_entities_as_froms,
 )
 from ._joins import scope_explicit_joins
@@ -142,12 +143,22 @@ def _criteria_hook(
         for hook in criteria:
             options.extend(hook(context))
         statement = state.statement
+        # one walk over the nested SELECTs, shared by the two rewrites that need it
+        selects = (
+            [e for e in iterate(statement) if isinstance(e, Select)]
+            if walks_statements() and isinstance(statement, ClauseElement)
+            else None
+        )
         if froms and not (state.is_relationship_load or state.is_column_load):
 
             def conditions(from_: Any) -> list[ColumnElement[bool]]:
                 return [condition for hook in froms for condition in hook(context, from_)]
 
-            statement = scope_explicit_joins(statement, conditions, deep=not SQLALCHEMY_21)
+            scoped = scope_explicit_joins(
+                statement, conditions, deep=not SQLALCHEMY_21, selects=selects
+            )
+            if scoped is not statement:
+                statement, selects = scoped, None
         if options:
             if state.is_update or state.is_delete:
                 statement = _join_parent_tables(state, statement)
@@ -155,7 +166,7 @@ def _criteria_hook(
                 statement = _options_in_members(statement, options)
             if state.is_update or state.is_delete:  # SQLAlchemy derives SELECTs from these
                 options.append(_COMPOSED)
-            statement = where_entities_as_froms(statement).options(*options)
+            statement = where_entities_as_froms(statement, selects).options(*options)
         if statement is not state.statement:
             state.statement = statement
 
