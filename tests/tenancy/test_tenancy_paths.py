@@ -429,3 +429,16 @@ def test_tenant_parameter_equality_is_answered_without_building_sql(
         assert [p.id for p in s.scalars(select(Project).where(Project.id == 11))] == [11]
     assert answers, "SQLAlchemy no longer compares the tenant parameter: remove _TenantValue"
     assert all(isinstance(answer, bool) for answer in answers)
+
+
+def test_settings_reach_a_server_side_cursor(s: Session) -> None:
+    """A streamed result (a named cursor, which cannot run inside a pipeline) still sees the
+    settings of the tenant in force, after a switch inside the transaction too."""
+    probe = text("current_setting('app.tenant_id', true)")
+    for tenant, live in ((1, [11, 12]), (2, [21, 22, 23])):  # 13 is soft-deleted
+        with sa_patterns.tenant_scope(tenant):
+            rows = s.execute(
+                select(Project.id, probe).execution_options(yield_per=2)
+            ).all()
+        assert {r[1] for r in rows} == {str(tenant)}
+        assert sorted(r[0] for r in rows) == live
