@@ -37,7 +37,7 @@ from sqlalchemy.sql.visitors import iterate, replacement_traverse
 from ._compat import explicit_froms, insert_parts, raw_columns, replace_insert
 from .errors import UnsupportedStatement
 
-__all__ = ["Criteria", "scope_explicit_joins"]
+__all__ = ["Criteria", "base_table", "scope_explicit_joins"]
 
 #: The conditions a table (or an alias of one) must meet, from every installed pattern.
 Criteria = Callable[[Any], list[ColumnElement[bool]]]
@@ -172,12 +172,18 @@ def _is_plain_table(from_: Any) -> bool:
     return _is_table(from_) and "parententity" not in from_._annotations
 
 
-def _is_table(from_: Any) -> bool:
+def base_table(from_: Any) -> Table | None:
+    """The ``Table`` under ``from_`` (itself, or the table an alias or annotation wraps); None
+    for anything else (a join, a subquery)."""
     while not isinstance(from_, Table):
         from_ = getattr(from_, "element", None)
         if from_ is None or isinstance(from_, (Select, CompoundSelect)):
-            return False
-    return True
+            return None
+    return from_
+
+
+def _is_table(from_: Any) -> bool:
+    return base_table(from_) is not None
 
 
 def _ungroup(from_: Any) -> Any:

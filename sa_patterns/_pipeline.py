@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Dialect
 
-__all__ = ["defer_settings", "settings_sql"]
+__all__ = ["defer_settings", "discard_settings", "settings_sql"]
 
 # what waits on each connection (a later deferral replaces it: it holds every setting)
 _waiting: weakref.WeakKeyDictionary[Connection, dict[str, str]] = weakref.WeakKeyDictionary()

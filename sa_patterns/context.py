@@ -227,7 +227,6 @@ def statement_context(state: ORMExecuteState) -> StatementContext:
 
 #: What a session's context is, in the form compared on every statement (cheap to build).
 _Key = _Scope
-_SETTING_NAMES = (TENANT_SETTING, ACTOR_SETTING, REQUEST_SETTING, ALL_TENANTS_SETTING)
 # What each session's current transaction has told PostgreSQL (None: not known, send again).
 _held: weakref.WeakKeyDictionary[Session, _Key | None] = weakref.WeakKeyDictionary()
 # What a savepoint started with, to tell whether its end may have changed what is held.
@@ -286,7 +285,7 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
         _at_savepoint[transaction] = _held.get(session)
         return  # a savepoint starts with what its transaction holds
     key = _key(session)
-    if transaction_settings(session):
+    if any(_values(key).values()):
         _send(session, connection, key)  # settings start empty in a transaction: else nothing
     _held[session] = key
 

@@ -207,27 +207,22 @@ def _bulk_methods(
             reroute = check(session, method, mapper) or reroute
         return reroute
 
-    def bulk_insert_mappings(
-        self: Session, mapper: Any, mappings: Iterable[dict[str, Any]], *args: Any, **kw: Any
-    ) -> None:
-        target = inspect(mapper)
-        if scoped(self, "bulk_insert_mappings", target):
-            rows = list(mappings)
-            if rows:
-                self.execute(insert(target), rows)
-            return None
-        return original("bulk_insert_mappings")(self, mapper, mappings, *args, **kw)  # type: ignore[no-any-return]
+    def rerouted(method: str, statement: Callable[[Any], Any]) -> Callable[..., None]:
+        """``bulk_insert_mappings``/``bulk_update_mappings``: as ``execute(statement, rows)``
+        when a pattern asks, which the hooks scope."""
 
-    def bulk_update_mappings(
-        self: Session, mapper: Any, mappings: Iterable[dict[str, Any]]
-    ) -> None:
-        target = inspect(mapper)
-        if scoped(self, "bulk_update_mappings", target):
-            rows = list(mappings)
-            if rows:
-                self.execute(update(target), rows)
-            return None
-        return original("bulk_update_mappings")(self, mapper, mappings)  # type: ignore[no-any-return]
+        def bulk_mappings(
+            self: Session, mapper: Any, mappings: Iterable[dict[str, Any]], *args: Any, **kw: Any
+        ) -> None:
+            target = inspect(mapper)
+            if scoped(self, method, target):
+                rows = list(mappings)
+                if rows:
+                    self.execute(statement(target), rows)
+                return None
+            return original(method)(self, mapper, mappings, *args, **kw)  # type: ignore[no-any-return]
+
+        return bulk_mappings
 
     def bulk_save_objects(self: Session, objects: Iterable[object], *args: Any, **kw: Any) -> None:
         objects = list(objects)
@@ -241,8 +236,8 @@ def _bulk_methods(
         return original("bulk_save_objects")(self, objects, *args, **kw)  # type: ignore[no-any-return]
 
     return {
-        "bulk_insert_mappings": bulk_insert_mappings,
-        "bulk_update_mappings": bulk_update_mappings,
+        "bulk_insert_mappings": rerouted("bulk_insert_mappings", insert),
+        "bulk_update_mappings": rerouted("bulk_update_mappings", update),
         "bulk_save_objects": bulk_save_objects,
     }
 

@@ -6,11 +6,12 @@ helpers below so the names are never spelled twice.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 from sqlalchemy.orm import ORMExecuteState
 
-__all__ = ["ALL_TENANTS", "HARD_DELETE", "INCLUDE_DELETED", "flag"]
+__all__ = ["ALL_TENANTS", "HARD_DELETE", "INCLUDE_DELETED", "flag", "parameter_rows"]
 
 #: Show soft-deleted rows to this statement (and to the loaders it triggers).
 INCLUDE_DELETED: Final = "include_deleted"
@@ -23,3 +24,13 @@ HARD_DELETE: Final = "hard_delete"
 def flag(state: ORMExecuteState, name: str) -> bool:
     """True when execution option ``name`` is set on the statement or the ``execute()`` call."""
     return bool(state.execution_options.get(name, False))
+
+
+def parameter_rows(state: ORMExecuteState) -> Sequence[Mapping[Any, Any]] | None:
+    """The list of parameter dicts the statement runs with (ORM bulk INSERT, bulk UPDATE or
+    DELETE by primary key), or None for a statement run once. Loader criteria do not reach the
+    by-primary-key forms: the patterns add their conditions to those themselves."""
+    params = state.parameters
+    if isinstance(params, Sequence) and not isinstance(params, str) and params:
+        return params
+    return None

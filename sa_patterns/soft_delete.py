@@ -70,10 +70,11 @@ from sqlalchemy.orm.collections import collection_adapter
 from sqlalchemy.orm.interfaces import ORMOption, UserDefinedOption
 
 from ._compat import conflict_update, is_orphan, note_joined_subclass, with_conflict_where
+from ._joins import base_table
 from ._mapping import each_relationship, own_table, refuse_sqlmodel, secondary_refusal, when_mapped
 from .context import ACTOR_SETTING, StatementContext, current_actor
 from .errors import ConfigurationError, ConflictError, TenantViolation
-from .options import ALL_TENANTS, HARD_DELETE, INCLUDE_DELETED, flag
+from .options import ALL_TENANTS, HARD_DELETE, INCLUDE_DELETED, flag, parameter_rows
 from .pattern import Pattern
 from .schema.objects import Function, Trigger, ident, qualified, quote, quote_literal
 from .schema.registry import register
@@ -336,12 +337,8 @@ def from_criteria(context: StatementContext, from_: Any) -> list[ColumnElement[b
     join, where loader criteria do not reach (see :mod:`sa_patterns._joins`)."""
     if context.include_deleted:
         return []
-    table = from_
-    while not isinstance(table, Table):
-        table = getattr(table, "element", None)
-        if table is None:
-            return []
-    if table.key not in table.metadata.info.get(_SOFT_TABLES, ()):
+    table = base_table(from_)
+    if table is None or table.key not in table.metadata.info.get(_SOFT_TABLES, ()):
         return []
     return [from_.c.deleted_at.is_(None)]
 
@@ -400,10 +397,7 @@ def _live_rows_by_primary_key(state: ORMExecuteState) -> None:
     """ORM bulk UPDATE by primary key (a list of parameter dicts) ignores loader criteria: a
     soft-deleted row is hidden, so ``deleted_at IS NULL`` goes into its WHERE clause directly
     (``include_deleted=True`` writes deleted rows on purpose)."""
-    params = state.parameters
-    if not isinstance(params, Sequence) or isinstance(params, str) or not params:
-        return
-    if flag(state, INCLUDE_DELETED):
+    if parameter_rows(state) is None or flag(state, INCLUDE_DELETED):
         return
     entity = state.statement.entity_description.get("entity")  # type: ignore[attr-defined]
     if isinstance(entity, type) and issubclass(entity, SoftDeleteMixin):
@@ -438,8 +432,7 @@ def _bulk_delete(state: ORMExecuteState) -> Result[Any] | None:
     # criteria say the same, but do not reach an UPDATE by primary key
     soft = soft.where(entity.deleted_at.is_(None))
     soft = soft.execution_options(**delete_stmt.get_execution_options())
-    by_primary_key = isinstance(state.parameters, Sequence) and not isinstance(state.parameters, str)
-    if by_primary_key and state.parameters:
+    if parameter_rows(state) is not None:
         # SQLAlchemy cannot synchronize objects for a by-primary-key UPDATE with extra WHERE
         # criteria; the objects this batch deleted leave the session below
         soft = soft.execution_options(synchronize_session=None)

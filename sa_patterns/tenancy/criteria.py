@@ -28,6 +28,7 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.util import find_tables
 from sqlalchemy.types import TypeDecorator
 
+from .._joins import base_table
 from ..context import (
     StatementContext,
     TenantId,
@@ -292,21 +293,13 @@ def loader_criteria(context: StatementContext) -> Iterable[ORMOption]:
 def from_criteria(context: StatementContext, from_: Any) -> list[ColumnElement[bool]]:
     """The explicit-join hook: the tenant condition on a tenant table (or an alias of one)
     that a statement names in an explicit join, where loader criteria do not reach."""
-    table = _base_table(from_)
+    table = base_table(from_)
     kind = None if table is None or context.admin else _tenant_kind(table)
     if kind is None:
         return []
     what = _describe(context.state)
     tenant = _coerce(require_tenant(context.session, what=what), kind, what)
     return [from_.c.tenant_id == tenant]
-
-
-def _base_table(from_: Any) -> Table | None:
-    while not isinstance(from_, Table):
-        from_ = getattr(from_, "element", None)
-        if from_ is None:
-            return None
-    return from_
 
 
 def _describe(state: ORMExecuteState) -> str:
@@ -321,7 +314,7 @@ def table_criteria(session: Session, table: Any, *, admin: bool = False) -> list
     """``[table.c.tenant_id == tenant]`` for a tenant table (or alias), ``[]`` for any other or
     inside ``all_tenants()``: the condition Core statements the toolkit writes itself (cascades,
     purges) add, so they never reach another tenant's rows by foreign key alone."""
-    base = _base_table(table)
+    base = base_table(table)
     kind = None if base is None else _tenant_kind(base)
     if kind is None or admin or is_all_tenants(session):
         return []

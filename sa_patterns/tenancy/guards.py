@@ -3,7 +3,7 @@ primary key, every INSERT form, upserts, flushes and the legacy ``Session.bulk_*
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import (
@@ -40,6 +40,7 @@ from ..errors import (
     TenantViolation,
     UnsupportedStatement,
 )
+from ..options import parameter_rows
 from ..pattern import Pattern
 from .criteria import (
     _admin,
@@ -96,10 +97,7 @@ def _scope_refresh(state: ORMExecuteState) -> None:
 def _scope_bulk_by_primary_key(state: ORMExecuteState) -> None:
     """ORM bulk UPDATE by primary key (a list of parameter dicts) ignores loader criteria, so
     the tenant goes into its WHERE clause directly."""
-    params = state.parameters
-    if not isinstance(params, Sequence) or isinstance(params, str) or not params:
-        return
-    if _admin(state):
+    if parameter_rows(state) is None or _admin(state):
         return
     for mapper in _tenant_entities(state):
         kind = _tenant_kind_of_mapper(mapper)
@@ -173,8 +171,9 @@ def _check_insert(state: ORMExecuteState) -> Result[Any] | None:
     params = state.parameters
     if isinstance(params, Mapping) and params:
         return add_parameters(state, fill(params))
-    if isinstance(params, Sequence) and params and not isinstance(params, str):
-        return add_parameters(state, [fill(p) for p in params])
+    rows = parameter_rows(state)
+    if rows is not None:
+        return add_parameters(state, [fill(p) for p in rows])
     return None
 
 
@@ -225,8 +224,8 @@ def _check_update_values(state: ORMExecuteState) -> None:
     params = state.parameters
     if isinstance(params, Mapping):
         candidates.append(params)
-    elif isinstance(params, Sequence) and not isinstance(params, str):
-        candidates.extend(p for p in params if isinstance(p, Mapping))
+    else:
+        candidates.extend(p for p in parameter_rows(state) or () if isinstance(p, Mapping))
     for candidate in candidates:
         present, value = _tenant_param(candidate)
         if present and (tenant is None or _coerce(value, kind, "tenant_id") != _coerce(
