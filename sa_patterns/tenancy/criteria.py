@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Select,
     Table,
     Text,
     Uuid,
@@ -28,6 +29,7 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.util import find_tables
 from sqlalchemy.types import TypeDecorator
 
+from .._compat import raw_columns
 from .._joins import base_table
 from ..context import (
     StatementContext,
@@ -49,10 +51,10 @@ def _tenant_entities(state: ORMExecuteState) -> list[Any]:
 def _selects_tenant_entity(state: ORMExecuteState) -> bool:
     """Whether a SELECT loads a tenant entity; reads the statement's entities' annotations
     (``all_mappers`` builds column descriptions, several times the cost of this hot path)."""
-    raw = getattr(state.statement, "_raw_columns", None)
-    if raw is None:
+    statement = state.statement
+    if not isinstance(statement, Select):
         return bool(_tenant_entities(state))
-    for element in raw:
+    for element in raw_columns(statement):
         entity = element._annotations.get("parententity")
         if entity is not None and _tenant_kind_of_mapper(entity.mapper) is not None:
             return True

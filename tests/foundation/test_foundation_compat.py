@@ -259,3 +259,34 @@ def test_loader_criteria_root_covers_the_classes_its_subclasses_names() -> None:
     dialect = postgresql.dialect()
     assert "WHERE compat_items.name = " in str(select(Item).options(option).compile(dialect=dialect))
     assert "WHERE" not in str(select(Other).options(option).compile(dialect=dialect))
+
+
+def test_is_orphan_follows_the_unit_of_works_decision(session: Session) -> None:
+    """soft delete turns delete-orphan removals into soft deletes by asking the unit of work's
+    own orphan test (_compat.is_orphan): a child removed from its parent's collection is an
+    orphan, one still held is not."""
+    from sqlalchemy import inspect
+    from sqlalchemy.orm import relationship
+
+    from sa_patterns._compat import is_orphan
+
+    class OBase(DeclarativeBase):
+        pass
+
+    class Parent(OBase):
+        __tablename__ = "compat_orphan_parents"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kids: Mapped[list[Kid]] = relationship(cascade="all, delete-orphan")
+
+    class Kid(OBase):
+        __tablename__ = "compat_orphan_kids"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        parent_id: Mapped[int] = mapped_column(ForeignKey("compat_orphan_parents.id"))
+
+    OBase.metadata.create_all(session.connection())
+    parent = Parent(id=1, kids=[Kid(id=1), Kid(id=2)])
+    session.add(parent)
+    session.flush()
+    gone, kept = parent.kids
+    parent.kids.remove(gone)
+    assert is_orphan(inspect(gone)) and not is_orphan(inspect(kept))
