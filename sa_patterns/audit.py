@@ -34,9 +34,30 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ._mapping import own_table, when_mapped
 from ._transition import NEW, OLD, one_row_probe
-from .context import ACTOR_SETTING, REQUEST_SETTING, current_tenant, is_all_tenants, require_tenant
+from .context import (
+    ACTOR_SETTING,
+    ALL_TENANTS_SETTING,
+    REQUEST_SETTING,
+    TENANT_SETTING,
+    current_tenant,
+    is_all_tenants,
+    require_tenant,
+)
 from .errors import ConfigurationError
-from .schema import Entity, Function, Trigger, ident, qualified, quote, quote_literal, register
+from .roles import ADMIN
+from .schema import (
+    Entity,
+    Function,
+    Policy,
+    RowLevelSecurity,
+    Trigger,
+    ident,
+    qualified,
+    quote,
+    quote_literal,
+    register,
+)
+from .schema.access import manage_access, set_privileges
 from .tenancy import is_tenant_table
 
 __all__ = [
@@ -175,8 +196,28 @@ def audit_log_table(
             function=f"{qualified(schema, guard)}()",
             for_each="STATEMENT",
         ),
+        *_log_wall(table),
     )
+    set_privileges(table, ("SELECT", "INSERT"))
+    manage_access(metadata)
     return table
+
+
+def _log_wall(log: Table) -> list[Entity]:
+    """Row-level security on the log: the app role reads a tenant's entries only under that
+    tenant, and entries of tables without tenants (``tenant_id`` NULL: rows every tenant reads
+    anyway); the admin role reads all inside ``all_tenants()``. Inserts (the triggers, as the
+    writing role) are not limited. Not FORCEd: the owner purges old entries."""
+    tenant = f"NULLIF(current_setting({quote_literal(TENANT_SETTING)}, true), '')"
+    everyone = f"current_setting({quote_literal(ALL_TENANTS_SETTING)}, true) = 'on'"
+    return [
+        RowLevelSecurity(schema=log.schema, table=log.name, force=False),
+        Policy(log.schema, log.name, ident(log.name, "tenant_read"), command="SELECT",
+               using=f"tenant_id IS NULL OR tenant_id = {tenant}"),
+        Policy(log.schema, log.name, ident(log.name, "admin_read"), command="SELECT",
+               using=everyone, roles=(ADMIN,)),
+        Policy(log.schema, log.name, ident(log.name, "write"), command="INSERT", with_check="true"),
+    ]
 
 
 def _log_for(metadata: MetaData) -> Table:

@@ -1,6 +1,7 @@
 """Database objects (extensions, functions, triggers, policies, RLS, views) for patterns and
 migrations. Generated migrations reference these classes as ``sa_patterns.schema.<Kind>``."""
 
+from .access import Grant, RoleSetup, SchemaAccess
 from .catalog import Diff, diff, read_catalog
 from .objects import (
     Entity,
@@ -25,9 +26,12 @@ __all__ = [
     "Entity",
     "Extension",
     "Function",
+    "Grant",
     "MaterializedView",
     "Policy",
+    "RoleSetup",
     "RowLevelSecurity",
+    "SchemaAccess",
     "Trigger",
     "View",
     "create_all",

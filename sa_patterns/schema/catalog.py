@@ -11,10 +11,11 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Table, bindparam, text
+from sqlalchemy import Table, text
 from sqlalchemy.engine import Connection
 
-from .objects import COMMENT_PREFIX, Entity, Extension, RowLevelSecurity, entity_from_spec
+from . import access  # noqa: F401  (registers the kinds read from the catalog)
+from .objects import COMMENT_PREFIX, Entity, Extension, entity_from_spec, live_kinds
 
 __all__ = ["Diff", "diff", "read_catalog"]
 
@@ -40,12 +41,6 @@ _STAMPED = text(
 )
 _CURRENT_SCHEMA = text("SELECT current_schema()")
 _EXTENSIONS = text("SELECT extname FROM pg_catalog.pg_extension")
-_RLS = text(
-    "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity "
-    "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE c.relname IN :names AND n.nspname = coalesce(:schema, current_schema()) "
-    "AND c.relkind IN ('r', 'p')"
-).bindparams(bindparam("names", expanding=True))
 
 
 def read_catalog(
@@ -66,12 +61,10 @@ def read_catalog(
     by_schema: dict[str | None, list[str]] = {}
     for table in tables:
         by_schema.setdefault(table.schema, []).append(table.name)
-    for schema, names in by_schema.items():
-        rows = connection.execute(_RLS, {"names": names, "schema": schema})
-        for name, enabled, forced in rows:
-            if enabled:
-                rls = RowLevelSecurity(schema=schema, table=name, force=bool(forced))
-                found[rls.key()] = rls
+    if by_schema:
+        for kind in live_kinds():
+            for entity in kind.read_live(connection, by_schema):
+                found[entity.key()] = entity
     return found
 
 
@@ -121,10 +114,10 @@ def diff(
             result.replace.append((entity, old))
     model_tables = {(t.schema or "", t.name) for t in tables}
     for key, entity in current.items():
-        if key in wanted_keys:
+        if key in wanted_keys or entity.kept_when_undeclared:
             continue
-        if isinstance(entity, RowLevelSecurity) and (entity.schema or "", entity.table) not in model_tables:
-            continue
+        if not entity.commented and (getattr(entity, "schema", None) or "", getattr(entity, "table", "")) not in model_tables:
+            continue  # live state (RLS, grants) of a table the models do not own
         if isinstance(entity, Extension):
             # Database-wide and possibly used by other code or projects: autogenerate never
             # drops one; the downgrade of the migration that created it does.

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy.dialects import postgresql
 
+from ..roles import resolve_role
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
@@ -111,6 +113,8 @@ class Entity:
     order: ClassVar[int] = 0
     #: objects stamped with a spec comment (extensions not owned by us and RLS state are not)
     commented: ClassVar[bool] = True
+    #: found in the database but not declared: left alone instead of dropped
+    kept_when_undeclared: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -163,8 +167,21 @@ class Entity:
     def create_statements(self) -> list[str]:
         return self.create_sql() + ([self.comment_sql()] if self.commented else [])
 
+    @classmethod
+    def read_live(
+        cls, connection: Connection, tables: Mapping[str | None, list[str]]
+    ) -> list[Entity]:
+        """Objects of this kind read from the catalog itself, for kinds that carry no comment
+        (``tables``: the models' table names per schema, ``None`` the current schema)."""
+        return []
+
     def replace_statements(self, old: Entity) -> list[str]:
         return self.replace_sql(old) + ([self.comment_sql()] if self.commented else [])
+
+
+def live_kinds() -> list[type[Entity]]:
+    """Every kind of object, for :meth:`Entity.read_live`."""
+    return list(_KINDS.values())
 
 
 def entity_from_spec(spec: Mapping[str, Any]) -> Entity:
@@ -329,6 +346,25 @@ class RowLevelSecurity(Entity):
     def replace_sql(self, old: Entity) -> list[str]:
         return self.create_sql()
 
+    @classmethod
+    def read_live(
+        cls, connection: Connection, tables: Mapping[str | None, list[str]]
+    ) -> list[Entity]:
+        from sqlalchemy import bindparam, text
+
+        query = text(
+            "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity "
+            "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname IN :names AND n.nspname = coalesce(:schema, current_schema()) "
+            "AND c.relkind IN ('r', 'p')"
+        ).bindparams(bindparam("names", expanding=True))
+        found: list[Entity] = []
+        for schema, names in tables.items():
+            for name, enabled, forced in connection.execute(query, {"names": names, "schema": schema}):
+                if enabled:
+                    found.append(cls(schema=schema, table=name, force=bool(forced)))
+        return found
+
 
 @dataclass(frozen=True)
 class Policy(Entity):
@@ -353,7 +389,9 @@ class Policy(Entity):
         return f"POLICY {quote(self.name)} ON {qualified(self.schema, self.table)}"
 
     def create_sql(self) -> list[str]:
-        roles = ", ".join(r if r.upper() in {"PUBLIC", "CURRENT_USER"} else quote(r) for r in self.roles)
+        roles = ", ".join(
+            r if r.upper() in {"PUBLIC", "CURRENT_USER"} else quote(resolve_role(r)) for r in self.roles
+        )
         sql = (
             f"CREATE POLICY {quote(self.name)} ON {qualified(self.schema, self.table)}\n"
             f"AS {'PERMISSIVE' if self.permissive else 'RESTRICTIVE'} FOR {self.command} TO {roles}"

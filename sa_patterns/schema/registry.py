@@ -6,16 +6,25 @@ them with :func:`registered`. Nothing is global: two metadatas never see each ot
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import DDL, MetaData, Table
 from sqlalchemy.engine import Connection
 
 from .objects import Entity
 
-__all__ = ["NOT_A_TABLE", "create_all", "drop_all", "is_real_table", "register", "registered"]
+__all__ = [
+    "NOT_A_TABLE",
+    "create_all",
+    "drop_all",
+    "is_real_table",
+    "provide",
+    "register",
+    "registered",
+]
 
 _KEY = "sa_patterns.entities"
+_PROVIDERS = "sa_patterns.entity_providers"
 #: ``Table.info`` flag for tables that only describe an object (a view) and must not be created.
 NOT_A_TABLE = "sa_patterns.not_a_table"
 
@@ -27,9 +36,18 @@ def register(metadata: MetaData, *entities: Entity) -> None:
         store[entity.key()] = entity
 
 
+def provide(metadata: MetaData, name: str, provider: Callable[[MetaData], Iterable[Entity]]) -> None:
+    """Objects derived from the whole of ``metadata`` (grants for every table, say), computed
+    when read, so tables declared after the call are included. One provider per ``name``."""
+    metadata.info.setdefault(_PROVIDERS, {})[name] = provider
+
+
 def registered(metadata: MetaData) -> list[Entity]:
     """The objects of ``metadata`` in creation order (kind order, then registration order)."""
-    store: dict[tuple[str, ...], Entity] = metadata.info.get(_KEY, {})
+    store: dict[tuple[str, ...], Entity] = dict(metadata.info.get(_KEY, {}))
+    for provider in metadata.info.get(_PROVIDERS, {}).values():
+        for entity in provider(metadata):
+            store.setdefault(entity.key(), entity)  # a registered object wins
     return sorted(store.values(), key=lambda e: e.order)
 
 

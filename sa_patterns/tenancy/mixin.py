@@ -30,6 +30,8 @@ from .._mapping import each_relationship, own_table, refuse_sqlmodel, secondary_
 from ..errors import (
     ConfigurationError,
 )
+from ..roles import ADMIN
+from ..schema.access import manage_access
 from ..schema.objects import ident
 from ..schema.registry import register
 from .criteria import enroll
@@ -53,18 +55,21 @@ class TenantMixin:
     ``__tenant_type__``
         the column type: ``BigInteger`` (default), ``Integer``, ``Uuid`` or ``String(n)``.
     ``__rls__``
-        ``True`` registers ``ENABLE`` + ``FORCE ROW LEVEL SECURITY`` and a tenant policy on the
-        metadata; ``alembic revision --autogenerate`` writes them.
+        ``True`` (the default) registers ``ENABLE`` + ``FORCE ROW LEVEL SECURITY``, the tenant
+        policy, a policy letting the configured admin role (:mod:`sa_patterns.roles`) see every
+        tenant inside ``all_tenants()``, and the role model's grants; ``alembic revision
+        --autogenerate`` writes them. ``False`` leaves the ORM filter as the only wall (a table
+        the app must read across tenants by design, or a Citus reference table).
     ``__rls_admin_role__``
-        a database role whose sessions see every tenant inside ``all_tenants()`` (a second
-        policy ``TO`` that role); the app role must not be a member of it.
+        a literal role name for the admin policy instead of the configured admin role (kept for
+        existing models; configuration is preferred: a literal is frozen into migrations).
     ``__citus__``
         ``True`` marks the table for ``create_distributed_table(..., 'tenant_id')`` (see
         :mod:`sa_patterns.citus`).
     """
 
     __tenant_type__: ClassVar[Any] = BigInteger
-    __rls__: ClassVar[bool] = False
+    __rls__: ClassVar[bool] = True
     __rls_admin_role__: ClassVar[str | None] = None
     __citus__: ClassVar[bool] = False
     #: set for each mapped tenant class: the kind of its tenant column (hot-path lookup)
@@ -115,7 +120,8 @@ def _set_up(mapper: Mapper[Any]) -> None:
         raise ConfigurationError(
             f"{cls.__name__}.__rls_admin_role__ only makes sense with __rls__ = True."
         )
-    _enroll(table, cls, _kind(table.c.tenant_id.type), (cls.__rls_admin_role__ or "") if cls.__rls__ else None)
+    admin = cls.__rls_admin_role__ or ADMIN
+    _enroll(table, cls, _kind(table.c.tenant_id.type), admin if cls.__rls__ else None)
     if cls.__citus__:
         set_citus_mode(table, "distributed")
     for copy, entity in table.metadata.info.get(_COPIES_INFO_KEY, {}).get(table.key, ()):
@@ -141,6 +147,7 @@ def _enroll(table: Table, entity: type, kind: str, rls: str | None) -> None:
     if rls is not None:
         table.metadata.info.setdefault(_RLS_INFO_KEY, {})[table.key] = rls
         register(table.metadata, *rls_entities(table, rls or None))
+        manage_access(table.metadata)
 
 
 def scope_copies(source: Table, copy: Table, entity: type) -> None:

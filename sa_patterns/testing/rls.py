@@ -29,7 +29,9 @@ _ESCAPES = text(
 _TABLE = text(
     "SELECT c.relrowsecurity, c.relforcerowsecurity, "
     "pg_catalog.pg_has_role(:role, c.relowner, 'MEMBER') AS owns, "
-    "(SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid) AS policies, "
+    "(SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid "
+    "   AND (0 = ANY (p.polroles) OR EXISTS (SELECT FROM unnest(p.polroles) AS r(oid) "
+    "        WHERE pg_catalog.pg_has_role(:role, r.oid, 'MEMBER')))) AS policies, "
     "ARRAY(SELECT a.rolname FROM pg_catalog.pg_policy p "
     "      CROSS JOIN LATERAL unnest(p.polroles) AS pr(oid) "
     "      JOIN pg_catalog.pg_roles a ON a.oid = pr.oid "
@@ -67,8 +69,9 @@ def rls_problems(
         elif not forced:
             problems.append(f"table {where}: row level security is not FORCEd.")
         if not policies:
-            problems.append(f"table {where} has no policy: with RLS enabled nothing is visible, "
-                            "without it everything is (set __rls__ = True and migrate).")
+            problems.append(f"table {where} has no policy that applies to {name}: with RLS "
+                            "enabled it sees nothing, without it everything (migrate: "
+                            "autogenerate writes the tenant policy).")
         if owns:
             problems.append(f"table {where} is owned by {name} (or a role it belongs to): the "
                             "owner can turn RLS off. Migrate as a separate owner role.")

@@ -187,8 +187,9 @@ def test_create_all_writes_triggers_soft_unique_index_and_rls(
         t=f"{db_schema}.{name}",
     ) == [(True, True)]
     assert sql(
-        "SELECT count(*) FROM pg_policies WHERE schemaname = :s AND tablename = :t", s=db_schema, t=name
-    ) == [(1,)]
+        "SELECT policyname FROM pg_policies WHERE schemaname = :s AND tablename = :t ORDER BY 1",
+        s=db_schema, t=name,
+    ) == [(f"{name}_tenant_admin",), (f"{name}_tenant_isolation",)]
 
 
 # --------------------------------------------------------------------------------------------

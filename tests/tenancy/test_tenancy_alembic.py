@@ -18,9 +18,10 @@ from tenancy_models import ADMIN_ROLE
 
 import sa_patterns.alembic
 from sa_patterns import TenantMixin, tenant_foreign_key, tenant_unique
-from sa_patterns.alembic.ops import CreateEntityOp, DropEntityOp, ReplaceEntityOp
+from sa_patterns.alembic.ops import DropEntityOp, ReplaceEntityOp
 from sa_patterns.citus import citus_statements, reference_table, revision_directives
 from sa_patterns.cli.init import init
+from sa_patterns.roles import configured_roles
 
 
 def build(*, rls: bool = True, admin: str | None = None, tenant_type: object = BigInteger,
@@ -88,6 +89,12 @@ def policies(engine: Engine, schema: str) -> dict[str, str]:
             "SELECT policyname, qual FROM pg_policies WHERE schemaname = :s"), {"s": schema}).all())
 
 
+def admin_roles(engine: Engine, policy: str) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.scalars(text(
+            "SELECT unnest(roles) FROM pg_policies WHERE policyname = :p"), {"p": policy}))
+
+
 def forced(engine: Engine, schema: str) -> set[str]:
     with engine.connect() as conn:
         return set(conn.scalars(text(
@@ -102,17 +109,21 @@ def test_rls_round_trip(engine: Engine, db_schema: str, tenancy_roles: tuple[str
     assert kinds.index("CreateEntityOp") > max(i for i, k in enumerate(kinds) if k == "CreateTableOp")
     assert forced(engine, db_schema) == {"tn_mig_accounts", "tn_mig_invoices"}
     found = policies(engine, db_schema)
-    assert set(found) == {"tn_mig_accounts_tenant_isolation", "tn_mig_invoices_tenant_isolation"}
+    assert set(found) == {
+        f"tn_mig_{t}_tenant_{p}" for t in ("accounts", "invoices") for p in ("isolation", "admin")
+    }
     assert "current_setting('app.tenant_id'::text, true)" in found["tn_mig_invoices_tenant_isolation"]
     assert "::bigint" in found["tn_mig_invoices_tenant_isolation"]
+    # the admin policy is for the configured admin role, named when the migration ran
+    assert admin_roles(engine, "tn_mig_accounts_tenant_admin") == [configured_roles().admin]
     assert diffs(engine, build()) == []
 
-    # a new admin policy: created; its downgrade drops it again
+    # a literal admin role on one model: its admin policy is replaced; the downgrade restores it
     ops = apply(engine, build(admin=ADMIN_ROLE), downgrade=True)
-    assert [type(o) for o in ops] == [CreateEntityOp]
-    assert "tn_mig_accounts_tenant_admin" not in policies(engine, db_schema)
+    assert [type(o) for o in ops] == [ReplaceEntityOp]
+    assert admin_roles(engine, "tn_mig_accounts_tenant_admin") == [configured_roles().admin]
     apply(engine, build(admin=ADMIN_ROLE))
-    assert "tn_mig_accounts_tenant_admin" in policies(engine, db_schema)
+    assert admin_roles(engine, "tn_mig_accounts_tenant_admin") == [ADMIN_ROLE]
     assert diffs(engine, build(admin=ADMIN_ROLE)) == []
 
     # a changed tenant type changes the policies: replaced (and the downgrade restores them)

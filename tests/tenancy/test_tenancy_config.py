@@ -38,6 +38,7 @@ def test_admin_role_needs_rls() -> None:
 
         class Bad(TenantMixin, Base):
             __tablename__ = "tn_cfg_bad3"
+            __rls__ = False
             __rls_admin_role__ = "admin"
             id: Mapped[int] = mapped_column(primary_key=True)
 

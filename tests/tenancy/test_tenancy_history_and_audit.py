@@ -133,8 +133,10 @@ def test_history_table_has_the_live_tables_row_level_security(tables: Engine, mo
             "SELECT policyname, qual, with_check FROM pg_policies WHERE tablename = :t"
         ), {"t": history_name}).all()
     assert tuple(flags) == (True, True)
-    assert [p.policyname for p in policies] == [f"{history_name}_tenant_isolation"]
-    assert "app.tenant_id" in policies[0].qual and "app.tenant_id" in policies[0].with_check
+    by_name = {p.policyname: p for p in policies}
+    assert set(by_name) == {f"{history_name}_tenant_isolation", f"{history_name}_tenant_admin"}
+    isolation = by_name[f"{history_name}_tenant_isolation"]
+    assert "app.tenant_id" in isolation.qual and "app.tenant_id" in isolation.with_check
 
 
 def test_app_role_writes_history_and_reads_its_tenants_only(
@@ -209,7 +211,8 @@ def test_autogenerate_writes_the_history_tables_rls(pg_url: URL) -> None:
             assert list(compare_metadata(ctx, Base.metadata)) == []
         tables = {"tv_contracts", "tv_contracts_history", "tv_leases", "tv_leases_history", "tv_tickets"}
         assert secured == tables
-        assert policies == {f"{t}_tenant_isolation" for t in tables}
+        assert policies == {f"{t}_tenant_{p}" for t in tables for p in ("isolation", "admin")} | {
+            "audit_log_tenant_read", "audit_log_admin_read", "audit_log_write"}
     finally:
         engine.dispose()
         with admin.connect() as conn:
