@@ -22,6 +22,8 @@ from .encryption import blind_eq as blind_eq
 from .errors import ConcurrencyConflict as ConcurrencyConflict
 from .errors import ConfigurationError as ConfigurationError
 from .errors import ConflictError as ConflictError
+from .errors import DatabaseWallDown as DatabaseWallDown
+from .errors import DatabaseWallWarning as DatabaseWallWarning
 from .errors import DecryptionError as DecryptionError
 from .errors import ForeignKeyViolation as ForeignKeyViolation
 from .errors import IntegrityViolation as IntegrityViolation
@@ -94,6 +96,8 @@ __all__ = [
     "ConcurrencyConflict",
     "ConfigurationError",
     "ConflictError",
+    "DatabaseWallDown",
+    "DatabaseWallWarning",
     "DecryptionError",
     "EncryptedBytes",
     "EncryptedJSON",

@@ -14,6 +14,8 @@ __all__ = [
     "ConcurrencyConflict",
     "ConfigurationError",
     "ConflictError",
+    "DatabaseWallDown",
+    "DatabaseWallWarning",
     "DecryptionError",
     "ForeignKeyViolation",
     "IntegrityViolation",
@@ -143,6 +145,18 @@ class UnsupportedStatement(ConfigurationError):
     than run unfiltered. The message names the supported form to use instead."""
 
     code = "sap12"
+
+
+class DatabaseWallDown(ConfigurationError):
+    """``install(..., wall="strict")`` found that the connection's role skips row-level security
+    (a superuser, ``BYPASSRLS``, or the owner of a table whose RLS is not forced)."""
+
+    code = "sap13"
+
+
+class DatabaseWallWarning(UserWarning):
+    """The same finding as :class:`DatabaseWallDown`, under the default ``wall="warn"``: the ORM
+    filter still applies, but raw SQL and anything past it is not stopped by the database."""
 
 
 class InvalidCursor(SAPatternsError, ValueError):

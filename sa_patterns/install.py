@@ -41,6 +41,7 @@ from ._joins import scope_explicit_joins
 from .context import statement_context
 from .errors import ConfigurationError, UnsupportedStatement
 from .pattern import BulkCheck, CriteriaHook, FromCriteriaHook, Pattern
+from .tenancy.wall import WallMode, wall_pattern
 
 __all__ = ["default_patterns", "install", "installed", "uninstall"]
 
@@ -242,18 +243,27 @@ def _bulk_methods(
     }
 
 
-def install(target: T, *, patterns: Sequence[Pattern] | None = None) -> T:
+def install(
+    target: T, *, patterns: Sequence[Pattern] | None = None, wall: WallMode = "warn"
+) -> T:
     """Attach the patterns' session hooks to ``target``; calling it again does nothing.
 
     ``target`` is a ``sessionmaker``, ``async_sessionmaker``, ``scoped_session``, a ``Session``
     or ``AsyncSession`` subclass, or a single session. ``patterns`` defaults to every pattern
     of the toolkit (:func:`default_patterns`). Returns ``target`` so it can wrap a factory
     inline: ``Session = sa_patterns.install(sessionmaker(engine))``.
+
+    ``wall``: at the first transaction on each engine, check that its role is subject to
+    row-level security (not a superuser, not ``BYPASSRLS``, not the owner of a table whose RLS
+    is not forced). ``"warn"`` (default) warns once with :class:`DatabaseWallWarning`,
+    ``"strict"`` (production) raises :class:`DatabaseWallDown`, ``"off"`` skips the check.
     """
     resolved = _resolve(target)
     if resolved in _installed:
         return target
     chosen = default_patterns() if patterns is None else tuple(patterns)
+    if wall != "off":
+        chosen += (wall_pattern(wall),)
     done = _Installed()
     listeners: list[tuple[str, Callable[..., Any], dict[str, Any]]] = []
     for pattern in chosen:

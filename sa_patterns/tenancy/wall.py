@@ -1,0 +1,85 @@
+"""Is the database wall up for this connection? Row-level security stops nothing for a
+superuser, a ``BYPASSRLS`` role, or the owner of a table whose RLS is not ``FORCE``d, and such a
+connection looks like any other. :func:`wall_pattern` checks the role once per engine, at the
+first transaction a session opens on it, and warns (or, strict, refuses).
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from typing import Any, Literal
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, SessionTransaction
+
+from ..errors import ConfigurationError, DatabaseWallDown, DatabaseWallWarning
+from ..pattern import Pattern
+
+__all__ = ["WallMode", "wall_findings", "wall_pattern"]
+
+WallMode = Literal["warn", "strict", "off"]
+
+# Checked only where a wall exists: some table has row-level security enabled.
+_CHECK = text(
+    """
+    SELECT r.rolname, r.rolsuper, r.rolbypassrls,
+      ARRAY(SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
+            WHERE c.relrowsecurity AND NOT c.relforcerowsecurity AND c.relkind IN ('r', 'p')
+              AND pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER')
+            ORDER BY 1 LIMIT 5) AS owned
+    FROM pg_catalog.pg_roles r
+    WHERE r.rolname IN (current_user, session_user)
+      AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relrowsecurity)
+    """
+)
+
+
+def wall_findings(connection: Connection) -> list[str]:
+    """Why row-level security would not apply to this connection (empty when it does, or when
+    no table has RLS): each reason with its fix."""
+    found: list[str] = []
+    for role, superuser, bypass, owned in connection.execute(_CHECK):
+        if superuser:
+            found.append(f"role {role} is a superuser, which skips every policy: connect as the "
+                         "app role (NOSUPERUSER NOBYPASSRLS, see docs/production-roles.md)")
+        elif bypass:
+            found.append(f"role {role} has BYPASSRLS: ALTER ROLE {role} NOBYPASSRLS, or connect "
+                         "as the app role")
+        if owned and not superuser:
+            found.append(f"role {role} owns {', '.join(owned)} whose row level security is not "
+                         "forced: the owner skips its policies (connect as the app role, which "
+                         "owns nothing)")
+    return found
+
+
+#: per engine: the findings of its one check, and whether they were already warned about
+_checked: weakref.WeakKeyDictionary[Engine, tuple[list[str], list[bool]]] = weakref.WeakKeyDictionary()
+
+
+def wall_pattern(mode: WallMode) -> Pattern:
+    """A pattern checking, once per engine, that the sessions' role is subject to RLS."""
+    if mode not in ("warn", "strict"):
+        raise ConfigurationError(f"wall={mode!r}: use 'warn' (default), 'strict' or 'off'.")
+
+    def after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+        engine = connection.engine
+        seen = _checked.get(engine)
+        if seen is None:
+            seen = _checked[engine] = (wall_findings(connection), [False])
+        findings, warned = seen
+        if not findings:
+            return
+        message = (
+            "the database wall is down for this connection: " + "; ".join(findings) + ". The ORM "
+            "filter still applies; raw SQL and statements past it see every tenant."
+        )
+        if mode == "strict":
+            raise DatabaseWallDown(message)  # every time, not once
+        if not warned[0]:
+            warned[0] = True
+            warnings.warn(message, DatabaseWallWarning, stacklevel=2)
+
+    listeners: tuple[tuple[str, Any], ...] = (("after_begin", after_begin),)
+    return Pattern(name=f"wall:{mode}", listeners=listeners)

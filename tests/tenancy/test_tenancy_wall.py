@@ -1,0 +1,126 @@
+"""install() knows when the database wall is down: a superuser, a BYPASSRLS role, or the owner
+of a table whose RLS is not forced is warned about once per engine, or refused with
+``wall="strict"``; the app role (NOSUPERUSER NOBYPASSRLS, owning nothing) passes silently."""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import URL, Engine, create_engine, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+import sa_patterns
+from sa_patterns import DatabaseWallDown, DatabaseWallWarning, TenantMixin
+from sa_patterns.roles import RoleNames, use_roles
+from sa_patterns.schema import quote
+from sa_patterns.tenancy.wall import wall_findings
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Note(TenantMixin, Base):
+    __tablename__ = "tn_wall_notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+SUFFIX = uuid.uuid4().hex[:8]
+ROLES = RoleNames(owner=f"sap_wall_owner_{SUFFIX}", app=f"sap_wall_app_{SUFFIX}", admin=f"sap_wall_admin_{SUFFIX}")
+BYPASS = f"sap_wall_bypass_{SUFFIX}"
+
+
+def login(pg_url: URL, schema: str, role: str) -> Engine:
+    return create_engine(pg_url.set(username=role), connect_args={"options": f"-csearch_path={schema}"})
+
+
+@pytest.fixture(scope="module")
+def built(pg_url: URL, db_schema: str) -> Iterator[str]:
+    """The schema built as the owner (not a superuser), the roles given LOGIN."""
+    superuser = create_engine(pg_url)
+    with use_roles(ROLES), superuser.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {quote(BYPASS)} LOGIN BYPASSRLS"))
+        for role in (ROLES.owner, ROLES.app, ROLES.admin):
+            conn.execute(text(f"CREATE ROLE {quote(role)} LOGIN NOSUPERUSER NOBYPASSRLS"))
+        conn.execute(text(f"ALTER SCHEMA {quote(db_schema)} OWNER TO {quote(ROLES.owner)}"))
+        conn.execute(text(f"GRANT USAGE ON SCHEMA {quote(db_schema)} TO {quote(BYPASS)}"))
+        conn.execute(text(f"SET LOCAL ROLE {quote(ROLES.owner)}"))
+        conn.execute(text(f"SET LOCAL search_path = {quote(db_schema)}"))
+        sa_patterns.create_all(conn, Base.metadata)
+        conn.execute(text(f"GRANT SELECT ON tn_wall_notes TO {quote(BYPASS)}"))
+    try:
+        yield db_schema
+    finally:
+        with superuser.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {quote(db_schema)} CASCADE; CREATE SCHEMA {quote(db_schema)}"))
+            for role in (BYPASS, ROLES.app, ROLES.admin, ROLES.owner):
+                conn.execute(text(f"DROP OWNED BY {quote(role)}; DROP ROLE {quote(role)}"))
+        superuser.dispose()
+
+
+def first_query(engine: Engine, *, wall: str = "warn") -> None:
+    factory: sessionmaker[Session] = sa_patterns.install(sessionmaker(engine), wall=wall)  # type: ignore[arg-type]
+    with factory() as s, sa_patterns.tenant_scope(1):
+        s.scalars(select(Note)).all()
+
+
+@pytest.mark.parametrize("who", ["superuser", "bypassrls", "owner"])
+def test_a_role_that_skips_rls_is_warned_about_once(pg_url: URL, built: str, who: str) -> None:
+    engine = create_engine(pg_url, connect_args={"options": f"-csearch_path={built}"}) if who == "superuser" \
+        else login(pg_url, built, BYPASS if who == "bypassrls" else ROLES.owner)
+    if who == "owner":  # forced RLS binds the owner too; without FORCE it skips the policies
+        with create_engine(pg_url).begin() as conn:
+            conn.execute(text(f"ALTER TABLE {quote(built)}.tn_wall_notes NO FORCE ROW LEVEL SECURITY"))
+    try:
+        expected = {"superuser": "is a superuser", "bypassrls": "has BYPASSRLS", "owner": "forced"}[who]
+        with pytest.warns(DatabaseWallWarning, match=expected):
+            first_query(engine)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            first_query(engine)  # once per engine: another factory on it does not warn again
+        with pytest.raises(DatabaseWallDown, match=expected) as refused:
+            first_query(engine, wall="strict")
+        assert "app role" in str(refused.value)  # the fix, not only the fault
+        with pytest.raises(DatabaseWallDown):
+            first_query(engine, wall="strict")  # refused every time, not once
+    finally:
+        engine.dispose()
+        if who == "owner":
+            with create_engine(pg_url).begin() as conn:
+                conn.execute(text(f"ALTER TABLE {quote(built)}.tn_wall_notes FORCE ROW LEVEL SECURITY"))
+
+
+def test_the_app_role_passes_silently_even_when_strict(pg_url: URL, built: str) -> None:
+    engine = login(pg_url, built, ROLES.app)
+    try:
+        with engine.connect() as conn:
+            assert wall_findings(conn) == []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            first_query(engine, wall="strict")
+        # the grants generated for the app role work: insert (sequence included) and read back
+        factory = sa_patterns.install(sessionmaker(engine), wall="strict")
+        with factory() as s, sa_patterns.tenant_scope(7):
+            s.add(Note())
+            s.commit()
+            assert [n.tenant_id for n in s.scalars(select(Note))] == [7]
+    finally:
+        engine.dispose()
+
+
+def test_the_forced_owner_is_not_flagged(pg_url: URL, built: str) -> None:
+    """FORCE ROW LEVEL SECURITY subjects the owner to the policies: no finding."""
+    engine = login(pg_url, built, ROLES.owner)
+    try:
+        with engine.connect() as conn:
+            assert wall_findings(conn) == []
+    finally:
+        engine.dispose()
+
+
+def test_wall_mode_is_validated() -> None:
+    with pytest.raises(sa_patterns.ConfigurationError, match="wall='loose'"):
+        sa_patterns.install(sessionmaker(), wall="loose")  # type: ignore[arg-type]
