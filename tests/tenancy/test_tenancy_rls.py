@@ -179,8 +179,8 @@ def test_one_set_config_per_transaction_riding_with_the_first_query(
     that statement's round trip; a switch inside the transaction rides with the next one."""
     with RoundTrips(pg_url) as wire:
         engine = role_engine(wire.url, db_schema, APP_ROLE, pool_size=1, max_overflow=0)
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        with sa_patterns.tenant_scope(1), factory(engine).begin() as s:
+            s.execute(text("SELECT 1"))  # connected, and install()'s one check of the role done
         wire.reset()
         with sa_patterns.tenant_scope(1), factory(engine).begin() as s:
             for _ in range(5):

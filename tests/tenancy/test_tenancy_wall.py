@@ -38,9 +38,15 @@ def login(pg_url: URL, schema: str, role: str) -> Engine:
 
 
 @pytest.fixture(scope="module")
-def built(pg_url: URL, db_schema: str) -> Iterator[str]:
+def superuser(pg_url: URL) -> Iterator[Engine]:
+    engine = create_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def built(superuser: Engine, db_schema: str) -> Iterator[str]:
     """The schema built as the owner (not a superuser), the roles given LOGIN."""
-    superuser = create_engine(pg_url)
     with use_roles(ROLES), superuser.begin() as conn:
         conn.execute(text(f"CREATE ROLE {quote(BYPASS)} LOGIN BYPASSRLS"))
         for role in (ROLES.owner, ROLES.app, ROLES.admin):
@@ -58,7 +64,6 @@ def built(pg_url: URL, db_schema: str) -> Iterator[str]:
             conn.execute(text(f"DROP SCHEMA {quote(db_schema)} CASCADE; CREATE SCHEMA {quote(db_schema)}"))
             for role in (BYPASS, ROLES.app, ROLES.admin, ROLES.owner):
                 conn.execute(text(f"DROP OWNED BY {quote(role)}; DROP ROLE {quote(role)}"))
-        superuser.dispose()
 
 
 def first_query(engine: Engine, *, wall: str = "warn") -> None:
@@ -68,11 +73,13 @@ def first_query(engine: Engine, *, wall: str = "warn") -> None:
 
 
 @pytest.mark.parametrize("who", ["superuser", "bypassrls", "owner"])
-def test_a_role_that_skips_rls_is_warned_about_once(pg_url: URL, built: str, who: str) -> None:
+def test_a_role_that_skips_rls_is_warned_about_once(
+    pg_url: URL, superuser: Engine, built: str, who: str
+) -> None:
     engine = create_engine(pg_url, connect_args={"options": f"-csearch_path={built}"}) if who == "superuser" \
         else login(pg_url, built, BYPASS if who == "bypassrls" else ROLES.owner)
     if who == "owner":  # forced RLS binds the owner too; without FORCE it skips the policies
-        with create_engine(pg_url).begin() as conn:
+        with superuser.begin() as conn:
             conn.execute(text(f"ALTER TABLE {quote(built)}.tn_wall_notes NO FORCE ROW LEVEL SECURITY"))
     try:
         expected = {"superuser": "is a superuser", "bypassrls": "has BYPASSRLS", "owner": "forced"}[who]
@@ -89,7 +96,7 @@ def test_a_role_that_skips_rls_is_warned_about_once(pg_url: URL, built: str, who
     finally:
         engine.dispose()
         if who == "owner":
-            with create_engine(pg_url).begin() as conn:
+            with superuser.begin() as conn:
                 conn.execute(text(f"ALTER TABLE {quote(built)}.tn_wall_notes FORCE ROW LEVEL SECURITY"))
 
 
