@@ -30,6 +30,7 @@ from .errors import IntegrityViolation as IntegrityViolation
 from .errors import InvalidCursor as InvalidCursor
 from .errors import InvalidData as InvalidData
 from .errors import KeyNotFound as KeyNotFound
+from .errors import MissingGrant as MissingGrant
 from .errors import NotFound as NotFound
 from .errors import NPlusOneDetected as NPlusOneDetected
 from .errors import SAPatternsError as SAPatternsError
@@ -112,6 +113,7 @@ __all__ = [
     "InvalidCursor",
     "InvalidData",
     "KeyNotFound",
+    "MissingGrant",
     "Keyring",
     "MaterializedView",
     "NPlusOneDetected",

@@ -22,6 +22,7 @@ __all__ = [
     "InvalidCursor",
     "InvalidData",
     "KeyNotFound",
+    "MissingGrant",
     "NPlusOneDetected",
     "NotFound",
     "ReadOnlyError",
@@ -152,6 +153,13 @@ class DatabaseWallDown(ConfigurationError):
     (a superuser, ``BYPASSRLS``, or the owner of a table whose RLS is not forced)."""
 
     code = "sap13"
+
+
+class MissingGrant(ConfigurationError):
+    """The connection's role lacks a privilege a statement needs (SQLSTATE 42501); the message
+    names the ``GRANT`` to add (the generated grants give the app role what it needs)."""
+
+    code = "sap14"
 
 
 class DatabaseWallWarning(UserWarning):

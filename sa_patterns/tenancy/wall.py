@@ -2,22 +2,27 @@
 superuser, a ``BYPASSRLS`` role, or the owner of a table whose RLS is not ``FORCE``d, and such a
 connection looks like any other. :func:`wall_pattern` checks the role once per engine, at the
 first transaction a session opens on it, and warns (or, strict, refuses).
+
+The other side of a wall that holds is a role that lacks a grant: on the same engines, a
+``permission denied`` (SQLSTATE 42501) becomes :class:`~sa_patterns.errors.MissingGrant` naming
+the ``GRANT`` to add.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 import weakref
 from typing import Any, Literal
 
-from sqlalchemy import text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.orm import Session, SessionTransaction
 
-from ..errors import ConfigurationError, DatabaseWallDown, DatabaseWallWarning
+from ..errors import ConfigurationError, DatabaseWallDown, DatabaseWallWarning, MissingGrant
 from ..pattern import Pattern
 
-__all__ = ["WallMode", "wall_findings", "wall_pattern"]
+__all__ = ["WallMode", "missing_grant", "wall_findings", "wall_pattern"]
 
 WallMode = Literal["warn", "strict", "off"]
 
@@ -68,6 +73,8 @@ def wall_pattern(mode: WallMode) -> Pattern:
         seen = _checked.get(engine)
         if seen is None:
             seen = _checked[engine] = (wall_findings(connection), [False])
+            if not event.contains(engine, "handle_error", _name_the_grant):
+                event.listen(engine, "handle_error", _name_the_grant)
         findings, warned = seen
         if not findings:
             return
@@ -83,3 +90,42 @@ def wall_pattern(mode: WallMode) -> Pattern:
 
     listeners: tuple[tuple[str, Any], ...] = (("after_begin", after_begin),)
     return Pattern(name=f"wall:{mode}", listeners=listeners)
+
+
+_DENIED = re.compile(
+    r"permission denied for (table|sequence|function|procedure|schema|view|materialized view) (.+)"
+)
+_VERBS = {"INSERT": "INSERT", "UPDATE": "UPDATE", "DELETE": "DELETE", "MERGE": "INSERT, UPDATE"}
+
+
+def missing_grant(message: str, statement: str | None, role: str | None) -> MissingGrant | None:
+    """The :class:`MissingGrant` for PostgreSQL's ``permission denied for <kind> <name>``
+    (the server's English message; anything else gives None and the original error stands)."""
+    match = _DENIED.search(message)
+    if match is None:
+        return None
+    kind, name = match.group(1), match.group(2).strip()
+    if kind in ("sequence", "schema"):
+        privilege = "USAGE"
+    elif kind in ("function", "procedure"):
+        privilege = "EXECUTE"
+    else:
+        verb = (statement or "").lstrip().split(None, 1)[0].upper() if statement else "SELECT"
+        privilege = _VERBS.get(verb, "SELECT")
+    on = {"view": "TABLE", "materialized view": "TABLE"}.get(kind, kind.upper())
+    who = role or "<the app role>"
+    return MissingGrant(
+        f"permission denied for {kind} {name}: the role {who} lacks {privilege} on it. Add "
+        f"GRANT {privilege} ON {on} {name} TO {who}, or apply the migrations autogenerate "
+        "writes, which grant the app role what the models need (docs/production-roles.md)."
+    )
+
+
+def _name_the_grant(context: ExceptionContext) -> None:
+    original = context.original_exception
+    if getattr(original, "sqlstate", None) != "42501":
+        return
+    primary = getattr(getattr(original, "diag", None), "message_primary", None) or str(original)
+    found = missing_grant(primary, context.statement, context.engine.url.username if context.engine else None)
+    if found is not None:
+        raise found from context.sqlalchemy_exception or original

@@ -131,3 +131,34 @@ def test_the_forced_owner_is_not_flagged(pg_url: URL, built: str) -> None:
 def test_wall_mode_is_validated() -> None:
     with pytest.raises(sa_patterns.ConfigurationError, match="wall='loose'"):
         sa_patterns.install(sessionmaker(), wall="loose")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("missing", ["table", "sequence"])
+def test_a_missing_grant_is_named(pg_url: URL, superuser: Engine, built: str, missing: str) -> None:
+    """The app role without a grant gets the GRANT to add, not a bare 'permission denied'."""
+    revoke, restore = {
+        "table": ("REVOKE SELECT ON {s}.tn_wall_notes FROM {r}", "GRANT SELECT ON {s}.tn_wall_notes TO {r}"),
+        "sequence": ("REVOKE USAGE ON SEQUENCE {s}.tn_wall_notes_id_seq FROM {r}",
+                     "GRANT USAGE ON SEQUENCE {s}.tn_wall_notes_id_seq TO {r}"),
+    }[missing]
+    names = {"s": quote(built), "r": quote(ROLES.app)}
+    with superuser.begin() as conn:
+        conn.execute(text(revoke.format(**names)))
+    engine = login(pg_url, built, ROLES.app)
+    try:
+        factory = sa_patterns.install(sessionmaker(engine))
+        with factory() as s, sa_patterns.tenant_scope(3), pytest.raises(sa_patterns.MissingGrant) as denied:
+            if missing == "table":
+                s.scalars(select(Note)).all()
+            else:
+                s.add(Note())
+                s.flush()
+        expected = {
+            "table": f"GRANT SELECT ON TABLE tn_wall_notes TO {ROLES.app}",
+            "sequence": f"GRANT USAGE ON SEQUENCE tn_wall_notes_id_seq TO {ROLES.app}",
+        }[missing]
+        assert expected in str(denied.value)
+    finally:
+        engine.dispose()
+        with superuser.begin() as conn:
+            conn.execute(text(restore.format(**names)))
