@@ -33,7 +33,7 @@ from ..context import current_actor, current_request_metadata, require_tenant
 from ..errors import ConcurrencyConflict, ConfigurationError
 from .events import EventRegistry, RecordedEvent, _from_json, _hints, _to_json
 from .projections import Projection
-from .tables import TENANT_COLUMN, constraint_names, snapshot_key_name
+from .tables import EVENT_COLUMNS, TENANT_COLUMN, constraint_names, has_rls, snapshot_key_name
 
 __all__ = ["Aggregate", "AsyncEventStore", "EventStore", "VersionConflict"]
 
@@ -141,6 +141,12 @@ def _configure(
         raise ConfigurationError(
             f"events table {table.name!r} and snapshot table {snap.name!r} must both be "
             "tenant-scoped (TenantMixin) or neither: a snapshot is keyed like its stream."
+        )
+    if snap is not None and has_rls(table) and not has_rls(snap):
+        raise ConfigurationError(
+            f"events table {table.name!r} is under row-level security but its snapshot table "
+            f"{snap.name!r} is not: a snapshot holds a stream's state, so it needs the same "
+            "tenant wall. Give the snapshot model __rls__ = True too."
         )
     return _Config(table, registry, snap, snapshot_every, tuple(projections))
 
@@ -410,20 +416,10 @@ class EventStore:
 
 
 def _event_columns(table: Table) -> list[Any]:
-    columns = [
-        table.c.id,
-        table.c.aggregate_id,
-        table.c.version,
-        table.c.event_type,
-        table.c.schema_version,
-        table.c.data,
-        table.c["metadata"],
-        table.c.recorded_at,
-        table.c.transaction_id,
-    ]
-    if TENANT_COLUMN in table.c:
-        columns.append(table.c[TENANT_COLUMN])
-    return columns
+    """The columns a :class:`RecordedEvent` is decoded from (the runner's reader functions
+    return the same, in this order)."""
+    names = [*EVENT_COLUMNS, TENANT_COLUMN] if TENANT_COLUMN in table.c else list(EVENT_COLUMNS)
+    return [table.c[name] for name in names]
 
 
 def decode(registry: EventRegistry, table: Table, row: Any) -> RecordedEvent[Any]:

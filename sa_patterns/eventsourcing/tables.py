@@ -16,12 +16,23 @@ autogenerate sees ordinary tables. The event table gets, from :class:`EventMixin
 
 With a ``tenant_id`` column (``TenantMixin``), streams are keyed by ``(tenant_id, aggregate_id)``:
 the unique key, the gap-free foreign key and the snapshot key all lead with ``tenant_id``.
+
+**Under row-level security** (a ``TenantMixin`` log with ``__rls__``) the tenant policy keeps
+every role to the tenant in ``app.tenant_id``, and the projection runner, which must read every
+tenant's events, gets one deliberate way through: three ``SECURITY DEFINER`` functions
+(:class:`LogReader`), owned by the role that creates them (the migrating, owning role), with
+``search_path`` pinned, ``EXECUTE`` revoked from ``PUBLIC`` and granted only to
+``__runner_role__`` (the configured app role, :mod:`sa_patterns.roles`, unless the model names
+another). They read the log with ``app.all_tenants`` on for that one statement, which a
+``FOR SELECT`` policy ``TO`` the creating role honours (``<table>_log_reader``); the app role
+gets no policy reading that setting, so it cannot forge it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -39,24 +50,65 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, Mapper, mapped_column
 
 from .._mapping import own_table, refuse_sqlmodel, when_mapped
+from ..context import ALL_TENANTS_SETTING
 from ..errors import ConfigurationError
-from ..schema import Function, Trigger, ident, qualified, quote_literal, register
+from ..roles import APP, resolve_role
+from ..schema import (
+    Entity,
+    Function,
+    Policy,
+    RowLevelSecurity,
+    Trigger,
+    ident,
+    qualified,
+    quote,
+    quote_literal,
+    register,
+    registered,
+)
 
 __all__ = [
+    "HORIZON_SQL",
     "CheckpointMixin",
     "EventMixin",
+    "LogReader",
+    "LogReaders",
     "SnapshotMixin",
     "constraint_names",
     "event_channel",
+    "has_rls",
+    "log_readers",
     "stream_key",
 ]
 
 TENANT_COLUMN = "tenant_id"
 TRANSACTION_ID_DEFAULT = "((pg_current_xact_id())::text)::bigint"
+
+#: The settled horizon, evaluated once per statement (an InitPlan) on the statement's own
+#: snapshot: the smallest transaction id still in progress *that could write to this database*,
+#: else the snapshot's xmax. An in-progress xid is skipped only when pg_stat_activity (or
+#: pg_prepared_xacts) positively places it in another database, which cannot write our table;
+#: an xid we cannot place holds the horizon back (late, never wrong). So a long transaction in
+#: another database of the cluster does not delay projections. Every name is in pg_catalog, so
+#: the reader functions (search_path pinned) and the runner's direct reads share this text.
+HORIZON_SQL = """(SELECT LEAST(
+  pg_snapshot_xmax(s.snap)::text::bigint,
+  (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s.snap) AS x
+    WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                      WHERE a.backend_xid = xid(x) AND a.datid <> s.db)
+      AND NOT EXISTS (SELECT 1 FROM pg_prepared_xacts p
+                      WHERE p.transaction = xid(x) AND p.database <> current_database())))
+FROM (SELECT pg_current_snapshot() AS snap,
+             (SELECT oid FROM pg_database WHERE datname = current_database()) AS db) AS s)"""
+
+#: ``{event table key: LogReaders}`` for logs under row-level security (kept in
+#: ``MetaData.info``, never ``Table.info``).
+_READERS_INFO_KEY = "sa_patterns.event_log_readers"
 
 
 def stream_key(table: Table) -> list[str]:
@@ -84,13 +136,18 @@ def event_channel(cls: type[Any]) -> str:
 class EventMixin:
     """Columns, constraints, indexes and triggers of an append-only event log.
 
-    Class options: ``__event_channel__`` (``NOTIFY`` channel, default the table name) and
-    ``__append_only__`` (default ``True``: UPDATE/DELETE raise in the database). Override
-    ``aggregate_id`` in the subclass to change its type (e.g. ``Mapped[uuid.UUID]``).
+    Class options: ``__event_channel__`` (``NOTIFY`` channel, default the table name),
+    ``__append_only__`` (default ``True``: UPDATE/DELETE raise in the database) and, for a
+    ``TenantMixin`` log under row-level security, ``__runner_role__``: the role that runs the
+    :class:`~sa_patterns.eventsourcing.ProjectionRunner`, the only one granted ``EXECUTE`` on
+    the log's reader functions (default ``"@app"``, the configured app role; ``"@admin"`` or a
+    literal name for a runner with a login of its own; ``None``: grant it yourself).
+    Override ``aggregate_id`` in the subclass to change its type (e.g. ``Mapped[uuid.UUID]``).
     """
 
     __event_channel__: ClassVar[str | None] = None
     __append_only__: ClassVar[bool] = True
+    __runner_role__: ClassVar[str | None] = APP
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     aggregate_id: Mapped[str] = mapped_column(String(255))
@@ -160,7 +217,7 @@ def _configure_event_table(cls: type[Any], table: Table) -> None:
             f"{cls.__name__}.__event_channel__ = {channel!r}: a NOTIFY channel is an identifier "
             "of 1 to 63 bytes."
         )
-    objects: list[Function | Trigger] = [
+    objects: list[Entity] = [
         notify,
         Trigger(
             schema,
@@ -196,7 +253,200 @@ def _configure_event_table(cls: type[Any], table: Table) -> None:
                 for_each="STATEMENT",
             ),
         ]
+    runner_role = getattr(cls, "__runner_role__", None)
+    rls = TENANT_COLUMN in table.c and bool(getattr(cls, "__rls__", False))
+    if runner_role is not None and (
+        not isinstance(runner_role, str) or not runner_role or len(runner_role.encode()) > 63
+    ):
+        raise ConfigurationError(
+            f"{cls.__name__}.__runner_role__ = {runner_role!r}: name the database role that runs "
+            "the ProjectionRunner (1 to 63 bytes, or a placeholder such as '@app')."
+        )
+    if runner_role != EventMixin.__runner_role__ and not rls:
+        raise ConfigurationError(
+            f"{cls.__name__}.__runner_role__ only makes sense for a TenantMixin log under "
+            "row-level security (__rls__): without it the runner reads the log directly."
+        )
+    if rls:
+        objects += _reader_objects(table, runner_role)
     register(table.metadata, *objects)
+
+
+#: The columns the runner reads from the log, in order (``tenant_id`` follows when present).
+EVENT_COLUMNS = (
+    "id",
+    "aggregate_id",
+    "version",
+    "event_type",
+    "schema_version",
+    "data",
+    "metadata",
+    "recorded_at",
+    "transaction_id",
+)
+
+_READ_ARGUMENTS = "after_transaction bigint, after_id bigint, max_rows integer"
+_READ_IDENTITY = "bigint, bigint, integer"
+
+
+@dataclass(frozen=True)
+class LogReader(Function):
+    """A ``SECURITY DEFINER`` function reading a tenant event log across tenants, for the
+    projection runner: ``search_path`` pinned to ``pg_catalog``, the table's schema (the
+    current schema when the model names none, resolved when the SQL runs) and ``pg_temp``
+    last; ``EXECUTE`` revoked from ``PUBLIC`` and granted to ``runner_role`` only (a placeholder
+    such as ``"@app"`` is resolved when the SQL runs, like the generated grants)."""
+
+    runner_role: str | None = None
+
+    kind: ClassVar[str] = "event_log_reader"
+
+    def _pin_search_path(self) -> str:
+        schema = quote_literal(self.schema) if self.schema else "current_schema()"
+        template = (
+            f"ALTER FUNCTION %1$I.%2$I({self.identity}) SET search_path = pg_catalog, %1$I, pg_temp"
+        )
+        return (
+            "DO $sa_patterns$ BEGIN EXECUTE format("
+            f"{quote_literal(template)}, {schema}, {quote_literal(self.name)}); END $sa_patterns$"
+        )
+
+    def _access_sql(self) -> list[str]:
+        target = f"FUNCTION {self.signature()}"
+        statements = [self._pin_search_path(), f"REVOKE ALL ON {target} FROM PUBLIC"]
+        if self.runner_role:
+            statements.append(f"GRANT EXECUTE ON {target} TO {quote(resolve_role(self.runner_role))}")
+        return statements
+
+    def create_sql(self) -> list[str]:
+        return [*super().create_sql(), *self._access_sql()]
+
+    def replace_sql(self, old: Entity) -> list[str]:
+        statements = super().replace_sql(old)
+        if (
+            isinstance(old, LogReader)
+            and old.runner_role
+            and (not self.runner_role or resolve_role(old.runner_role) != resolve_role(self.runner_role))
+        ):
+            # the old runner role loses EXECUTE (if the function was kept and the role exists)
+            role = resolve_role(old.runner_role)
+            statements.append(
+                "DO $sa_patterns$ BEGIN IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = "  # noqa: S608 - quoted
+                f"{quote_literal(role)}) THEN REVOKE ALL ON FUNCTION {old.signature()} FROM "
+                f"{quote(role)}; END IF; END $sa_patterns$"
+            )
+        return [*statements, *self._access_sql()]
+
+
+def _sql_type(table: Table, column: str) -> str:
+    compiled: str = table.c[column].type.compile(dialect=postgresql.dialect())  # type: ignore[no-untyped-call]
+    return compiled.lower()
+
+
+def _all_tenants(body: str) -> str:
+    """``body`` run with ``app.all_tenants`` on, and the caller's value back afterwards."""
+    setting = quote_literal(ALL_TENANTS_SETTING)
+    return (
+        "#variable_conflict use_column\n"
+        "DECLARE\n"
+        f"  sa_outer text := current_setting({setting}, true);\n"
+        "BEGIN\n"
+        "  -- the one deliberate read across tenants: the log_reader policy lets this function's\n"
+        "  -- owner see every tenant while app.all_tenants is on, here for one statement only\n"
+        f"  PERFORM set_config({setting}, 'on', true);\n"
+        f"{body}\n"
+        f"  PERFORM set_config({setting}, coalesce(sa_outer, ''), true);\n"
+        "END;"
+    )
+
+
+def _reader_objects(table: Table, runner_role: str | None) -> list[Entity]:
+    """The reader functions of a log under row-level security and the policy they read
+    through; recorded in ``MetaData.info`` for the runner."""
+    name, schema = table.name, table.schema
+    columns = [*EVENT_COLUMNS, TENANT_COLUMN]
+    log = qualified(schema, name)
+    # Built from quoted identifiers and constants only: no user value reaches this SQL.
+    read = LogReader(
+        schema,
+        ident(name, "log_after"),
+        returns="TABLE(" + ", ".join(f"{quote(c)} {_sql_type(table, c)}" for c in columns) + ")",
+        body=_all_tenants(
+            "  RETURN QUERY\n"  # noqa: S608 - quoted identifiers only
+            f"    SELECT {', '.join('e.' + quote(c) for c in columns)}\n"
+            f"    FROM {log} AS e\n"
+            "    WHERE (e.transaction_id, e.id) > (after_transaction, after_id)\n"
+            f"      AND e.transaction_id < {HORIZON_SQL}\n"
+            "    ORDER BY e.transaction_id, e.id\n"
+            "    LIMIT max_rows;"
+        ),
+        arguments=_READ_ARGUMENTS,
+        identity=_READ_IDENTITY,
+        options="SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp",
+        runner_role=runner_role,
+    )
+    end = LogReader(
+        schema,
+        ident(name, "log_end"),
+        returns="TABLE(transaction_id bigint, id bigint)",
+        body=_all_tenants(
+            "  RETURN QUERY\n"  # noqa: S608 - quoted identifiers only
+            f"    SELECT e.transaction_id, e.id FROM {log} AS e\n"
+            "    ORDER BY e.transaction_id DESC, e.id DESC\n"
+            "    LIMIT 1;"
+        ),
+        options="SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp",
+        runner_role=runner_role,
+    )
+    tenants = LogReader(
+        schema,
+        ident(name, "log_tenants"),
+        returns=f"TABLE(tenant_id {_sql_type(table, TENANT_COLUMN)})",
+        body=_all_tenants(
+            "  RETURN QUERY\n"  # noqa: S608 - quoted identifiers only
+            f"    SELECT DISTINCT e.tenant_id FROM {log} AS e;"
+        ),
+        options="SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp",
+        runner_role=runner_role,
+    )
+    policy = Policy(
+        schema=schema,
+        table=name,
+        name=ident(name, "log_reader"),
+        using=f"current_setting({quote_literal(ALL_TENANTS_SETTING)}, true) = 'on'",
+        command="SELECT",
+        roles=("CURRENT_USER",),
+    )
+    table.metadata.info.setdefault(_READERS_INFO_KEY, {})[table.key] = LogReaders(
+        read.name, end.name, tenants.name
+    )
+    return [read, end, tenants, policy]
+
+
+class LogReaders(NamedTuple):
+    """The names of a log's reader functions."""
+
+    #: ``(after_transaction, after_id, max_rows)``: settled events after a position, in order
+    after: str
+    #: ``()``: the last position ``(transaction_id, id)``, settled or not
+    end: str
+    #: ``()``: every tenant with events in the log
+    tenants: str
+
+
+def log_readers(table: Table) -> LogReaders | None:
+    """``table``'s reader functions, or ``None`` for a log the runner reads directly (one
+    without row-level security)."""
+    names = table.metadata.info.get(_READERS_INFO_KEY, {}).get(table.key)
+    return names if isinstance(names, LogReaders) else None
+
+
+def has_rls(table: Table) -> bool:
+    """Whether the models give ``table`` row-level security."""
+    return any(
+        isinstance(e, RowLevelSecurity) and e.table == table.name and e.schema == table.schema
+        for e in registered(table.metadata)
+    )
 
 
 class SnapshotMixin:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import uuid
 from pathlib import Path
 
 from alembic import command
@@ -11,8 +12,11 @@ from alembic.config import Config
 from sqlalchemy import URL, MetaData, create_engine, text
 from sqlalchemy.orm import DeclarativeBase
 
+from sa_patterns import TenantMixin
 from sa_patterns.cli.init import init
 from sa_patterns.eventsourcing import CheckpointMixin, EventMixin, SnapshotMixin
+from sa_patterns.roles import configured_roles
+from sa_patterns.schema import quote
 
 
 def build(*, channel: str | None = None, append_only: bool = True) -> MetaData:
@@ -115,4 +119,84 @@ def test_autogenerate_roundtrip(tmp_path: Path, pg_url: URL, db_schema: str) -> 
     finally:
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        admin.dispose()
+
+
+def build_rls(runner_role: str | None = "@app") -> MetaData:
+    class Base(DeclarativeBase):
+        pass
+
+    class RtrEvent(EventMixin, TenantMixin, Base):
+        __tablename__ = "es_rtr_events"
+        __rls__ = True
+        __runner_role__ = runner_role
+
+    class RtrSnapshot(SnapshotMixin, TenantMixin, Base):
+        __tablename__ = "es_rtr_snapshots"
+        __rls__ = True
+
+    return Base.metadata
+
+
+def test_autogenerate_roundtrip_under_rls(tmp_path: Path, pg_url: URL, db_schema: str) -> None:
+    """A tenant log under RLS: autogenerate writes the reader functions (with their grant to the
+    app role) and the owner's read policy, finds nothing to do once applied, moves the grant
+    when the runner role changes, and downgrade base removes it all."""
+    schema, role = f"{db_schema}_rls", f"sap_es_runner_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+        conn.execute(text(f"CREATE ROLE {quote(role)} NOLOGIN"))
+    url = pg_url.update_query_dict({"options": f"-csearch_path={schema}"})
+    cfg = Config(str(init(tmp_path / "migrations", metadata="unused:unused")))
+    cfg.attributes["configure_logger"] = False
+    cfg.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
+    versions = tmp_path / "migrations" / "versions"
+    readers = {"es_rtr_events_log_after", "es_rtr_events_log_end", "es_rtr_events_log_tenants"}
+
+    def state() -> dict[str, object]:
+        with admin.connect() as conn:
+            return {
+                "functions": catalog(conn, schema)["functions"],
+                "policies": {r[0] for r in conn.execute(text(
+                    "SELECT policyname FROM pg_policies WHERE schemaname = :s"), {"s": schema})},
+                "executors": {r[0] for r in conn.execute(text(
+                    "SELECT coalesce(nullif(a.grantee, 0)::regrole::text, 'PUBLIC') FROM pg_proc p "
+                    "JOIN pg_namespace n ON n.oid = p.pronamespace, aclexplode(p.proacl) a "
+                    "WHERE n.nspname = :s AND p.proname LIKE 'es_rtr_events_log_%' "
+                    "AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner"), {"s": schema})},
+            }
+
+    try:
+        cfg.attributes["target_metadata"] = build_rls()
+        command.revision(cfg, message="rls", autogenerate=True, rev_id="r1")
+        script = (versions / "r1_rls.py").read_text()
+        assert "import sa_patterns.eventsourcing.tables" in script
+        assert "op.create_entity(sa_patterns.eventsourcing.tables.LogReader(" in script
+        command.upgrade(cfg, "head")
+        command.check(cfg)
+        found = state()
+        assert readers <= found["functions"]  # type: ignore[operator]
+        assert {"es_rtr_events_log_reader", "es_rtr_events_tenant_isolation",
+                "es_rtr_snapshots_tenant_isolation"} <= found["policies"]  # type: ignore[operator]
+        # EXECUTE revoked from PUBLIC, granted to the configured app role alone
+        assert found["executors"] == {configured_roles().app}
+
+        cfg.attributes["target_metadata"] = build_rls(runner_role=role)
+        command.revision(cfg, message="runner", autogenerate=True, rev_id="r2")
+        assert "replace_entity" in (versions / "r2_runner.py").read_text()
+        command.upgrade(cfg, "head")
+        command.check(cfg)
+        assert state()["executors"] == {role}
+
+        command.downgrade(cfg, "r1")
+        assert state()["executors"] == {configured_roles().app}
+        command.downgrade(cfg, "base")
+        found = state()
+        assert not found["functions"] and not found["policies"]
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            conn.execute(text(f"DROP ROLE IF EXISTS {quote(role)}"))
         admin.dispose()
