@@ -6,7 +6,7 @@ the transaction that took id 8, and a reader that already moved past 8 would nev
 Each event row therefore stores its writer's ``pg_current_xact_id()`` (``transaction_id``),
 and the runner only reads events whose writing transaction is older than the oldest transaction
 still in progress in this database, as seen by its own snapshot (``pg_current_snapshot()``,
-see ``_HORIZON``): every transaction below that horizon that could write the table has
+see :data:`.tables.HORIZON_SQL`): every transaction below that horizon that could write the table has
 finished, so no row below it can appear later. Within that settled prefix the order
 ``(transaction_id, id)`` is final, and the checkpoint is a position in it. The cost is latency,
 not correctness: a long-open transaction in the same database holds the horizon back until
@@ -23,6 +23,23 @@ runners from working on the same projection at once.
 commits. ``run_forever`` ``LISTEN``s on a dedicated connection (psycopg 3 ``notifies()``) and
 touches the database only when notified, when events were held back by the horizon (short
 back-off), or after ``idle_timeout`` as a safety net.
+
+**Under row-level security.** A tenant log with ``__rls__`` shows a role only the tenant in
+``app.tenant_id``, and the runner works for no tenant. It reads through the log's reader
+functions instead (``SECURITY DEFINER``, see :mod:`.tables`): the settled events after the
+checkpoint, the last position and the log's tenants, across tenants, for the role granted
+``EXECUTE``. It applies each event with that event's tenant in ``app.tenant_id``, so a read
+model under row-level security gets exactly that tenant's rows (its ``WITH CHECK`` holds). A
+runner whose role may not execute them raises :class:`~sa_patterns.errors.MissingGrant`; one
+reading directly a log the database puts under row-level security for its role raises
+:class:`~sa_patterns.errors.ConfigurationError`: it never silently applies nothing.
+
+**Rebuild is one transaction.** Before anything is replayed, the resetter runs with no tenant
+(an unscoped read model, or every row for a role that bypasses row-level security), then under
+each tenant of the log in turn: under row-level security a ``DELETE`` reaches one tenant's rows
+at a time, every row of a read model comes from an event of its tenant, and the log is
+append-only, so this reaches them all. Reset, replay and checkpoint commit together: readers keep
+the old read model until the new one is complete, and a failure half way leaves the old one.
 """
 
 from __future__ import annotations
@@ -30,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +56,9 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Executable,
     Table,
+    column,
     func,
     literal_column,
     select,
@@ -47,38 +66,26 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from ..context import TENANT_SETTING
-from ..errors import ConfigurationError
-from ..schema import quote
+from ..errors import ConfigurationError, MissingGrant
+from ..schema import qualified, quote
 from .events import EventRegistry, RecordedEvent
 from .projections import Projection
 from .store import _event_columns, _table_of, decode
-from .tables import TENANT_COLUMN, event_channel
+from .tables import HORIZON_SQL, TENANT_COLUMN, event_channel, log_readers
 
 __all__ = ["AsyncProjectionRunner", "BatchResult", "ProjectionRunner"]
 
-#: The settled horizon, evaluated once per statement (an InitPlan) on the statement's own
-#: snapshot: the smallest transaction id still in progress *that could write to this database*,
-#: else the snapshot's xmax. An in-progress xid is skipped only when pg_stat_activity (or
-#: pg_prepared_xacts) positively places it in another database, which cannot write our table;
-#: an xid we cannot place holds the horizon back (late, never wrong). So a long transaction in
-#: another database of the cluster does not delay projections.
-_HORIZON: ColumnElement[int] = literal_column(
-    """(SELECT LEAST(
-  pg_snapshot_xmax(s.snap)::text::bigint,
-  (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s.snap) AS x
-    WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                      WHERE a.backend_xid = xid(x) AND a.datid <> s.db)
-      AND NOT EXISTS (SELECT 1 FROM pg_prepared_xacts p
-                      WHERE p.transaction = xid(x) AND p.database <> current_database())))
-FROM (SELECT pg_current_snapshot() AS snap,
-             (SELECT oid FROM pg_database WHERE datname = current_database()) AS db) AS s)""",
-    BigInteger,
-)
+_HORIZON: ColumnElement[int] = literal_column(HORIZON_SQL, BigInteger)
 _LOCK_NAMESPACE = "sa_patterns.projection:"
+#: Asked when a direct read of the log came back empty: is that row-level security at work?
+_RLS_ACTIVE = text("SELECT row_security_active(CAST(:log AS regclass)), current_user")
+_SET_TENANT = text("SELECT set_config(:n, :v, true)")
+_INSUFFICIENT_PRIVILEGE, _UNDEFINED_FUNCTION = "42501", "42883"
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,13 @@ class BatchResult:
     read: int
     applied: int
     full: bool
+
+
+@dataclass(frozen=True)
+class _Rebuild:
+    """A rebuild in progress, in one transaction: the position it must reach."""
+
+    target: tuple[int, int] | None
 
 
 class _Core:
@@ -118,6 +132,24 @@ class _Core:
         )
         self.tenant_aware = TENANT_COLUMN in self.table.c
         self._handled_names: dict[str, set[str]] = {}
+        # Under row-level security: the reader functions; else the log is read directly, and
+        # checked once (and after every empty read) not to be under row-level security.
+        self.readers = log_readers(self.table)
+        self._direct_checked = False
+        if self.readers is not None:
+            read, end, tenants = (qualified(self.table.schema, name) for name in self.readers)
+            columns = _event_columns(self.table)
+            # quoted identifiers only; every value is a bound parameter
+            self._read_sql = text(
+                f"SELECT {', '.join(quote(c.name) for c in columns)} "  # noqa: S608
+                f"FROM {read}(:after_transaction, :after_id, :max_rows)"
+            ).columns(*(column(c.name, c.type) for c in columns))
+            self._end_sql = text(f"SELECT transaction_id, id FROM {end}()")  # noqa: S608
+            self._tenants_sql = text(f"SELECT tenant_id FROM {tenants}()")  # noqa: S608
+            self._grant = (
+                f"GRANT EXECUTE ON FUNCTION {read}(bigint, bigint, integer), {end}(), "
+                f"{tenants}() TO <role>"
+            )
 
     def projection(self, which: Projection | str) -> Projection:
         name = which if isinstance(which, str) else which.name
@@ -142,6 +174,108 @@ class _Core:
             {"k": _LOCK_NAMESPACE + projection.name},
         )
 
+    # -- reading the log -------------------------------------------------------------------
+    def _call(
+        self, conn: Connection, statement: Executable, params: Mapping[str, Any]
+    ) -> Sequence[Any]:
+        """Run a reader function; a role that may not, or a function not there, is told how
+        to fix it (never an empty read)."""
+        try:
+            return conn.execute(statement, params).all()
+        except (DBAPIError, MissingGrant) as exc:
+            # (install()'s wall turns a 42501 on an engine it has seen into MissingGrant already)
+            sqlstate = (
+                _INSUFFICIENT_PRIVILEGE
+                if isinstance(exc, MissingGrant)
+                else getattr(exc.orig, "sqlstate", None)
+            )
+            log = qualified(self.table.schema, self.table.name)
+            if sqlstate == _INSUFFICIENT_PRIVILEGE:
+                role = conn.engine.url.username or "<the runner's role>"
+                raise MissingGrant(
+                    f"the event log {log} is under row-level security and role {role} may not "
+                    "execute its reader functions, the one path the runner reads every "
+                    f"tenant's events through. {self._grant.replace('<role>', quote(role))}; "
+                    "autogenerate writes that grant for the event model's __runner_role__ "
+                    "(default: the configured app role)."
+                ) from exc
+            if sqlstate == _UNDEFINED_FUNCTION:
+                raise ConfigurationError(
+                    f"the reader functions of the event log {log} do not exist in the database "
+                    "(the model has __rls__, so the runner reads through them): apply the "
+                    "migration autogenerate writes for them (alembic upgrade head), or "
+                    "sa_patterns.create_all() in scripts and tests."
+                ) from exc
+            raise
+
+    def _refuse_hidden_log(self, conn: Connection) -> None:
+        """A direct read must see every tenant: refuse a log under row-level security."""
+        log = qualified(self.table.schema, self.table.name)
+        active, role = conn.execute(_RLS_ACTIVE, {"log": log}).one()
+        if active:
+            raise ConfigurationError(
+                f"the event log {log} is under row-level security for role {role!r}, and this "
+                "runner reads it directly: it would see one tenant's events or none, and apply "
+                "nothing. Declare the event model with TenantMixin and __rls__ = True, so that "
+                "autogenerate writes its reader functions (SECURITY DEFINER, the deliberate path "
+                "across tenants), and grant this role EXECUTE on them (__runner_role__); or run "
+                "the runner as a role that bypasses row-level security."
+            )
+        self._direct_checked = True
+
+    def _read(self, conn: Connection, position: tuple[int, int]) -> Sequence[Any]:
+        """Settled events after ``position``, every tenant's, in ``(transaction_id, id)`` order."""
+        if self.readers is not None:
+            return self._call(
+                conn,
+                self._read_sql,
+                {
+                    "after_transaction": position[0],
+                    "after_id": position[1],
+                    "max_rows": self.batch_size,
+                },
+            )
+        t = self.table
+        rows = conn.execute(
+            select(*_event_columns(t))
+            .where(
+                tuple_(t.c.transaction_id, t.c.id) > tuple_(*position),  # type: ignore[arg-type, unused-ignore]  # 2.0 stubs: expressions only
+                t.c.transaction_id < _HORIZON,
+            )
+            .order_by(t.c.transaction_id, t.c.id)
+            .limit(self.batch_size)
+        ).all()
+        if not rows or not self._direct_checked:
+            self._refuse_hidden_log(conn)
+        return rows
+
+    def latest(self, conn: Connection) -> tuple[int, int] | None:
+        """The last event committed now (whether or not it is below the horizon yet)."""
+        if self.readers is not None:
+            rows = self._call(conn, self._end_sql, {})
+            row: Any = rows[0] if rows else None
+        else:
+            t = self.table
+            row = conn.execute(
+                select(t.c.transaction_id, t.c.id)
+                .order_by(t.c.transaction_id.desc(), t.c.id.desc())
+                .limit(1)
+            ).first()
+        return (row.transaction_id, row.id) if row is not None else None
+
+    def tenants(self, conn: Connection) -> list[object]:
+        """Every tenant with events in the log."""
+        if self.readers is not None:
+            return [row.tenant_id for row in self._call(conn, self._tenants_sql, {})]
+        column = self.table.c[TENANT_COLUMN]
+        return list(conn.execute(select(column).distinct()).scalars())
+
+    def held_back(self, conn: Connection, projection: Projection) -> bool:
+        """Committed events exist past the checkpoint but are not below the horizon yet."""
+        latest = self.latest(conn)
+        return latest is not None and latest > self.position(conn, projection)
+
+    # -- checkpoints -------------------------------------------------------------------------
     def position(self, conn: Connection, projection: Projection) -> tuple[int, int]:
         cp = self.checkpoints
         row = conn.execute(
@@ -173,20 +307,11 @@ class _Core:
         )
         conn.execute(stmt)
 
+    # -- applying ----------------------------------------------------------------------------
     def batch(self, conn: Connection, projection: Projection) -> BatchResult:
         """One batch in the caller's transaction on ``conn`` (the caller commits)."""
         self._lock(conn, projection)
-        position = self.position(conn, projection)
-        t = self.table
-        rows = conn.execute(
-            select(*_event_columns(t))
-            .where(
-                tuple_(t.c.transaction_id, t.c.id) > tuple_(*position),  # type: ignore[arg-type, unused-ignore]  # 2.0 stubs: expressions only
-                t.c.transaction_id < _HORIZON,
-            )
-            .order_by(t.c.transaction_id, t.c.id)
-            .limit(self.batch_size)
-        ).all()
+        rows = self._read(conn, self.position(conn, projection))
         if not rows:
             return BatchResult(0, 0, False)
         handled = self._handled(projection)
@@ -196,14 +321,15 @@ class _Core:
             for row in rows:
                 if row.event_type not in handled:
                     continue
-                event: RecordedEvent[Any] = decode(self.registry, t, row)
-                if self.tenant_aware and event.tenant_id != tenant:
-                    # Read models under row-level security see the event's tenant.
-                    tenant = event.tenant_id
-                    session.execute(
-                        text("SELECT set_config(:n, :v, true)"),
-                        {"n": TENANT_SETTING, "v": str(tenant)},
-                    )
+                if self.tenant_aware and row.tenant_id != tenant:
+                    # Handlers' pending writes go out under the tenant they were made for (said
+                    # here, not left to autoflush); then the event's tenant is in force: read
+                    # models under row-level security see it (USING) and accept its rows only
+                    # (WITH CHECK).
+                    session.flush()
+                    tenant = row.tenant_id
+                    session.execute(_SET_TENANT, {"n": TENANT_SETTING, "v": str(tenant)})
+                event: RecordedEvent[Any] = decode(self.registry, self.table, row)
                 projection.apply(session, event)
                 applied += 1
             session.flush()
@@ -211,41 +337,32 @@ class _Core:
         self._save_position(conn, projection, (last.transaction_id, last.id), applied)
         return BatchResult(len(rows), applied, len(rows) == self.batch_size)
 
-    def reset(self, conn: Connection, projection: Projection) -> None:
-        if projection.reset is None:
+    # -- rebuilding --------------------------------------------------------------------------
+    def start_rebuild(self, conn: Connection, projection: Projection) -> _Rebuild:
+        """Lock the projection, note the position to reach, empty the read model (with no
+        tenant, then under each tenant of the log) and reset the checkpoint; batches on the
+        same transaction do the replay."""
+        reset = projection.reset
+        if reset is None:
             raise ConfigurationError(
                 f"rebuilding {projection!r} needs a way to empty its read model: decorate a "
                 "function with @projection.resetter (or pass Projection(..., reset=fn))."
             )
         self._lock(conn, projection)
+        target = self.latest(conn)
+        tenants = self.tenants(conn) if self.tenant_aware else []
         with Session(bind=conn) as session:
-            projection.reset(session)
-            session.flush()
+            for tenant in [None, *tenants]:
+                if self.tenant_aware:
+                    value = "" if tenant is None else str(tenant)
+                    session.execute(_SET_TENANT, {"n": TENANT_SETTING, "v": value})
+                reset(session)
+                session.flush()
         self._save_position(conn, projection, (0, 0), 0, reset=True)
+        return _Rebuild(target)
 
-    def latest(self, conn: Connection) -> tuple[int, int] | None:
-        """The last event committed now (whether or not it is below the horizon yet)."""
-        t = self.table
-        row = conn.execute(
-            select(t.c.transaction_id, t.c.id)
-            .order_by(t.c.transaction_id.desc(), t.c.id.desc())
-            .limit(1)
-        ).first()
-        return (row.transaction_id, row.id) if row is not None else None
-
-    def held_back(self, conn: Connection, projection: Projection) -> bool:
-        """Committed events exist past the checkpoint but are not below the horizon yet."""
-        t = self.table
-        position = self.position(conn, projection)
-        return bool(
-            conn.execute(
-                select(
-                    select(t.c.id)
-                    .where(tuple_(t.c.transaction_id, t.c.id) > tuple_(*position))  # type: ignore[arg-type, unused-ignore]  # 2.0 stubs: expressions only
-                    .exists()
-                )
-            ).scalar()
-        )
+    def reached(self, conn: Connection, projection: Projection, rebuild: _Rebuild) -> bool:
+        return rebuild.target is None or self.position(conn, projection) >= rebuild.target
 
 
 class ProjectionRunner:
@@ -262,7 +379,10 @@ class ProjectionRunner:
 
     Handlers get a ``Session`` bound to the batch's connection, not an installed one: the
     runner works across tenants and sets ``app.tenant_id`` to each event's tenant so that
-    read models under row-level security accept the writes.
+    read models under row-level security accept the writes. Over a log under row-level
+    security it reads through the log's reader functions; its role needs ``EXECUTE`` on them
+    (``__runner_role__``, default the app role, granted by the generated migration) and DML on
+    the read models and the checkpoint table.
     """
 
     def __init__(
@@ -337,15 +457,40 @@ class ProjectionRunner:
     def rebuild(self, projection: Projection | str, *, timeout: float = 60.0) -> int:
         """Empty the read model, reset its checkpoint, and replay the whole log into it: every
         event committed before the call, like :meth:`catch_up` (an older transaction still in
-        flight is waited for, not skipped).
+        flight is waited for, not skipped). Returns the events applied.
 
-        The reset commits before the replay, so readers may see a partial read model while
-        the replay runs; build into a new table and swap names if that matters.
+        One transaction (READ COMMITTED, so the settled horizon moves while it waits): readers
+        keep the old read model until the new one commits, a failure leaves the old one, and
+        the projection's other runners wait on its lock. Under row-level security the resetter
+        runs once with no tenant and then under each tenant of the log (see the module).
         """
         proj = self._core.projection(projection)
-        with self.engine.begin() as conn:
-            self._core.reset(conn, proj)
-        return self._catch_up([proj], timeout)
+        deadline = time.monotonic() + timeout
+        applied = batches = 0
+        pause = 0.01
+        with self.engine.connect() as conn:
+            conn.execution_options(isolation_level="READ COMMITTED")
+            with conn.begin():
+                state = self._core.start_rebuild(conn, proj)
+                while True:
+                    result = self._core.batch(conn, proj)
+                    applied += result.applied
+                    batches += 1
+                    if result.full:
+                        continue
+                    if self._core.reached(conn, proj, state):
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"rebuild of {proj!r} did not reach event {state.target} within "
+                            f"{timeout}s: a long transaction is holding the settled horizon back "
+                            "(see pg_stat_activity); the old read model is kept."
+                        )
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.5)
+        self.stats["batches"] += batches
+        self.stats["applied"] += applied
+        return applied
 
     def _held_back(self) -> bool:
         with self.engine.connect() as conn:
@@ -463,10 +608,33 @@ class AsyncProjectionRunner:
             applied += await self.run_once(projections)
 
     async def rebuild(self, projection: Projection | str, *, timeout: float = 60.0) -> int:
+        """:meth:`ProjectionRunner.rebuild`: one transaction, waiting without blocking the loop."""
         proj = self._core.projection(projection)
-        async with self.engine.begin() as conn:
-            await conn.run_sync(self._core.reset, proj)
-        return await self._catch_up([proj], timeout)
+        deadline = time.monotonic() + timeout
+        applied = batches = 0
+        pause = 0.01
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="READ COMMITTED")
+            async with conn.begin():
+                state = await conn.run_sync(self._core.start_rebuild, proj)
+                while True:
+                    result = await conn.run_sync(self._core.batch, proj)
+                    applied += result.applied
+                    batches += 1
+                    if result.full:
+                        continue
+                    if await conn.run_sync(self._core.reached, proj, state):
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"rebuild of {proj!r} did not reach event {state.target} within "
+                            f"{timeout}s; the old read model is kept."
+                        )
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 0.5)
+        self.stats["batches"] += batches
+        self.stats["applied"] += applied
+        return applied
 
     async def _held_back(self) -> bool:
         async with self.engine.connect() as conn:
