@@ -4,6 +4,11 @@
 Generated scripts call them as ``op.create_entity(sa_patterns.schema.Trigger(...))``: the
 object's constructor call *is* the frozen definition, so the script imports only
 ``sa_patterns.schema`` and holds no secret.
+
+An operation that repairs a drift of the live database (``repair``: what was wrong, rendered as a
+comment above it) has nothing to undo: no revision ever declared the drifted state, so the
+revision before wants the same objects, and its downgrade renders as a commented ``pass``
+instead of re-opening the hole.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from sqlalchemy import DDL
 
 from ..schema.objects import Entity
 
-__all__ = ["CreateEntityOp", "DropEntityOp", "ReplaceEntityOp"]
+__all__ = ["CreateEntityOp", "DropEntityOp", "RepairUndoOp", "ReplaceEntityOp"]
 
 
 def _run(operations: Operations, statements: list[str]) -> None:
@@ -31,55 +36,79 @@ def _run(operations: Operations, statements: list[str]) -> None:
 class CreateEntityOp(MigrateOperation):
     """Create a database object (function, trigger, policy, view, ...)."""
 
-    def __init__(self, entity: Entity) -> None:
+    def __init__(self, entity: Entity, *, repair: str | None = None) -> None:
         self.entity = entity
+        self.repair = repair
 
     @classmethod
     def create_entity(cls, operations: Operations, entity: Entity) -> None:
         operations.invoke(cls(entity))
 
-    def reverse(self) -> DropEntityOp:
-        return DropEntityOp(self.entity)
+    def reverse(self) -> DropEntityOp | RepairUndoOp:
+        return RepairUndoOp(self.repair) if self.repair else DropEntityOp(self.entity)
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
-        return ("create_entity", self.entity.describe())
+        return ("create_entity", self.entity.describe(), *_why(self.repair))
 
 
 @Operations.register_operation("drop_entity")
 class DropEntityOp(MigrateOperation):
     """Drop a database object; its full definition is kept so the downgrade can recreate it."""
 
-    def __init__(self, entity: Entity) -> None:
+    def __init__(self, entity: Entity, *, repair: str | None = None) -> None:
         self.entity = entity
+        self.repair = repair
 
     @classmethod
     def drop_entity(cls, operations: Operations, entity: Entity) -> None:
         operations.invoke(cls(entity))
 
-    def reverse(self) -> CreateEntityOp:
-        return CreateEntityOp(self.entity)
+    def reverse(self) -> CreateEntityOp | RepairUndoOp:
+        return RepairUndoOp(self.repair) if self.repair else CreateEntityOp(self.entity)
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
-        return ("drop_entity", self.entity.describe())
+        return ("drop_entity", self.entity.describe(), *_why(self.repair))
 
 
 @Operations.register_operation("replace_entity")
 class ReplaceEntityOp(MigrateOperation):
     """Turn ``old`` into ``entity`` (same object, new definition)."""
 
-    def __init__(self, entity: Entity, old: Entity) -> None:
+    def __init__(self, entity: Entity, old: Entity, *, repair: str | None = None) -> None:
         self.entity = entity
         self.old = old
+        self.repair = repair
 
     @classmethod
     def replace_entity(cls, operations: Operations, entity: Entity, old: Entity) -> None:
         operations.invoke(cls(entity, old))
 
-    def reverse(self) -> ReplaceEntityOp:
-        return ReplaceEntityOp(self.old, self.entity)
+    def reverse(self) -> ReplaceEntityOp | RepairUndoOp:
+        return RepairUndoOp(self.repair) if self.repair else ReplaceEntityOp(self.old, self.entity)
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
-        return ("replace_entity", self.entity.describe())
+        return ("replace_entity", self.entity.describe(), *_why(self.repair))
+
+
+class RepairUndoOp(MigrateOperation):
+    """The downgrade of a drift repair: nothing to do (rendered as a commented ``pass``)."""
+
+    def __init__(self, repair: str) -> None:
+        self.repair = repair
+
+    def reverse(self) -> RepairUndoOp:
+        return self
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("repair_undo", self.repair)
+
+
+def _why(repair: str | None) -> tuple[str, ...]:
+    return (repair,) if repair else ()
+
+
+def _comment(text: str) -> str:
+    return " ".join(text.split())  # one line, whatever the message holds
 
 
 @Operations.implementation_for(CreateEntityOp)
@@ -97,6 +126,11 @@ def _replace(operations: Operations, operation: ReplaceEntityOp) -> None:
     _run(operations, operation.entity.replace_statements(operation.old))
 
 
+@Operations.implementation_for(RepairUndoOp)
+def _nothing(operations: Operations, operation: RepairUndoOp) -> None:
+    return None
+
+
 def render_entity(autogen_context: AutogenContext, entity: Entity) -> str:
     """The constructor call for ``entity``, importing the public module its class lives in
     (``sa_patterns.schema`` for the core kinds, a pattern's module for its own kinds)."""
@@ -107,18 +141,27 @@ def render_entity(autogen_context: AutogenContext, entity: Entity) -> str:
     return f"{module}.{entity!r}"
 
 
+def _repaired(repair: str | None, call: str) -> list[str]:
+    return [f"# sa_patterns repairs a drift: {_comment(repair)}", call] if repair else [call]
+
+
 @renderers.dispatch_for(CreateEntityOp)
-def _render_create(autogen_context: AutogenContext, op: CreateEntityOp) -> str:
-    return f"op.create_entity({render_entity(autogen_context, op.entity)})"
+def _render_create(autogen_context: AutogenContext, op: CreateEntityOp) -> list[str]:
+    return _repaired(op.repair, f"op.create_entity({render_entity(autogen_context, op.entity)})")
 
 
 @renderers.dispatch_for(DropEntityOp)
-def _render_drop(autogen_context: AutogenContext, op: DropEntityOp) -> str:
-    return f"op.drop_entity({render_entity(autogen_context, op.entity)})"
+def _render_drop(autogen_context: AutogenContext, op: DropEntityOp) -> list[str]:
+    return _repaired(op.repair, f"op.drop_entity({render_entity(autogen_context, op.entity)})")
 
 
 @renderers.dispatch_for(ReplaceEntityOp)
-def _render_replace(autogen_context: AutogenContext, op: ReplaceEntityOp) -> str:
+def _render_replace(autogen_context: AutogenContext, op: ReplaceEntityOp) -> list[str]:
     new = render_entity(autogen_context, op.entity)
     old = render_entity(autogen_context, op.old)
-    return f"op.replace_entity(\n    {new},\n    old={old},\n)"
+    return _repaired(op.repair, f"op.replace_entity(\n    {new},\n    old={old},\n)")
+
+
+@renderers.dispatch_for(RepairUndoOp)
+def _render_undo(autogen_context: AutogenContext, op: RepairUndoOp) -> str:
+    return f"pass  # nothing to undo, the upgrade repaired a drift: {_comment(op.repair)}"
