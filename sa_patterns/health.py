@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from .partitioning import partition_prefix, partition_specs
 from .schema.catalog import diff
+from .schema.live import drifts
 from .schema.objects import qualified
 from .schema.registry import is_real_table, registered
 
@@ -98,14 +99,31 @@ def check_invalid_indexes(ctx: _Context) -> list[str]:
 
 def check_toolkit_objects(ctx: _Context) -> list[str]:
     """Triggers, functions, policies and views the models need but the database lacks or holds
-    in an older definition (an unapplied migration, or a hand edit)."""
+    in an older definition (an unapplied migration), and every hand edit of their live
+    definitions, which their comments cannot show (:mod:`sa_patterns.schema.live`): a function
+    replaced, a trigger disabled, a policy altered or added, ``security_invoker`` switched off,
+    a materialized view's index dropped."""
+    from .tenancy import tenant_tables
+
     tables = [t for t in _tables(ctx.metadata) if _oid(ctx.connection, t) is not None]
-    changes = diff(ctx.connection, registered(ctx.metadata), tables)
-    problems = [f"missing: {e.describe()}; run the migrations (alembic upgrade head)." for e in changes.create]
+    wanted = registered(ctx.metadata)
+    changes = diff(ctx.connection, wanted, tables)
+    policed = [(t.schema, t.name) for t in tenant_tables(ctx.metadata)]
+    found = drifts(ctx.connection, wanted, changes, policed)
+    # a drift the comment diff also sees (a trigger made again by hand without our comment,
+    # row-level security switched off) is reported once, as the drift
+    redone = {d.entity.key() for d in found}
+    problems = [
+        f"missing: {e.describe()}; run the migrations (alembic upgrade head)."
+        for e in changes.create
+        if e.key() not in redone
+    ]
     problems += [
         f"stale: {new.describe()} differs from the models; autogenerate and apply a migration."
         for new, _old in changes.replace
+        if new.key() not in redone
     ]
+    problems += [f"drift: {d.message()}." for d in found]
     return problems
 
 

@@ -1,5 +1,10 @@
 """The ``sa_patterns`` autogenerate plugin: models' objects vs the live catalog.
 
+Two comparisons: the objects' ``sa_patterns:`` comments against the models (what changed in the
+models since the last migration), then the live definitions against the models
+(:mod:`sa_patterns.schema.live`: what was changed by hand in the database, comment kept). Each
+drift becomes a replace or drop operation marked as a repair, whose downgrade does nothing.
+
 Drops go before Alembic's table operations (a trigger must go before its table does), creates
 and replaces after them (a trigger needs its table), extensions first of all (an index may need
 ``pg_trgm``). The downgrade is the exact reverse.
@@ -15,6 +20,7 @@ from sqlalchemy import MetaData, Table, text
 from sqlalchemy.engine import Connection
 
 from ..schema.catalog import diff
+from ..schema.live import drifts
 from ..schema.objects import Entity, Extension
 from ..schema.registry import is_real_table, registered
 from .ops import CreateEntityOp, DropEntityOp, ReplaceEntityOp
@@ -65,7 +71,14 @@ def compare_entities(
     changes = diff(connection, wanted, tables, schemas)
     # views: rebuild (with dependents) what cannot be replaced in place; drops in pg_depend order
     view_drops = plan_views(connection, changes, wanted, upgrade_ops, schemas)
-    if not changes and not view_drops:
+    # hand edits the comments cannot show; objects the steps above already rebuild are skipped
+    repairs = [d for d in drifts(connection, wanted, changes, _policed(autogen_context)) if d.action != "none"]
+    repaired = {d.entity.key() for d in repairs}
+    # the comment diff's own operation gives way to the repair (a trigger or policy made again
+    # by hand without our comment: replaced, since CREATE fails; RLS: marked as a repair)
+    changes.create[:] = [e for e in changes.create if e.key() not in repaired]
+    changes.replace[:] = [(n, o) for n, o in changes.replace if n.key() not in repaired]
+    if not changes and not view_drops and not repairs:
         return PriorityDispatchResult.CONTINUE
 
     first: list[MigrateOperation] = [
@@ -74,19 +87,36 @@ def compare_entities(
     before: list[MigrateOperation] = [
         DropEntityOp(e) for e in view_drops + changes.drop if not isinstance(e, Extension)
     ]
+    before += [DropEntityOp(d.entity, repair=d.what()) for d in repairs if d.action == "drop"]
     after: list[MigrateOperation] = []
     position = {e.key(): i for i, e in enumerate(wanted)}  # declaration order breaks ties
     replaced = {new.key(): old for new, old in changes.replace}
+    fixes = {d.entity.key(): d for d in repairs if d.action in ("create", "replace")}
     for entity in sorted(
-        [e for e in changes.create if not isinstance(e, Extension)] + [n for n, _ in changes.replace],
+        [e for e in changes.create if not isinstance(e, Extension)]
+        + [n for n, _ in changes.replace]
+        + [d.entity for d in fixes.values()],
         key=lambda e: (e.order, position.get(e.key(), -1)),
     ):
+        fix = fixes.get(entity.key())
         old = replaced.get(entity.key())
-        after.append(CreateEntityOp(entity) if old is None else ReplaceEntityOp(entity, old))
+        if fix is not None and fix.action == "create":
+            after.append(CreateEntityOp(entity, repair=fix.what()))
+        elif fix is not None:
+            after.append(ReplaceEntityOp(entity, fix.old or entity, repair=fix.what()))
+        else:
+            after.append(CreateEntityOp(entity) if old is None else ReplaceEntityOp(entity, old))
     last: list[MigrateOperation] = [DropEntityOp(e) for e in changes.drop if isinstance(e, Extension)]
     upgrade_ops.ops[:0] = first + before
     upgrade_ops.ops.extend(after + last)
     return PriorityDispatchResult.CONTINUE
+
+
+def _policed(autogen_context: AutogenContext) -> list[tuple[str | None, str]]:
+    """Tenant tables: their policies must be exactly the declared ones."""
+    from ..tenancy import tenant_tables
+
+    return [(t.schema, t.name) for md in _metadatas(autogen_context) for t in tenant_tables(md)]
 
 
 def setup(plugin: Plugin) -> None:
