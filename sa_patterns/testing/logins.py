@@ -138,8 +138,8 @@ def drop_roles(server_url: URL, names: RoleNames) -> None:
             databases = list(conn.execute(_DEPENDENT_DATABASES, {"names": list(_three(names))}).scalars())
             for name in databases:
                 drop_owned(server_url.set(database=name), names)
-            for role in _three(names):
-                conn.exec_driver_sql(f"DROP ROLE IF EXISTS {quote(role)}")
+            for role in conn.execute(_EXISTS, {"names": list(_three(names))}).scalars():
+                conn.exec_driver_sql(f"DROP ROLE {quote(role)}")
     finally:
         engine.dispose()
 
