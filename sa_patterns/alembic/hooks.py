@@ -23,6 +23,14 @@ def compose_include_object(user: Callable[..., bool] | None) -> Callable[..., bo
         info = getattr(obj, "info", None) or {}
         if type_ == "table" and info.get(NOT_A_TABLE):
             return False
+        # The composite (tenant_id, column) keys are TenantReference objects, compared by the
+        # toolkit's comparator, not foreign keys of the models' tables.
+        if (
+            type_ == "foreign_key_constraint" and reflected and compare_to is None
+            and (name or "").endswith("_tenant_fkey")
+            and [c.name for c in getattr(obj, "columns", ())][:1] == ["tenant_id"]
+        ):
+            return False
         if type_ == "index" and obj is not None:
             table = getattr(obj, "table", None)
             if table is not None and table.info.get(NOT_A_TABLE):

@@ -38,6 +38,7 @@ Check = Callable[[DoctorContext], Iterable[str]]
 #: ``(name, "module:function")``: imported only when the doctor runs.
 CHECKS: list[tuple[str, str]] = [
     ("row level security", "sa_patterns.cli.doctor:check_rls"),
+    ("references between tenants include tenant_id", "sa_patterns.tenancy.references:check_tenant_references"),
     ("toolkit objects present and current", "sa_patterns.health:check_toolkit_objects"),
     ("foreign keys have a supporting index", "sa_patterns.health:check_foreign_key_indexes"),
     ("no invalid indexes", "sa_patterns.health:check_invalid_indexes"),

@@ -3,6 +3,7 @@ migrations. Generated migrations reference these classes as ``sa_patterns.schema
 
 from .access import Grant, RoleSetup, SchemaAccess
 from .catalog import Diff, diff, read_catalog
+from .constraints import TenantReference
 from .objects import (
     Entity,
     Extension,
@@ -32,6 +33,7 @@ __all__ = [
     "RoleSetup",
     "RowLevelSecurity",
     "SchemaAccess",
+    "TenantReference",
     "Trigger",
     "View",
     "create_all",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import Table, text
 from sqlalchemy.engine import Connection
 
-from . import access  # noqa: F401  (registers the kinds read from the catalog)
+from . import access, constraints  # noqa: F401  (register the kinds read from the catalog)
 from .objects import COMMENT_PREFIX, Entity, Extension, entity_from_spec, live_kinds
 
 __all__ = ["Diff", "diff", "read_catalog"]
@@ -33,6 +33,8 @@ _STAMPED = text(
              JOIN pg_catalog.pg_class c ON c.oid = p.polrelid WHERE p.oid = d.objoid)
         WHEN 'pg_catalog.pg_class'::regclass THEN
             (SELECT c.relnamespace FROM pg_catalog.pg_class c WHERE c.oid = d.objoid)
+        WHEN 'pg_catalog.pg_constraint'::regclass THEN
+            (SELECT c.connamespace FROM pg_catalog.pg_constraint c WHERE c.oid = d.objoid)
         END::regnamespace::text AS nspname
     FROM pg_catalog.pg_description d
     WHERE d.objsubid = 0 AND starts_with(d.description, :prefix)

@@ -35,6 +35,7 @@ from ..schema.access import manage_access
 from ..schema.objects import ident
 from ..schema.registry import register
 from .criteria import enroll
+from .references import reference_tenants
 from .rls import rls_entities
 from .tables import (
     _COPIES_INFO_KEY,
@@ -122,6 +123,7 @@ def _set_up(mapper: Mapper[Any]) -> None:
         )
     admin = cls.__rls_admin_role__ or ADMIN
     _enroll(table, cls, _kind(table.c.tenant_id.type), admin if cls.__rls__ else None)
+    reference_tenants(table)
     if cls.__citus__:
         set_citus_mode(table, "distributed")
     for copy, entity in table.metadata.info.get(_COPIES_INFO_KEY, {}).get(table.key, ()):

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from ..schema.objects import qualified
 from ..tenancy import tenant_tables
 
-__all__ = ["assert_rls_ready", "rls_problems"]
+__all__ = ["assert_rls_ready", "drop_tenant_references", "rls_problems"]
 
 _ROLE = text(
     "SELECT rolname, rolsuper, rolbypassrls FROM pg_catalog.pg_roles "
@@ -88,3 +88,15 @@ def assert_rls_ready(
     problems = rls_problems(connection, metadata, role=role)
     if problems:
         raise AssertionError("row level security is not ready:\n- " + "\n- ".join(problems))
+
+
+def drop_tenant_references(connection: Connection, metadata: MetaData) -> None:
+    """Remove the composite ``(tenant_id, id)`` foreign keys of ``metadata``'s tables, for tests
+    that seed what they would refuse (a child of tenant 2 under a parent of tenant 1) to try
+    the ORM wall alone. Never for a real database."""
+    from ..schema import TenantReference, registered
+
+    for entity in registered(metadata):
+        if isinstance(entity, TenantReference):
+            for statement in entity.drop_sql():
+                connection.exec_driver_sql(statement)

@@ -49,6 +49,7 @@ from sa_patterns import (
 )
 from sa_patterns.errors import ReadOnlyError
 from sa_patterns.testing.plugin import SQL
+from sa_patterns.testing.rls import drop_tenant_references
 
 
 class Base(DeclarativeBase):
@@ -87,6 +88,7 @@ class Archive(TenantMixin, Base):
 def tables(engine: Engine) -> Iterator[None]:
     with engine.begin() as conn:
         sa_patterns.create_all(conn, Base.metadata)
+        drop_tenant_references(conn, Base.metadata)  # the seeded data crosses tenants on purpose
     yield
 
 
