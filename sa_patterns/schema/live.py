@@ -465,7 +465,10 @@ class _Comparison:
             if copy is None:
                 found += self._not_compared(function)
                 continue
-            aspects = _function_aspects(rows[live], rows[copy])
+            # A kind whose create_sql changes the function after CREATE (a reader pinning its
+            # search_path by ALTER FUNCTION) sets SET options the probe cannot reproduce.
+            settings = type(function).create_sql is Function.create_sql
+            aspects = _function_aspects(rows[live], rows[copy], settings=settings)
             if not aspects:
                 continue
             old: Entity = function
@@ -701,14 +704,14 @@ def _shown(expression: str | None) -> str:
     return f"({expression})" if expression is not None else "(none)"
 
 
-def _function_aspects(live: tuple[Any, ...], declared: tuple[Any, ...]) -> list[str]:
+def _function_aspects(live: tuple[Any, ...], declared: tuple[Any, ...], *, settings: bool = True) -> list[str]:
     body, secdef, config, language, result, volatile, strict, leakproof, parallel = range(9)
     aspects = []
     if str(live[body]).rstrip() != str(declared[body]).rstrip():
         aspects.append("its body")
     if live[secdef] != declared[secdef]:
         aspects.append("SECURITY DEFINER" if live[secdef] else "SECURITY INVOKER")
-    if list(live[config] or []) != list(declared[config] or []):
+    if settings and list(live[config] or []) != list(declared[config] or []):
         aspects.append(f"its SET options ({', '.join(live[config] or []) or 'none'})")
     if live[language] != declared[language]:
         aspects.append(f"its language ({live[language]})")
