@@ -11,6 +11,7 @@ import pytest
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import URL, Connection, Engine, Index, MetaData, func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -110,6 +111,21 @@ def test_cli_refresh(engine: Engine, pg_url: URL, db_schema: str, capsys: pytest
         with engine.begin() as conn:
             conn.execute(text("DROP TABLE r_base CASCADE"))
             conn.execute(text("DROP MATERIALIZED VIEW IF EXISTS r_b, r_c CASCADE"))
+
+
+def test_cli_failure_is_two_lines_and_the_traceback_is_for_debug(capsys: pytest.CaptureFixture[str]) -> None:
+    unreachable = "postgresql+psycopg://nobody@127.0.0.1:1/nowhere"  # nothing listens on port 1
+    assert cli(["refresh", "--url", unreachable]) == 1
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).splitlines()
+    assert len(lines) == 2 and captured.out == ""
+    assert lines[0].startswith(f"sa-patterns refresh: cannot connect to {unreachable}: ")
+    assert "point to it" in lines[1] and "--debug" in lines[1]
+    with pytest.raises(OperationalError):
+        cli(["refresh", "--url", unreachable, "--debug"])
+    assert cli(["refresh", "--url", "mysql://nobody@127.0.0.1/x"]) == 2
+    captured = capsys.readouterr()
+    assert len(captured.err.splitlines()) == 2 and "must point at PostgreSQL" in captured.err
 
 
 def test_schedule_refresh_op_sql() -> None:
