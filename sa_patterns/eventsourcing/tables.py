@@ -20,12 +20,13 @@ the unique key, the gap-free foreign key and the snapshot key all lead with ``te
 **Under row-level security** (a ``TenantMixin`` log with ``__rls__``) the tenant policy keeps
 every role to the tenant in ``app.tenant_id``, and the projection runner, which must read every
 tenant's events, gets one deliberate way through: three ``SECURITY DEFINER`` functions
-(:class:`LogReader`), owned by the role that creates them (the migrating, owning role), with
-``search_path`` pinned, ``EXECUTE`` revoked from ``PUBLIC`` and granted only to
-``__runner_role__`` (the configured app role, :mod:`sa_patterns.roles`, unless the model names
-another). They read the log with ``app.all_tenants`` on for that one statement, which a
-``FOR SELECT`` policy ``TO`` the creating role honours (``<table>_log_reader``); the app role
-gets no policy reading that setting, so it cannot forge it.
+(:class:`LogReader`), owned by the role that creates them (run migrations as the owner role of
+:mod:`sa_patterns.roles`), with ``search_path`` pinned to ``pg_catalog, pg_temp`` and the log
+found by a catalog lookup (never through the caller's search_path), ``EXECUTE`` revoked from
+``PUBLIC`` and granted only to ``__runner_role__`` (the configured app role unless the model
+names another). They read the log with ``app.all_tenants`` on for that one statement, which a
+``FOR SELECT`` policy ``TO`` the owner role honours (``<table>_log_reader``); the app role gets
+no policy reading that setting, so it cannot forge it.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from sqlalchemy.orm import Mapped, Mapper, mapped_column
 from .._mapping import own_table, refuse_sqlmodel, when_mapped
 from ..context import ALL_TENANTS_SETTING
 from ..errors import ConfigurationError
-from ..roles import APP, resolve_role
+from ..roles import APP, OWNER, resolve_role
 from ..schema import (
     Entity,
     Function,
@@ -292,28 +293,17 @@ _READ_IDENTITY = "bigint, bigint, integer"
 @dataclass(frozen=True)
 class LogReader(Function):
     """A ``SECURITY DEFINER`` function reading a tenant event log across tenants, for the
-    projection runner: ``search_path`` pinned to ``pg_catalog``, the table's schema (the
-    current schema when the model names none, resolved when the SQL runs) and ``pg_temp``
-    last; ``EXECUTE`` revoked from ``PUBLIC`` and granted to ``runner_role`` only (a placeholder
-    such as ``"@app"`` is resolved when the SQL runs, like the generated grants)."""
+    projection runner: ``search_path`` pinned to ``pg_catalog, pg_temp``, ``EXECUTE`` revoked
+    from ``PUBLIC`` and granted to ``runner_role`` only (a placeholder such as ``"@app"`` is
+    resolved when the SQL runs, like the generated grants)."""
 
     runner_role: str | None = None
 
     kind: ClassVar[str] = "event_log_reader"
 
-    def _pin_search_path(self) -> str:
-        schema = quote_literal(self.schema) if self.schema else "current_schema()"
-        template = (
-            f"ALTER FUNCTION %1$I.%2$I({self.identity}) SET search_path = pg_catalog, %1$I, pg_temp"
-        )
-        return (
-            "DO $sa_patterns$ BEGIN EXECUTE format("
-            f"{quote_literal(template)}, {schema}, {quote_literal(self.name)}); END $sa_patterns$"
-        )
-
     def _access_sql(self) -> list[str]:
         target = f"FUNCTION {self.signature()}"
-        statements = [self._pin_search_path(), f"REVOKE ALL ON {target} FROM PUBLIC"]
+        statements = [f"REVOKE ALL ON {target} FROM PUBLIC"]
         if self.runner_role:
             statements.append(f"GRANT EXECUTE ON {target} TO {quote(resolve_role(self.runner_role))}")
         return statements
@@ -343,18 +333,45 @@ def _sql_type(table: Table, column: str) -> str:
     return compiled.lower()
 
 
-def _all_tenants(body: str) -> str:
-    """``body`` run with ``app.all_tenants`` on, and the caller's value back afterwards."""
+_PINNED = "SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp"
+
+
+def _reader_body(table: Table, query: str, arguments: str = "") -> str:
+    """A reader function's body: find the log, then run ``query`` on it (``%I.%I`` for its
+    schema and name, ``$1``... for ``arguments``) with ``app.all_tenants`` on, and the
+    caller's value back afterwards.
+
+    Everything is found through ``pg_catalog`` (the pinned search_path) and the log by a lookup
+    in the catalog, never through the caller's search_path: the one table of that name, not
+    temporary, carrying the log's ``log_reader`` policy, owned by a role this function's owner
+    belongs to, and in the model's schema when it names one (else there must be exactly one).
+    """
     setting = quote_literal(ALL_TENANTS_SETTING)
+    policy = quote_literal(ident(table.name, "log_reader"))
+    in_schema = f"\n     AND n.nspname = {quote_literal(table.schema)}" if table.schema else ""
+    using = f" USING {arguments}" if arguments else ""
     return (
-        "#variable_conflict use_column\n"
-        "DECLARE\n"
+        "DECLARE\n"  # noqa: S608 - quoted identifiers and literals only
         f"  sa_outer text := current_setting({setting}, true);\n"
+        "  sa_found text[];\n"
         "BEGIN\n"
+        "  SELECT array_agg(n.nspname::text) INTO sa_found\n"
+        "    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace\n"
+        f"   WHERE c.relname = {quote_literal(table.name)} AND c.relkind IN ('r', 'p')\n"
+        "     AND c.relpersistence <> 't' AND pg_has_role(c.relowner, 'USAGE')\n"
+        f"     AND EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = {policy})"
+        f"{in_schema};\n"
+        "  IF cardinality(sa_found) IS DISTINCT FROM 1 THEN\n"
+        "    RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',\n"
+        "      MESSAGE = format('%s event logs named %I carry the policy %I for role %I, not one',\n"
+        f"        coalesce(cardinality(sa_found), 0), {quote_literal(table.name)}, {policy}, current_user),\n"
+        "      HINT = 'Run the migrations as the owner role, and give the event model a schema when "
+        "several schemas hold its table.';\n"
+        "  END IF;\n"
         "  -- the one deliberate read across tenants: the log_reader policy lets this function's\n"
         "  -- owner see every tenant while app.all_tenants is on, here for one statement only\n"
         f"  PERFORM set_config({setting}, 'on', true);\n"
-        f"{body}\n"
+        f"  RETURN QUERY EXECUTE format({quote_literal(query)}, sa_found[1], {quote_literal(table.name)}){using};\n"
         f"  PERFORM set_config({setting}, coalesce(sa_outer, ''), true);\n"
         "END;"
     )
@@ -365,48 +382,42 @@ def _reader_objects(table: Table, runner_role: str | None) -> list[Entity]:
     through; recorded in ``MetaData.info`` for the runner."""
     name, schema = table.name, table.schema
     columns = [*EVENT_COLUMNS, TENANT_COLUMN]
-    log = qualified(schema, name)
     # Built from quoted identifiers and constants only: no user value reaches this SQL.
     read = LogReader(
         schema,
         ident(name, "log_after"),
         returns="TABLE(" + ", ".join(f"{quote(c)} {_sql_type(table, c)}" for c in columns) + ")",
-        body=_all_tenants(
-            "  RETURN QUERY\n"  # noqa: S608 - quoted identifiers only
-            f"    SELECT {', '.join('e.' + quote(c) for c in columns)}\n"
-            f"    FROM {log} AS e\n"
-            "    WHERE (e.transaction_id, e.id) > (after_transaction, after_id)\n"
-            f"      AND e.transaction_id < {HORIZON_SQL}\n"
-            "    ORDER BY e.transaction_id, e.id\n"
-            "    LIMIT max_rows;"
+        body=_reader_body(
+            table,
+            f"SELECT {', '.join('e.' + quote(c) for c in columns)} FROM %I.%I AS e\n"  # noqa: S608
+            "WHERE (e.transaction_id, e.id) > ($1, $2)\n"
+            f"  AND e.transaction_id < {HORIZON_SQL}\n"
+            "ORDER BY e.transaction_id, e.id LIMIT $3",
+            "after_transaction, after_id, max_rows",
         ),
         arguments=_READ_ARGUMENTS,
         identity=_READ_IDENTITY,
-        options="SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp",
+        options=_PINNED,
         runner_role=runner_role,
     )
     end = LogReader(
         schema,
         ident(name, "log_end"),
         returns="TABLE(transaction_id bigint, id bigint)",
-        body=_all_tenants(
-            "  RETURN QUERY\n"  # noqa: S608 - quoted identifiers only
-            f"    SELECT e.transaction_id, e.id FROM {log} AS e\n"
-            "    ORDER BY e.transaction_id DESC, e.id DESC\n"
-            "    LIMIT 1;"
+        body=_reader_body(
+            table,
+            "SELECT e.transaction_id, e.id FROM %I.%I AS e\n"
+            "ORDER BY e.transaction_id DESC, e.id DESC LIMIT 1",
         ),
-        options="SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp",
+        options=_PINNED,
         runner_role=runner_role,
     )
     tenants = LogReader(
         schema,
         ident(name, "log_tenants"),
         returns=f"TABLE(tenant_id {_sql_type(table, TENANT_COLUMN)})",
-        body=_all_tenants(
-            "  RETURN QUERY\n"  # noqa: S608 - quoted identifiers only
-            f"    SELECT DISTINCT e.tenant_id FROM {log} AS e;"
-        ),
-        options="SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp",
+        body=_reader_body(table, "SELECT DISTINCT e.tenant_id FROM %I.%I AS e"),
+        options=_PINNED,
         runner_role=runner_role,
     )
     policy = Policy(
@@ -415,7 +426,7 @@ def _reader_objects(table: Table, runner_role: str | None) -> list[Entity]:
         name=ident(name, "log_reader"),
         using=f"current_setting({quote_literal(ALL_TENANTS_SETTING)}, true) = 'on'",
         command="SELECT",
-        roles=("CURRENT_USER",),
+        roles=(OWNER,),
     )
     table.metadata.info.setdefault(_READERS_INFO_KEY, {})[table.key] = LogReaders(
         read.name, end.name, tenants.name
