@@ -19,38 +19,83 @@ plain ``metadata.create_all()`` emits ``CREATE VIEW`` for it.
 
 Views are read-only in the ORM: an installed session refuses to flush or bulk-write them
 (:class:`~sa_patterns.errors.ReadOnlyError`), and each view mapper refuses too as a backstop.
+
+**Materialized views under the database wall.** PostgreSQL refreshes a materialized view only
+for its owner, and runs the query *as* the owner, whom ``FORCE ROW LEVEL SECURITY`` binds to
+the tenant policies. So each materialized view gets a refresh function (:class:`MatviewRefresh`,
+``<view>_refresh(concurrent boolean)``): ``SECURITY DEFINER``, owned by the role that migrates
+(the owner), ``search_path`` pinned, ``EXECUTE`` for the app and admin roles only. It turns on
+the transaction-local ``sa_patterns.refresh`` around its ``REFRESH``, which the
+``<table>_matview_refresh`` policy on each RLS table the view reads honours for the table's
+owner alone (:func:`refresh_policy`), and records the refresh. ``refresh()``, :func:`refresh_all`
+and ``sa-patterns refresh`` call it.
+
+A materialized view no policy can cover would hand every tenant's rows to every reader, so one
+whose model maps ``tenant_id`` is a *tenant* materialized view: its rows are stored under
+``<name>_all_tenants`` (no role but the owner may read it) and ``<name>`` is a
+``security_barrier`` view of the current tenant's rows (:class:`TenantView`); the model is
+filtered by the ORM like a ``TenantMixin`` model too.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Coroutine, Iterable, Sequence
+from dataclasses import dataclass
 from itertools import chain
-from typing import Any, ClassVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 import sqlalchemy.sql.ddl as _sa_ddl
 from sqlalchemy import DDL, Column, DateTime, Index, MetaData, Table, Text, event, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, UOWTransaction
 from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql.selectable import SelectBase
+from sqlalchemy.sql.sqltypes import NullType
 from sqlalchemy.sql.util import find_tables
 
 from ._mapping import own_table, when_mapped
+from .context import ALL_TENANTS_SETTING, TENANT_SETTING
 from .errors import ConfigurationError, ReadOnlyError
 from .pattern import Pattern
+from .roles import ADMIN, APP, resolve_role
 from .schema import objects
-from .schema.objects import RowLevelSecurity, qualified
-from .schema.registry import NOT_A_TABLE, register, registered
+from .schema.access import set_privileges
+from .schema.objects import (
+    COMMENT_PREFIX,
+    Entity,
+    Policy,
+    RowLevelSecurity,
+    ident,
+    qualified,
+    quote,
+    quote_literal,
+)
+from .schema.registry import _PROVIDERS, NOT_A_TABLE, provide, register, registered
 from .schema.view_catalog import read_view_graph
+from .tenancy.criteria import enroll
+from .tenancy.rls import _sql_type
+from .tenancy.tables import _kind
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql.type_api import TypeEngine
 
 __all__ = [
     "PATTERN",
+    "REFRESH_SETTING",
     "MaterializedView",
+    "MatviewRefresh",
+    "RlsMaterializedView",
+    "TenantView",
     "View",
     "compile_definition",
     "refresh_all",
+    "refresh_function_name",
+    "refresh_policy",
+    "tenant_storage_name",
 ]
 
 # "named" paramstyle: literals render with a single "%" (the default psycopg2 dialect doubles it).
@@ -102,10 +147,18 @@ class _ViewModel:
     #: ``WITH (security_invoker = true)``: ``None`` means "on when the view reads a table with
     #: row-level security registered on the same metadata" (plain views only, PostgreSQL 15+)
     __security_invoker__: ClassVar[bool | None] = None
-    #: the database object registered for this class (set at class creation)
+    #: the database object registered for this class (set at class creation): for a tenant
+    #: materialized view, the materialized view holding every tenant's rows
     __view_entity__: ClassVar[objects.View | objects.MaterializedView]
     #: materialized views only: ``False`` creates it empty (``WITH NO DATA``) until refreshed
     __with_data__: ClassVar[bool] = True
+    #: materialized views only: ``None`` makes one that maps a ``tenant_id`` column a tenant
+    #: materialized view (stored under ``<name>_all_tenants``, read through a view of the current
+    #: tenant's rows, filtered by the ORM); ``False`` lets every reader see every row (an
+    #: aggregate meant to cross tenants); ``True`` insists on it
+    __tenant_scoped__: ClassVar[bool | None] = None
+    #: a tenant materialized view's tenant-filtered view (set at class creation), else None
+    __tenant_view__: ClassVar[TenantView | None] = None
     _materialized: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -163,22 +216,14 @@ def _configure(cls: type[_ViewModel], table: Table) -> None:
     elif invoker is None:
         invoker = _reads_rls_table(select, table)
     table.info[NOT_A_TABLE] = True
+    table.metadata.info.setdefault(_SELECTS_KEY, {})[table.key] = select
     if materialized:
-        refresh_log_table(table.metadata)
-    definition = compile_definition(select, table.name, table.schema, materialized=materialized)
-    entity: objects.View | objects.MaterializedView
-    if materialized:
-        indexes = tuple(
-            str(CreateIndex(ix).compile(dialect=_PG))
-            for ix in sorted(table.indexes, key=lambda ix: str(ix.name))
-        )
-        entity = objects.MaterializedView(
-            table.schema, table.name, definition, indexes=indexes, with_data=cls.__with_data__
-        )
+        _configure_materialized(cls, table, select, produced)
     else:
+        definition = compile_definition(select, table.name, table.schema)
         entity = objects.View(table.schema, table.name, definition, security_invoker=invoker)
-    cls.__view_entity__ = entity
-    register(table.metadata, entity)
+        cls.__view_entity__ = entity
+        register(table.metadata, entity)
     if _CreateView is not None:
         # SQLAlchemy 2.1: a plain metadata.create_all()/drop_all() handles it as a view too.
         options = {"postgresql_with": {"security_invoker": True}} if invoker else {}
@@ -190,6 +235,122 @@ def _configure(cls: type[_ViewModel], table: Table) -> None:
         )
     for name in ("before_insert", "before_update", "before_delete"):
         event.listen(cls, name, _refuse)
+
+
+def _configure_materialized(
+    cls: type[_ViewModel], table: Table, select: SelectBase, produced: list[str]
+) -> None:
+    """Register a materialized view model's objects: the materialized view (under its own name,
+    or for a tenant one under ``<name>_all_tenants`` with the tenant view under ``<name>``), its
+    refresh function, and the refresh policy of each RLS table it reads."""
+    metadata = table.metadata
+    refresh_log_table(metadata)
+    tenant = _tenant_column(cls, table, select)
+    storage = table.name
+    if tenant is not None:
+        storage = tenant_storage_name(table.name)
+        clash = metadata.tables.get(storage if table.schema is None else f"{table.schema}.{storage}")
+        if clash is not None:
+            raise ConfigurationError(
+                f"{cls.__name__} is a tenant materialized view, whose rows are stored under "
+                f"{storage}, but the models already have a table of that name. Rename one of "
+                f"them, or set __tenant_scoped__ = False."
+            )
+    definition = compile_definition(select, storage, table.schema, materialized=True)
+    indexes = tuple(
+        _index_sql(ix, table, storage) for ix in sorted(table.indexes, key=lambda ix: str(ix.name))
+    )
+    walled = _rls_tables_read(select, metadata)
+    stored = RlsMaterializedView if walled else objects.MaterializedView
+    entity = stored(table.schema, storage, definition, indexes=indexes, with_data=cls.__with_data__)
+    cls.__view_entity__ = entity
+    register(metadata, *(refresh_policy(source) for source in walled))
+    register(metadata, entity)
+    if tenant is not None:
+        tenant_kind, sql_type = tenant
+        reader = TenantView(
+            table.schema,
+            table.name,
+            _tenant_filter(table.schema, storage, produced, sql_type),
+            source=storage,
+        )
+        cls.__tenant_view__ = reader
+        register(metadata, reader)
+        # the ORM's wall: criteria on every statement, TenantRequired without a tenant
+        cls.__sa_tenant_kind__ = tenant_kind  # type: ignore[attr-defined]
+        enroll(tenant_kind, cls)
+    metadata.info.setdefault(_MATVIEWS_KEY, {})[table.key] = (table.schema, storage)
+    provide(metadata, "matview_refresh", _refresh_functions)
+
+
+def _tenant_column(
+    cls: type[_ViewModel], table: Table, select: SelectBase
+) -> tuple[str, str] | None:
+    """``(kind, SQL type)`` of a tenant materialized view's ``tenant_id``; ``None`` for one
+    that is not scoped by tenant."""
+    scoped = cls.__tenant_scoped__
+    if scoped is False or "tenant_id" not in table.c:
+        if scoped:
+            raise ConfigurationError(
+                f"{cls.__name__} sets __tenant_scoped__ = True but maps no tenant_id column: "
+                f"select the tenant_id of the rows it aggregates and map it."
+            )
+        return None
+    produced = select.selected_columns.get("tenant_id")
+    type_: TypeEngine[Any] = table.c.tenant_id.type
+    if produced is not None and not isinstance(produced.type, NullType):
+        type_ = produced.type
+    try:
+        kind = _kind(type_)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"{cls.__name__} maps tenant_id as {type_!r}: a tenant materialized view's tenant_id "
+            f"is an integer, UUID or string like TenantMixin's. Select the tenant models' "
+            f"tenant_id, or set __tenant_scoped__ = False if the view is not per tenant."
+        ) from None
+    return kind, _sql_type(type_, kind)
+
+
+_INDEX_TARGET = re.compile(
+    r'^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?'
+    r'(?:"(?:[^"]|"")+"|[^\s(]+)\s+ON\s+',
+    re.IGNORECASE,
+)
+
+
+def _index_sql(index: Index, table: Table, storage: str) -> str:
+    """``CREATE INDEX`` of a model's index, on ``storage`` (where the rows are stored)."""
+    sql = str(CreateIndex(index).compile(dialect=_PG))
+    if storage == table.name:
+        return sql
+    match = _INDEX_TARGET.match(sql)
+    target = qualified(table.schema, table.name)
+    if match is None or not sql[match.end() :].startswith(target):
+        raise ConfigurationError(f"cannot move index {index.name} to {storage}: {sql}")
+    return sql[: match.end()] + qualified(table.schema, storage) + sql[match.end() + len(target) :]
+
+
+def _rls_tables_read(select: SelectBase, metadata: MetaData) -> list[Table]:
+    """The tables with forced row-level security that ``select`` reads, directly or through
+    view models (whose own queries are followed)."""
+    forced = {
+        (e.schema or "", e.table) for e in registered(metadata) if isinstance(e, RowLevelSecurity) and e.force
+    }
+    found: dict[tuple[str, str], Table] = {}
+    pending, followed = [select], set()
+    while pending:
+        query = pending.pop()
+        for table in find_tables(query, include_joins=True, include_aliases=True, include_selects=True):
+            if not isinstance(table, Table):
+                continue
+            inner = table.metadata.info.get(_SELECTS_KEY, {}).get(table.key)
+            if inner is not None:
+                if id(inner) not in followed:
+                    followed.add(id(inner))
+                    pending.append(inner)
+            elif (table.schema or "", table.name) in forced:
+                found[(table.schema or "", table.name)] = table
+    return list(found.values())
 
 
 def _reads_rls_table(select: SelectBase, table: Table) -> bool:
@@ -210,14 +371,292 @@ class View(_ViewModel):
     __abstract__ = True
 
 
+# -- materialized views under the wall ------------------------------------------------------
+
+#: Bookkeeping in ``MetaData.info``: ``{table.key: select}`` of every view model (followed to
+#: find the tables a materialized view reads), and ``{table.key: (schema, name)}`` of the
+#: materialized view behind each materialized view model.
+_SELECTS_KEY = "sa_patterns.view_selects"
+_MATVIEWS_KEY = "sa_patterns.matviews"
+
+#: The transaction-local setting a refresh function turns on around its ``REFRESH``. Anyone can
+#: set a custom setting, so it opens nothing alone: the policies and views honouring it also
+#: ask that the role running the query be the owner of what it reads, which only code running
+#: as the owner (a ``SECURITY DEFINER`` function, a ``REFRESH``) is; a view the owner owns,
+#: read by the app role, still runs as the app role.
+REFRESH_SETTING = "sa_patterns.refresh"
+_REFRESHING = f"pg_catalog.current_setting({quote_literal(REFRESH_SETTING)}, true) = 'on'"
+
+
+def _owner_of(relation: str) -> str:
+    """SQL: the current role has the privileges of the owner of ``relation`` (a qualified name,
+    resolved to an OID when the policy or view is created). One catalog lookup per query."""
+    return (
+        "pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c "  # noqa: S608  (a literal)
+        f"WHERE c.oid = {quote_literal(relation)}::pg_catalog.regclass), 'USAGE')"
+    )
+
+
+def tenant_storage_name(name: str) -> str:
+    """Where a tenant materialized view named ``name`` stores every tenant's rows."""
+    return ident(name, "all_tenants")
+
+
+def refresh_function_name(view: str) -> str:
+    """The refresh function of the materialized view ``view`` (in the same schema)."""
+    return ident(view, "refresh")
+
+
+def refresh_policy(table: Table) -> Policy:
+    """The policy letting the owner of ``table`` read all of it while a refresh function runs
+    (``FOR SELECT``: it writes nothing). ``TO CURRENT_USER``: the role running the migration,
+    which owns the tables and the materialized views, whose owner PostgreSQL runs a
+    ``REFRESH`` as."""
+    return Policy(
+        schema=table.schema,
+        table=table.name,
+        name=ident(table.name, "matview_refresh"),
+        using=f"{_REFRESHING} AND {_owner_of(qualified(table.schema, table.name))}",
+        command="SELECT",
+        roles=("CURRENT_USER",),
+    )
+
+
+def _tenant_filter(schema: str | None, storage: str, columns: Sequence[str], sql_type: str) -> str:
+    """The query of a tenant view: the rows of the current tenant (``app.tenant_id``); every
+    row for a member of the admin role inside ``all_tenants()``, and for the owner during a
+    refresh (a materialized view reading this one)."""
+    source = qualified(schema, storage)
+    tenant = f"NULLIF(pg_catalog.current_setting({quote_literal(TENANT_SETTING)}, true), '')::{sql_type}"
+    # a missing admin role gives NULL (no row), not an error on every read
+    admin = (
+        f"pg_catalog.current_setting({quote_literal(ALL_TENANTS_SETTING)}, true) = 'on' AND "  # noqa: S608
+        "pg_catalog.pg_has_role((SELECT r.oid FROM pg_catalog.pg_roles r "
+        f"WHERE r.rolname = {quote_literal(ADMIN)}), 'USAGE')"
+    )
+    return (
+        f"SELECT {', '.join('d.' + quote(c) for c in columns)}\n"
+        f"FROM {source} AS d\n"
+        f"WHERE d.tenant_id = {tenant}\n"
+        f"   OR ({admin})\n"
+        f"   OR ({_REFRESHING} AND {_owner_of(source)})"
+    )
+
+
+@dataclass(frozen=True)
+class RlsMaterializedView(objects.MaterializedView):
+    """A materialized view reading tables under forced row-level security. Created ``WITH
+    DATA`` as the owner, its first rows would be what the tenant policies show a role with no
+    tenant: none. So its creation runs with ``sa_patterns.refresh`` on (transaction-local, off
+    again right after), like a refresh: every tenant's rows, each time a migration (re)builds
+    it."""
+
+    kind: ClassVar[str] = "rls_materialized_view"
+
+    def create_sql(self) -> list[str]:
+        statements = super().create_sql()
+        if not self.with_data:
+            return statements
+        setting = quote_literal(REFRESH_SETTING)
+        return [
+            f"SELECT pg_catalog.set_config({setting}, 'on', true)",
+            *statements,
+            f"SELECT pg_catalog.set_config({setting}, '', true)",
+        ]
+
+
+@dataclass(frozen=True)
+class TenantView(Entity):
+    """What a tenant materialized view's model reads: a ``security_barrier`` view (the
+    reader's own conditions cannot see a row before the tenant filter has dropped it) of the
+    current tenant's rows of ``source``, the materialized view holding every tenant's. Owned
+    by the owner, whose rights it reads ``source`` with; creating or replacing it also revokes
+    every privilege on ``source`` from every role but its owner (default privileges included),
+    so the app and admin roles read the rows through this view only. ``definition`` names the
+    admin role by its placeholder, resolved when the SQL runs.
+
+    Not a :class:`sa_patterns.schema.View` (whose options are ``security_invoker`` alone): its
+    ``relkind`` tells autogenerate's view planning to rebuild it with the views it reads."""
+
+    schema: str | None
+    name: str
+    #: the query (generated from the model's columns), the admin role as its placeholder
+    definition: str
+    #: the materialized view holding every tenant's rows
+    source: str = ""
+
+    kind: ClassVar[str] = "tenant_view"
+    #: with the views (a materialized view over this one comes after it, in declaration order)
+    order: ClassVar[int] = 50
+    #: what it is in ``pg_class`` (read by :mod:`sa_patterns.alembic.view_plan`)
+    relkind: ClassVar[str] = "v"
+
+    def key(self) -> tuple[str, ...]:
+        return (self.kind, self.schema or "", self.name)
+
+    def comment_target(self) -> str:
+        return f"VIEW {qualified(self.schema, self.name)}"
+
+    def _with(self) -> str:
+        return " WITH (security_barrier = true)"
+
+    def _query(self) -> str:
+        return self.definition.replace(quote_literal(ADMIN), quote_literal(resolve_role(ADMIN)))
+
+    def _lock_source(self) -> list[str]:
+        source = quote_literal(qualified(self.schema, self.source))
+        return [
+            "DO $sa_patterns$\n"  # noqa: S608  (the view's name as a literal)
+            "DECLARE sa_grantee oid;\n"
+            "BEGIN\n"
+            "  FOR sa_grantee IN SELECT DISTINCT a.grantee FROM pg_catalog.pg_class c\n"
+            "      CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a\n"
+            f"      WHERE c.oid = {source}::pg_catalog.regclass AND a.grantee <> c.relowner\n"
+            "  LOOP\n"
+            f"    EXECUTE 'REVOKE ALL ON ' || {source}::pg_catalog.regclass::text || ' FROM ' ||\n"
+            "      CASE WHEN sa_grantee = 0 THEN 'PUBLIC'\n"
+            "           ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(sa_grantee)) END;\n"
+            "  END LOOP;\n"
+            "END $sa_patterns$"
+        ]
+
+    def create_sql(self) -> list[str]:
+        view = qualified(self.schema, self.name)
+        return [f"CREATE VIEW {view}{self._with()} AS\n{self._query()}", *self._lock_source()]
+
+    def replace_sql(self, old: Entity) -> list[str]:
+        view = qualified(self.schema, self.name)
+        return [f"CREATE OR REPLACE VIEW {view}{self._with()} AS\n{self._query()}", *self._lock_source()]
+
+    def drop_sql(self) -> list[str]:
+        return [f"DROP VIEW IF EXISTS {qualified(self.schema, self.name)}"]
+
+    def same_in_database(self, old: Entity, connection: Connection) -> bool:
+        # generated from the model's columns alone (no user SQL): the spec says it all; the
+        # materialized view it reads is compared (and rebuilt, with this view) on its own
+        return self.same_definition(old)
+
+
+_REFRESH_BODY = """CREATE OR REPLACE FUNCTION %1$I.{function}(concurrent boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $sa_refresh$
+DECLARE
+  sa_outer text := pg_catalog.current_setting('{setting}', true);
+BEGIN
+  -- the owner reads every tenant's rows while this is on (the matview_refresh policies)
+  PERFORM pg_catalog.set_config('{setting}', 'on', true);
+  -- a view never populated cannot be refreshed concurrently (and has no reader to spare)
+  IF concurrent AND (SELECT c.relispopulated FROM pg_catalog.pg_class c
+                     WHERE c.oid = %3$L::pg_catalog.regclass) THEN
+    REFRESH MATERIALIZED VIEW CONCURRENTLY %1$I.{view};
+  ELSE
+    REFRESH MATERIALIZED VIEW %1$I.{view};
+  END IF;
+  IF pg_catalog.to_regclass(%4$L) IS NOT NULL THEN
+    INSERT INTO %2$I.{log} (view_name, refreshed_at)
+    VALUES (%5$L, pg_catalog.clock_timestamp())
+    ON CONFLICT (view_name) DO UPDATE SET refreshed_at = EXCLUDED.refreshed_at;
+  END IF;
+  PERFORM pg_catalog.set_config('{setting}', COALESCE(sa_outer, ''), true);
+END
+$sa_refresh$"""
+
+
+@dataclass(frozen=True)
+class MatviewRefresh(Entity):
+    """``<view>_refresh(concurrent boolean DEFAULT false)``: refreshes the materialized view
+    ``view`` (concurrently when asked and it is populated) for any role allowed to execute it,
+    with every tenant's rows, and records the refresh in the refresh log.
+
+    ``SECURITY DEFINER``: it runs as its owner, the role that created it (the owner, who owns
+    the view too: PostgreSQL refreshes a view only for its owner). ``search_path`` is pinned to
+    ``pg_catalog, pg_temp`` and every name in it is schema-qualified, resolved when it is
+    created (the current schema when the model names none). ``EXECUTE`` is revoked from
+    ``PUBLIC`` and granted to ``roles`` (placeholders: the app and admin roles when the models
+    manage roles)."""
+
+    schema: str | None
+    view: str
+    name: str
+    #: the refresh log's schema (``None``: the current schema when the function is created)
+    log_schema: str | None = None
+    roles: tuple[str, ...] = ()
+
+    kind: ClassVar[str] = "matview_refresh"
+    #: after the views (and their tenant views), before the grants
+    order: ClassVar[int] = 55
+
+    def key(self) -> tuple[str, ...]:
+        return (self.kind, self.schema or "", self.name)
+
+    def signature(self) -> str:
+        return f"{qualified(self.schema, self.name)}(boolean)"
+
+    def comment_target(self) -> str:
+        return f"FUNCTION {self.signature()}"
+
+    def create_sql(self) -> list[str]:
+        def name(value: str) -> str:
+            return quote(value).replace("%", "%%")  # format() reads "%" as a placeholder
+
+        body = _REFRESH_BODY.format(
+            function=name(self.name), view=name(self.view), log=name(REFRESH_LOG), setting=REFRESH_SETTING
+        )
+        schema = quote_literal(self.schema) if self.schema else "pg_catalog.current_schema()"
+        log_schema = quote_literal(self.log_schema) if self.log_schema else "pg_catalog.current_schema()"
+        view, log = quote_literal(self.view), quote_literal(REFRESH_LOG)
+        arguments = [
+            schema,
+            log_schema,
+            f"pg_catalog.quote_ident({schema}) || '.' || pg_catalog.quote_ident({view})",
+            f"pg_catalog.quote_ident({log_schema}) || '.' || pg_catalog.quote_ident({log})",
+            f"{schema} || '.' || {view}",  # the log's key, as QUALIFIED_NAME spells it
+        ]
+        statements = [
+            "DO $sa_patterns$ BEGIN EXECUTE pg_catalog.format(\n"
+            f"{quote_literal(body)},\n{', '.join(arguments)}); END $sa_patterns$",
+            f"REVOKE ALL ON FUNCTION {self.signature()} FROM PUBLIC",
+        ]
+        if self.roles:
+            grantees = ", ".join(quote(resolve_role(r)) for r in self.roles)
+            statements.append(f"GRANT EXECUTE ON FUNCTION {self.signature()} TO {grantees}")
+        return statements
+
+    def drop_sql(self) -> list[str]:
+        return [f"DROP FUNCTION IF EXISTS {self.signature()}"]
+
+
+def _refresh_functions(metadata: MetaData) -> list[Entity]:
+    """The refresh function of every materialized view model of ``metadata``; executable by the
+    app and admin roles when the models manage roles (:func:`sa_patterns.schema.access.manage_access`,
+    which tenant models with row-level security call)."""
+    roles = (APP, ADMIN) if "access" in metadata.info.get(_PROVIDERS, {}) else ()
+    return [
+        MatviewRefresh(schema, storage, refresh_function_name(storage), metadata.schema, roles)
+        for schema, storage in metadata.info.get(_MATVIEWS_KEY, {}).values()
+    ]
+
+
 # -- materialized views ---------------------------------------------------------------------
 
+# Whether it is populated, has a unique index CONCURRENTLY can use, and its refresh function
+# (one stamped as ours, for this view, beside it), qualified: NULL for a view without one.
 _MATVIEW_STATE = text(
     "SELECT c.relispopulated, EXISTS (SELECT 1 FROM pg_catalog.pg_index i "
     "WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid "
-    "AND i.indpred IS NULL AND i.indexprs IS NULL) "
+    "AND i.indpred IS NULL AND i.indexprs IS NULL), "
+    "(SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(p.proname) "
+    " FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
+    " JOIN pg_catalog.pg_description d ON d.objoid = p.oid AND d.objsubid = 0 "
+    "  AND d.classoid = 'pg_catalog.pg_proc'::pg_catalog.regclass "
+    " WHERE p.pronamespace = c.relnamespace AND p.proname = :function "
+    "  AND pg_catalog.starts_with(d.description, :stamp) "
+    "  AND pg_catalog.substr(d.description, :skip)::jsonb ->> 'view' = c.relname), "
+    "current_user "
     "FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(:name) AND c.relkind = 'm'"
 )
+_STAMP = COMMENT_PREFIX + '{"kind":"' + "matview_refresh" + '"'
 _SEARCH_PATH = text("SELECT unnest(pg_catalog.current_schemas(false))")
 
 
@@ -230,22 +669,62 @@ def _unique_index_hint(label: str) -> str:
     )
 
 
+def _matview_state(connection: Connection, schema: str | None, name: str) -> Any:
+    parameters = {
+        "name": qualified(schema, name),
+        "function": refresh_function_name(name),
+        "stamp": _STAMP,
+        "skip": len(COMMENT_PREFIX) + 1,
+    }
+    return connection.execute(_MATVIEW_STATE, parameters).first()
+
+
 def _refresh(connection: Connection, schema: str | None, name: str, concurrently: bool) -> str:
+    """Refresh one materialized view through its refresh function, or, for one without (made
+    by hand, or migrated before the functions existed), with ``REFRESH`` itself."""
     target = qualified(schema, name)
-    state = connection.execute(_MATVIEW_STATE, {"name": target}).first()
+    state = _matview_state(connection, schema, name)
     if state is None:
         raise ConfigurationError(
             f"materialized view {target} does not exist in this database; apply the "
             f"migrations (alembic upgrade head) or sa_patterns.create_all() first."
         )
-    populated, has_unique = bool(state[0]), bool(state[1])
+    populated, has_unique, function, role = bool(state[0]), bool(state[1]), state[2], state[3]
     if concurrently and not has_unique:
         raise ConfigurationError(_unique_index_hint(target))
     # A never-populated view cannot be refreshed concurrently, and has no readers to spare.
-    mode = "CONCURRENTLY " if concurrently and populated else ""
-    connection.execute(DDL(f"REFRESH MATERIALIZED VIEW {mode}{target}"))  # type: ignore[no-untyped-call]
+    concurrent = concurrently and populated
+    try:
+        if function is not None:
+            # the name comes from the catalog, quoted; a ":" in it must not read as a parameter
+            escaped = function.replace(":", "\\:")
+            call = text(f"SELECT {escaped}(:concurrent)")
+            connection.execute(call, {"concurrent": concurrent})
+            return target
+        mode = "CONCURRENTLY " if concurrent else ""
+        refresh = f"REFRESH MATERIALIZED VIEW {mode}{target}".replace("%", "%%")
+        connection.execute(DDL(refresh))  # type: ignore[no-untyped-call]
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+            raise
+        raise _refresh_denied(target, name, role, function) from exc
     _log_refresh(connection, schema, target)
     return target
+
+
+def _refresh_denied(target: str, name: str, role: str, function: str | None) -> ConfigurationError:
+    if function is not None:
+        return ConfigurationError(
+            f"role {role} may not refresh materialized view {target}: it lacks EXECUTE on its "
+            f"refresh function. GRANT EXECUTE ON FUNCTION {function}(boolean) TO {quote(role)} "
+            f"(the migrations autogenerate writes grant it to the app and admin roles)."
+        )
+    return ConfigurationError(
+        f"role {role} may not refresh materialized view {target}: PostgreSQL refreshes it only "
+        f"for its owner, and it has no refresh function. Apply the migrations autogenerate "
+        f"writes (they add {refresh_function_name(name)}(), which the app and admin roles may "
+        f"execute), or refresh it as its owner."
+    )
 
 
 #: Where refreshes are recorded: PostgreSQL keeps no time of the last REFRESH, and
@@ -272,13 +751,17 @@ def refresh_log_table(metadata: MetaData) -> Table:
     existing = metadata.tables.get(key)
     if existing is not None:
         return existing
-    return Table(
+    log = Table(
         REFRESH_LOG,
         metadata,
         Column("view_name", Text, primary_key=True),
         Column("refreshed_at", DateTime(timezone=True), nullable=False),
         comment="Last REFRESH of each materialized view, written by sa_patterns refreshes.",
     )
+    # written by the refresh functions, as the owner: the app and admin roles only read it
+    # (sa-patterns doctor), so no role but the owner can fake a fresh view
+    set_privileges(log, ("SELECT",))
+    return log
 
 
 def refresh_log_of(connection: Connection, schema: str | None) -> str | None:
@@ -304,7 +787,8 @@ def _refresh_model(session: Session, cls: type[MaterializedView], concurrently: 
     if concurrently and not any(_usable_unique(ix) for ix in table.indexes):
         raise ConfigurationError(f"{cls.__name__}: " + _unique_index_hint(cls.__name__))
     session.flush()  # the refresh must see this session's pending writes
-    _refresh(session.connection(), table.schema, table.name, concurrently)
+    stored = cls.__view_entity__  # where the rows are: <name>_all_tenants for a tenant one
+    _refresh(session.connection(), stored.schema, stored.name, concurrently)
 
 
 def _usable_unique(index: Index) -> bool:
@@ -362,8 +846,8 @@ def _refresh_all(
         lacking = []
         for oid in order:
             nsp, name, _ = graph.nodes[oid]
-            state = connection.execute(_MATVIEW_STATE, {"name": qualified(nsp, name)}).one()
-            if not state[1]:
+            state = _matview_state(connection, nsp, name)
+            if state is None or not state[1]:
                 lacking.append(qualified(nsp, name))
         if lacking:
             raise ConfigurationError(

@@ -8,6 +8,9 @@ view that reads it, in ``pg_depend`` order.
   otherwise it is dropped and recreated with its indexes.
 - A table column whose type changes or that is dropped by the same migration rebuilds the views
   reading that column (column-level ``pg_depend``) (PostgreSQL refuses to alter a column a view uses).
+- A view dropped and created under the same name as another kind (a materialized view that now
+  reads tables under row-level security; one that became a tenant materialized view, whose name
+  is now its tenant view's) is rebuilt like a changed one.
 
 Rebuilding a view rebuilds its dependents too (``DROP`` dependents first, before Alembic's table
 operations; ``CREATE`` dependencies first, after them). A dependent sa_patterns does not manage
@@ -25,19 +28,42 @@ from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError
 from ..schema.catalog import Diff, read_catalog
-from ..schema.objects import Entity, MaterializedView, View, qualified
+from ..schema.objects import Entity, MaterializedView, View, live_kinds, qualified
 from ..schema.view_catalog import ViewGraph, canonical, column_readers, live, read_view_graph
 
 __all__ = ["plan_views"]
 
-_KIND = {"v": View.kind, "m": MaterializedView.kind}
+
+def _relkind(kind: type[Entity]) -> str | None:
+    """``"v"`` or ``"m"`` for the kinds of views and materialized views: the core ones, their
+    subclasses, and a pattern's own view kinds declaring ``relkind`` (a tenant materialized
+    view's filtering view), which are planned (rebuilt, dropped in order) like the others."""
+    if issubclass(kind, View):
+        return "v"
+    if issubclass(kind, MaterializedView):
+        return "m"
+    declared = getattr(kind, "relkind", None)
+    return declared if declared in ("v", "m") else None
+
+
+def _kinds(relkind: str) -> list[str]:
+    """The entity kinds an object of ``relkind`` may be."""
+    return [k.kind for k in live_kinds() if _relkind(k) == relkind]
+
+
+def _is_view(entity: Entity) -> bool:
+    return _relkind(type(entity)) is not None
+
+
+def _place(entity: Entity, default: str) -> tuple[str, str]:
+    return (getattr(entity, "schema", None) or default, str(getattr(entity, "name", "")))
 
 
 def _in_place(connection: Connection, new: Entity, old: Entity) -> Entity | None:
     """The entity to replace ``old`` with in place, or ``None`` when it must be rebuilt."""
-    if isinstance(new, View) and isinstance(old, View):
-        stored = live(connection, old.schema, old.name)
-        wanted = canonical(connection, new.definition)
+    if _relkind(type(new)) == "v" and _relkind(type(old)) == "v":
+        stored = live(connection, getattr(old, "schema", None), str(getattr(old, "name", "")))
+        wanted = canonical(connection, str(getattr(new, "definition", "")))
         if stored is None or wanted is None or stored.columns != wanted.columns:
             return None
         return new
@@ -80,10 +106,7 @@ def plan_views(
     View drops leave ``changes.drop``; rebuilt views are dropped (old definition) and added to
     ``changes.create`` (new definition), so the downgrade recreates exactly what was there.
     """
-    views = (View, MaterializedView)
-    if not any(isinstance(e, views) for e in wanted) and not any(
-        isinstance(e, views) for e in changes.drop
-    ):
+    if not any(_is_view(e) for e in wanted) and not any(_is_view(e) for e in changes.drop):
         return []
     graph = read_view_graph(connection)
     default = connection.execute(text("SELECT current_schema()")).scalar_one()
@@ -91,12 +114,12 @@ def plan_views(
     by_key = {e.key(): e for e in wanted}
 
     def oid_of(entity: Entity) -> int | None:
-        assert isinstance(entity, views)
-        return graph.find(entity.schema or default, entity.name)
+        assert _is_view(entity)
+        return graph.find(*_place(entity, default))
 
     seeds: set[int] = set()
     for new, old in list(changes.replace):
-        if not isinstance(new, views):
+        if not _is_view(new):
             continue
         replacement = _in_place(connection, new, old)
         changes.replace.remove((new, old))
@@ -104,14 +127,21 @@ def plan_views(
             changes.replace.append((replacement, old))
         elif (oid := oid_of(old)) is not None:
             seeds.add(oid)
+    # a view dropped and created again under its name as another kind (a materialized view
+    # that now reads tables under row-level security, or became a tenant one's view): rebuilt
+    # like a changed one, with the views reading it
+    created = {_place(e, default) for e in changes.create if _is_view(e)}
+    for entity in changes.drop:
+        if _is_view(entity) and _place(entity, default) in created and (oid := oid_of(entity)) is not None:
+            seeds.add(oid)
     for schema, table, columns in _altered_columns(upgrade_ops):
         seeds.update(column_readers(connection, schema, table, columns))
 
     rebuild: set[int] = set(seeds)
     for oid in seeds:
         rebuild.update(graph.dependents(oid))
-    dropped: list[Entity] = [e for e in changes.drop if isinstance(e, views)]
-    changes.drop[:] = [e for e in changes.drop if not isinstance(e, views)]
+    dropped: list[Entity] = [e for e in changes.drop if _is_view(e)]
+    changes.drop[:] = [e for e in changes.drop if not _is_view(e)]
     dropped_keys = {e.key() for e in dropped}
     for oid in graph.ordered(rebuild):
         stored, model = _entities(graph, oid, default, current, by_key)
@@ -141,7 +171,8 @@ def _entities(
     by_key: dict[tuple[str, ...], Entity],
 ) -> tuple[Entity | None, Entity | None]:
     nsp, name, relkind = graph.nodes[oid]
-    keys = [(_KIND[relkind], nsp, name)] + ([(_KIND[relkind], "", name)] if nsp == default else [])
+    keys = [(kind, nsp, name) for kind in _kinds(relkind)]
+    keys += [(kind, "", name) for kind in _kinds(relkind)] if nsp == default else []
     old = next((current[k] for k in keys if k in current), None)
     new = next((by_key[k] for k in keys if k in by_key), None)
     return old, new

@@ -162,7 +162,8 @@ def test_lifecycle(engine: Engine, clean) -> None:  # type: ignore[no-untyped-de
     # the table and the refresh log (sa_patterns_matview_refreshes) come first
     assert kinds[:2] == [("CreateTableOp", "")] * 2
     assert kinds[2:] == [
-        ("Create", "region_totals"), ("Create", "top_regions"), ("Create", "top_region_names"), ("Create", "sale_qty")
+        ("Create", "region_totals"), ("Create", "top_regions"), ("Create", "top_region_names"), ("Create", "sale_qty"),
+        ("Create", "top_regions_refresh"),  # the materialized view's refresh function
     ]  # declaration order = dependency order, after the table
     rel = relations(engine)
     assert rel["region_totals"][0] == "v" and rel["top_regions"][0] == "m" and rel["top_regions_region"][0] == "i"
@@ -234,9 +235,9 @@ def test_lifecycle(engine: Engine, clean) -> None:  # type: ignore[no-untyped-de
 
     up, down = migrate(engine, Empty.metadata)
     dropped = [name for kind, name in described(up) if kind == "Drop"]
-    assert set(dropped) == {"sale_qty", "top_region_names", "top_regions", "region_totals"}
+    assert set(dropped) == {"sale_qty", "top_region_names", "top_regions", "region_totals", "top_regions_refresh"}
     assert dropped.index("top_region_names") < dropped.index("top_regions") < dropped.index("region_totals")
-    assert described(up)[:4] == [("Drop", n) for n in dropped]  # before the table drop
+    assert described(up)[:5] == [("Drop", n) for n in dropped]  # before the table drop
     assert not any(kind in ("v", "m") for kind, _ in relations(engine).values())
     downgrade(engine, down)
     assert diffs(engine, build()) == []

@@ -37,7 +37,7 @@ from sa_patterns.errors import ConfigurationError, ReadOnlyError
 from sa_patterns.schema import NOT_A_TABLE, RowLevelSecurity, registered
 from sa_patterns.schema import MaterializedView as MaterializedViewEntity
 from sa_patterns.schema import View as ViewEntity
-from sa_patterns.views import MaterializedView, View, compile_definition
+from sa_patterns.views import MaterializedView, MatviewRefresh, View, compile_definition
 
 
 class Base(DeclarativeBase):
@@ -116,7 +116,7 @@ def test_registered_as_view_objects_not_tables(sql) -> None:  # type: ignore[no-
     assert CustomerTotals.__table__.info[NOT_A_TABLE] is True
     assert BigSpenders.__table__.info[NOT_A_TABLE] is True
     kinds = {type(e) for e in registered(Base.metadata)}
-    assert kinds == {ViewEntity, MaterializedViewEntity}
+    assert kinds == {ViewEntity, MaterializedViewEntity, MatviewRefresh}  # + its refresh function
     rows = dict(sql("SELECT relname, relkind FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relname IN ('customer_totals', 'big_spenders')"))
     assert rows == {"customer_totals": "v", "big_spenders": "m"}
     idx = sql("SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'big_spenders'")
