@@ -44,8 +44,11 @@ from sa_patterns.eventsourcing import (
     RecordedEvent,
     SnapshotMixin,
 )
+from sa_patterns.eventsourcing.tables import LogReader
 from sa_patterns.roles import use_roles
-from sa_patterns.schema import quote
+from sa_patterns.schema import diff, quote, registered
+from sa_patterns.schema.live import drifts
+from sa_patterns.tenancy import tenant_tables
 from sa_patterns.testing.rls import assert_rls_ready
 
 #: tenant -> its accounts; "acc-1" exists in every tenant, "acc-3" in tenant 2 only
@@ -404,3 +407,19 @@ def test_a_log_under_rls_needs_snapshots_under_it_too() -> None:
         class Plain(EventMixin, Base):
             __tablename__ = "es_rls_cfg_plain"
             __runner_role__ = "someone"
+
+
+def test_the_doctor_run_as_the_app_role_finds_the_readers_as_declared(app_engine: Engine) -> None:
+    """The live comparison (a probe of each declared object, as the doctor runs it) sees the
+    reader functions and the owner's read policy exactly as the models declare them."""
+    metadata = RlsBase.metadata
+    with use_roles(ROLES), app_engine.connect() as conn:
+        wanted = registered(metadata)
+        changes = diff(conn, wanted, metadata.sorted_tables)
+        found = drifts(conn, wanted, changes, [(t.schema, t.name) for t in tenant_tables(metadata)])
+        conn.rollback()
+    assert {e.name for e in wanted if isinstance(e, LogReader)} == {
+        "es_rls_events_log_after", "es_rls_events_log_end", "es_rls_events_log_tenants"
+    }
+    assert (changes.create, changes.replace, changes.drop) == ([], [], [])
+    assert [d.message() for d in found] == []
