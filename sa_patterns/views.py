@@ -61,7 +61,7 @@ from ._mapping import own_table, when_mapped
 from .context import ALL_TENANTS_SETTING, TENANT_SETTING
 from .errors import ConfigurationError, ReadOnlyError
 from .pattern import Pattern
-from .roles import ADMIN, APP, resolve_role
+from .roles import ADMIN, APP, OWNER, resolve_role
 from .schema import objects
 from .schema.access import set_privileges
 from .schema.objects import (
@@ -409,16 +409,17 @@ def refresh_function_name(view: str) -> str:
 
 def refresh_policy(table: Table) -> Policy:
     """The policy letting the owner of ``table`` read all of it while a refresh function runs
-    (``FOR SELECT``: it writes nothing). ``TO CURRENT_USER``: the role running the migration,
-    which owns the tables and the materialized views, whose owner PostgreSQL runs a
-    ``REFRESH`` as."""
+    (``FOR SELECT``: it writes nothing). ``TO`` the owner role (``@owner``), whom PostgreSQL
+    runs a ``REFRESH`` as; ``TO CURRENT_USER`` (the migrating role) when the models manage no
+    roles, so no ``@owner`` role may exist."""
+    managed = "access" in table.metadata.info.get(_PROVIDERS, {})
     return Policy(
         schema=table.schema,
         table=table.name,
         name=ident(table.name, "matview_refresh"),
         using=f"{_REFRESHING} AND {_owner_of(qualified(table.schema, table.name))}",
         command="SELECT",
-        roles=("CURRENT_USER",),
+        roles=(OWNER,) if managed else ("CURRENT_USER",),
     )
 
 

@@ -343,15 +343,16 @@ def test_the_refresh_log_is_the_owners_to_write(app: Engine) -> None:
             conn.execute(text("UPDATE sa_patterns_matview_refreshes SET refreshed_at = now()"))
 
 
-def test_the_doctor_finds_nothing_wrong(app: Engine, owner: Engine, refreshed: None) -> None:
-    with app.connect() as conn:
-        ctx = SimpleNamespace(connection=conn, metadata=M.metadata, options={"matview_max_age": 3600})
-        assert check_matviews_populated(ctx) == []
-        assert check_matview_freshness(ctx) == []  # the functions' bookkeeping, read by the app role
-    # the live definitions, probed on copies: a copy of the stored rows' columns needs SELECT on
-    # them, which only the owner has
-    with use_roles(ROLES), owner.connect() as conn:
-        assert check_toolkit_objects(SimpleNamespace(connection=conn, metadata=M.metadata)) == []
+def test_the_doctor_as_the_app_role_finds_nothing_wrong(pg_url: URL, db_schema: str, refreshed: None) -> None:
+    doctor = login(pg_url, db_schema, ROLES.app)  # its own engine, as sa-patterns doctor has
+    try:
+        with use_roles(ROLES), doctor.connect() as conn:
+            ctx = SimpleNamespace(connection=conn, metadata=M.metadata, options={"matview_max_age": 3600})
+            assert check_toolkit_objects(ctx) == []  # comments and live definitions, as migrated
+            assert check_matviews_populated(ctx) == []
+            assert check_matview_freshness(ctx) == []  # the functions' bookkeeping
+    finally:
+        doctor.dispose()
 
 
 # -- reading as the app role ------------------------------------------------------------------
@@ -397,19 +398,30 @@ def test_a_leaky_function_sees_no_other_tenants_row(app: Engine, refreshed: None
         assert rows.scalars().all() == ["north", "south"]
 
 
-def test_forging_the_refresh_setting_opens_no_table(app: Engine, owner: Engine, refreshed: None) -> None:
-    """The refresh policy asks for the owner's rights, not only the setting: through a view the
-    owner owns (which reads the table with the owner's policies), the app role is still itself."""
+@pytest.fixture
+def owners_view(owner: Engine) -> Iterator[str]:
+    """A plain view the owner owns over a tenant table (security_invoker off): it reads the table
+    with the owner's policies, but its reader stays who it is."""
     with owner.begin() as conn:
         conn.execute(text("CREATE VIEW vw_owners_sales AS SELECT id, tenant_id FROM vw_sales"))
         conn.execute(text(f"GRANT SELECT ON vw_owners_sales TO {quote(ROLES.app)}"))
-    try:
-        through_view = "SELECT tenant_id FROM vw_owners_sales ORDER BY id"
-        assert reads(app, through_view, app__tenant_id="2", sa_patterns__refresh="on") == [(2,), (2,)]
-        assert reads(app, "SELECT tenant_id FROM vw_sales", sa_patterns__refresh="on") == []
-    finally:
-        with owner.begin() as conn:
-            conn.execute(text("DROP VIEW vw_owners_sales"))
+    yield "SELECT tenant_id FROM vw_owners_sales ORDER BY id"
+    with owner.begin() as conn:
+        conn.execute(text("DROP VIEW vw_owners_sales"))
+
+
+def test_forging_the_refresh_setting_opens_no_table(app: Engine, owners_view: str, refreshed: None) -> None:
+    """The refresh policy asks for the owner's rights, not only the setting (anyone may set it):
+    through a view the owner owns, the app role is still itself."""
+    assert reads(app, owners_view, app__tenant_id="2", sa_patterns__refresh="on") == [(2,), (2,)]
+    assert reads(app, "SELECT tenant_id FROM vw_sales", sa_patterns__refresh="on") == []
+
+
+def test_forging_all_tenants_opens_no_table(app: Engine, owners_view: str, refreshed: None) -> None:
+    """The same wall for app.all_tenants, which the app role sets whenever it runs in
+    all_tenants(): no policy may honour it for the owner without asking for the owner's rights,
+    or every view the owner owns shows (and, updatable, lets write) every tenant's rows."""
+    assert reads(app, owners_view, app__tenant_id="2", app__all_tenants="on") == [(2,), (2,)]
 
 
 def test_the_admin_role_sees_every_tenant_inside_all_tenants(admin: Engine, refreshed: None) -> None:
