@@ -149,18 +149,19 @@ _INDEXES = text(
 class _Probe:
     """Statements creating throwaway copies of declared objects, in units that fail alone."""
 
-    units: list[tuple[str, list[str]]] = field(default_factory=list)
+    units: list[tuple[str, list[str], str | None]] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
-    def add(self, unit: str, statements: list[str]) -> None:
-        self.units.append((unit, statements))
+    def add(self, unit: str, statements: list[str], needs: str | None = None) -> None:
+        """``needs``: the unit this one builds on (a table copy), whose failure is its own."""
+        self.units.append((unit, statements, needs))
 
     def run(self, connection: Connection) -> None:
         """Create every unit (inside the caller's SAVEPOINT); a unit that fails is recorded in
         ``failed`` and left out, the others are kept."""
         if not self.units:
             return
-        everything = [s for _, statements in self.units for s in statements]
+        everything = [s for _, statements, _ in self.units for s in statements]
         batch = connection.begin_nested()
         try:
             _execute(connection, everything)  # one round trip when all goes well
@@ -169,7 +170,10 @@ class _Probe:
         else:
             batch.commit()
             return
-        for unit, statements in self.units:
+        for unit, statements, needs in self.units:
+            if needs is not None and needs in self.failed:
+                self.failed[unit] = self.failed[needs]
+                continue
             one = connection.begin_nested()
             try:
                 _execute(connection, statements)
@@ -376,6 +380,7 @@ class _Comparison:
         """A temporary copy of each table (its columns), carrying the declared triggers (on a
         stand-in function: the real one is compared by oid) and policies."""
         self.copy_name: dict[Place, str] = {}
+        self.copy_unit: dict[str, str] = {}  # copy -> its probe unit
         if self.triggers:
             self.probe.add("stub", [
                 f"CREATE FUNCTION {_STUB} RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$"
@@ -388,6 +393,7 @@ class _Comparison:
                 continue
             name = self.copy_name[key] = f"{_PROBE}_{number}"
             source = qualified(schema, table)
+            self.copy_unit[name] = f"table {source}"
             if located[1] == "v":  # INSTEAD OF triggers live on views
                 view = f"CREATE TEMP VIEW {name} AS SELECT * FROM {source}"  # noqa: S608 (quoted names)
                 self.probe.add(f"table {source}", [view])
@@ -402,12 +408,12 @@ class _Comparison:
             self.calls[trigger.key()] = call.group(1) if call else None
             function = f"pg_temp.{_PROBE}_trigger{call.group(2)}" if call else trigger.function
             copy = dataclasses.replace(trigger, schema="pg_temp", table=copy_of, function=function)
-            self.probe.add(_subject(trigger), copy.create_sql())
+            self.probe.add(_subject(trigger), copy.create_sql(), needs=self.copy_unit[copy_of])
         for policy in self.policies:
             copy_of = self.copy_name.get(self.place(policy.schema, policy.table))
             if copy_of is not None:
                 copy_policy = dataclasses.replace(policy, schema="pg_temp", table=copy_of)
-                self.probe.add(_subject(policy), copy_policy.create_sql())
+                self.probe.add(_subject(policy), copy_policy.create_sql(), needs=self.copy_unit[copy_of])
 
     def _probe_functions(self) -> None:
         self.function_copies = []

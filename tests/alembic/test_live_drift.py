@@ -397,3 +397,20 @@ def test_alembic_check_fails_until_the_repair_is_applied(tmp_path: Path, db: Dat
         assert conn.execute(text("SELECT count(*) FROM pg_policies WHERE schemaname = :s AND policyname = 'leak'"),
                             {"s": db.schema}).scalar() == 0
         assert conn.execute(text("SELECT tgenabled FROM pg_trigger WHERE tgname = 'ld_notes_audit_ins'")).scalar() == "O"
+
+
+def test_what_cannot_be_compared_is_reported(db: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    """A doctor role that may not read a table cannot copy it for the probe: each object on it
+    is reported as not compared (never a crash, never a silent pass); the rest is compared."""
+    with db.engine.begin() as conn:
+        conn.execute(text(f"REVOKE SELECT ON ld_notes FROM {quote(APP_ROLE)}"))
+        CASES["security_invoker off"][0](conn)
+    code, checks = doctor(db, capsys)
+    assert code == 1
+    found = checks[TOOLKIT]
+    assert any(p.startswith("drift: view ld_note_view: has security_invoker off") for p in found), found
+    unchecked = [p for p in found if "could not be compared" in p]
+    assert any(p.startswith("drift: trigger ld_notes_audit_ins on ld_notes: could not be compared") for p in unchecked)
+    assert any(p.startswith("drift: policy ld_notes_tenant_isolation on ld_notes: could not be compared")
+               for p in unchecked)
+    assert all("permission denied" in p for p in unchecked), unchecked
