@@ -653,11 +653,11 @@ _MATVIEW_STATE = text(
     "  AND d.classoid = 'pg_catalog.pg_proc'::pg_catalog.regclass "
     " WHERE p.pronamespace = c.relnamespace AND p.proname = :function "
     "  AND pg_catalog.starts_with(d.description, :stamp) "
-    "  AND pg_catalog.substr(d.description, :skip)::jsonb ->> 'view' = c.relname), "
+    "  AND pg_catalog.substr(d.description, :skip)::jsonb @> "
+    "      pg_catalog.jsonb_build_object('kind', CAST(:kind AS text), 'view', c.relname)), "
     "current_user "
     "FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(:name) AND c.relkind = 'm'"
 )
-_STAMP = COMMENT_PREFIX + '{"kind":"' + "matview_refresh" + '"'
 _SEARCH_PATH = text("SELECT unnest(pg_catalog.current_schemas(false))")
 
 
@@ -674,8 +674,9 @@ def _matview_state(connection: Connection, schema: str | None, name: str) -> Any
     parameters = {
         "name": qualified(schema, name),
         "function": refresh_function_name(name),
-        "stamp": _STAMP,
+        "stamp": COMMENT_PREFIX,
         "skip": len(COMMENT_PREFIX) + 1,
+        "kind": MatviewRefresh.kind,
     }
     return connection.execute(_MATVIEW_STATE, parameters).first()
 
