@@ -1,19 +1,13 @@
-"""Models shared by the tenancy tests (imported, never collected)."""
+"""Models shared by the tenancy tests (imported, never collected). Row-level security is on
+(the default); the admin policy names the configured admin role, the plugin's for the run."""
 
 from __future__ import annotations
-
-import uuid
 
 from sqlalchemy import ForeignKey, String, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from sa_patterns import TenantMixin
 from sa_patterns.tenancy import tenant_foreign_key, tenant_unique
-
-# Roles are cluster-wide: unique per test run so parallel runs never share them.
-RUN = uuid.uuid4().hex[:8]
-APP_ROLE = f"sap_tn_app_{RUN}"
-ADMIN_ROLE = f"sap_tn_admin_{RUN}"
 
 
 class Base(DeclarativeBase):
@@ -31,7 +25,6 @@ class Tag(Base):
 class Project(TenantMixin, Base):
     __tablename__ = "tn_projects"
     __rls__ = True
-    __rls_admin_role__ = ADMIN_ROLE
     __table_args__ = (tenant_unique("id"), tenant_unique("name"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -42,7 +35,6 @@ class Project(TenantMixin, Base):
 class Task(TenantMixin, Base):
     __tablename__ = "tn_tasks"
     __rls__ = True
-    __rls_admin_role__ = ADMIN_ROLE
     __table_args__ = (tenant_foreign_key("project_id", "tn_projects.id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)

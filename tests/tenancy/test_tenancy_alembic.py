@@ -1,12 +1,17 @@
 """Tenant RLS objects through Alembic: autogenerate → upgrade → no diff → change → replace →
 downgrade restores → models without them → nothing left. Checked against pg_policies/pg_class.
 Plus the Citus calls a revision gets (Citus is not installable here: the SQL is checked as text).
+
+Migrations run as the owner role (not a superuser), as a deployment runs them; the app role then
+uses what they made.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata, produce_migrations
 from alembic.migration import MigrationContext
@@ -14,7 +19,6 @@ from alembic.operations import MigrateOperation, Operations
 from alembic.operations.ops import ModifyTableOps
 from sqlalchemy import URL, BigInteger, Engine, Integer, MetaData, String, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from tenancy_models import ADMIN_ROLE
 
 import sa_patterns.alembic
 from sa_patterns import TenantMixin, tenant_foreign_key, tenant_unique
@@ -22,6 +26,27 @@ from sa_patterns.alembic.ops import DropEntityOp, ReplaceEntityOp
 from sa_patterns.citus import citus_statements, reference_table, revision_directives
 from sa_patterns.cli.init import init
 from sa_patterns.roles import configured_roles
+from sa_patterns.schema import quote
+from sa_patterns.testing.logins import RunRoles
+
+
+@pytest.fixture(scope="module")
+def sa_patterns_metadata() -> MetaData:
+    return MetaData()  # the role model, nothing built: the migrations build
+
+
+@pytest.fixture(scope="module")
+def other_admin(superuser_engine: Engine, db_roles: RunRoles) -> Iterator[str]:
+    """A role named literally by a model's __rls_admin_role__ (not the configured admin)."""
+    name = f"{db_roles.admin}_lit"
+    with superuser_engine.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {quote(name)} NOLOGIN"))
+    try:
+        yield name
+    finally:
+        with superuser_engine.begin() as conn:
+            conn.execute(text(f"DROP OWNED BY {quote(name)}"))
+            conn.execute(text(f"DROP ROLE {quote(name)}"))
 
 
 def build(*, rls: bool = True, admin: str | None = None, tenant_type: object = BigInteger,
@@ -102,7 +127,12 @@ def forced(engine: Engine, schema: str) -> set[str]:
             "WHERE nspname = :s AND relrowsecurity AND relforcerowsecurity"), {"s": schema}))
 
 
-def test_rls_round_trip(engine: Engine, db_schema: str, tenancy_roles: tuple[str, str]) -> None:
+def test_rls_round_trip(
+    owner_engine: Engine, engine: Engine, db_schema: str, db_roles: RunRoles, other_admin: str
+) -> None:
+    ADMIN_ROLE = other_admin
+    app = engine
+    engine = owner_engine  # migrations and catalog checks: the owner's
     ops = apply(engine, build())
     kinds = [type(o).__name__ for o in ops]
     assert kinds.count("CreateTableOp") == 3
@@ -116,7 +146,17 @@ def test_rls_round_trip(engine: Engine, db_schema: str, tenancy_roles: tuple[str
     assert "::bigint" in found["tn_mig_invoices_tenant_isolation"]
     # the admin policy is for the configured admin role, named when the migration ran
     assert admin_roles(engine, "tn_mig_accounts_tenant_admin") == [configured_roles().admin]
+    assert configured_roles().admin == db_roles.admin  # the run's, in force for migrations
     assert diffs(engine, build()) == []
+    # the app role works with what the owner's migration made: its tenant's rows, no other's
+    with app.begin() as conn:
+        conn.execute(text("SELECT set_config('app.tenant_id', '1', true)"))
+        conn.execute(text("INSERT INTO tn_mig_accounts (id, tenant_id) VALUES (1, 1)"))
+        conn.execute(text("INSERT INTO tn_mig_invoices (id, tenant_id, account_id, number) VALUES (1, 1, 1, 'n')"))
+        assert conn.scalar(text("SELECT count(*) FROM tn_mig_invoices")) == 1
+        conn.execute(text("SELECT set_config('app.tenant_id', '2', true)"))
+        assert conn.scalar(text("SELECT count(*) FROM tn_mig_invoices")) == 0
+        conn.rollback()
 
     # a literal admin role on one model: its admin policy is replaced; the downgrade restores it
     ops = apply(engine, build(admin=ADMIN_ROLE), downgrade=True)
@@ -159,14 +199,15 @@ def test_rls_round_trip(engine: Engine, db_schema: str, tenancy_roles: tuple[str
             "SELECT count(*) FROM pg_tables WHERE schemaname = :s"), {"s": db_schema}) == 0
 
 
-def test_autogenerate_cli_round_trip(tmp_path: Path, pg_url: URL, db_schema: str) -> None:
+def test_autogenerate_cli_round_trip(tmp_path: Path, pg_url: URL, db_schema: str, db_roles: RunRoles) -> None:
     from alembic.config import Config
 
     schema = f"{db_schema}_cli"
-    admin = create_engine(pg_url)
+    owner = db_roles.url(pg_url, db_roles.owner)
+    admin = create_engine(owner)  # the owner creates the schema and runs the CLI
     with admin.begin() as conn:
         conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
-    url = pg_url.update_query_dict({"options": f"-csearch_path={schema}"})
+    url = owner.update_query_dict({"options": f"-csearch_path={schema}"})
     cfg = Config(str(init(tmp_path / "migrations", metadata="unused:unused")))
     cfg.attributes["target_metadata"] = build()
     cfg.attributes["configure_logger"] = False
@@ -201,12 +242,12 @@ def test_citus_statements() -> None:
     assert citus_statements(build().sorted_tables) == ["SELECT create_reference_table('tn_mig_plans')"]
 
 
-def test_citus_calls_in_the_revision_that_creates_the_tables(engine: Engine) -> None:
+def test_citus_calls_in_the_revision_that_creates_the_tables(owner_engine: Engine) -> None:
     from alembic.autogenerate import render_python_code
     from alembic.operations import ops
 
     md = build(citus=True)
-    with engine.connect() as conn:
+    with owner_engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={
             **sa_patterns.alembic.configure_kwargs(process_revision_directives=revision_directives),
             "target_metadata": md})

@@ -2,16 +2,17 @@
 too: history(), as_of() and revert() follow the tenant in scope, a statement without one raises,
 and with ``__rls__`` the history table gets the same row-level security as the live table, so
 raw SQL as the app role sees its tenant's versions only (both mixin orders are covered). The
-audit log's query helper narrows a tenant model's entries to the tenant in scope."""
+audit log's query helper narrows a tenant model's entries to the tenant in scope.
+
+Everything runs as the plugin's app role (NOSUPERUSER NOBYPASSRLS, owning nothing) on the
+schema the owner role built, but what only the admin role may see: every tenant inside
+``all_tenants()``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from sqlalchemy import URL, Connection, Engine, create_engine, select, text
+from sqlalchemy import URL, Engine, MetaData, create_engine, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from tenancy_models import APP_ROLE
 
 import sa_patterns
 from sa_patterns import (
@@ -24,6 +25,8 @@ from sa_patterns import (
     history,
     revert,
 )
+from sa_patterns.schema import quote
+from sa_patterns.testing.logins import RunRoles
 from sa_patterns.testing.rls import rls_problems
 
 
@@ -56,19 +59,12 @@ MODELS = (Contract, Lease)
 
 
 @pytest.fixture(scope="module")
-def tables(engine: Engine, db_schema: str, tenancy_roles: tuple[str, str]) -> Iterator[Engine]:
-    from conftest import grant
-
-    with engine.begin() as conn:
-        sa_patterns.create_all(conn, Base.metadata)
-        grant(conn, db_schema)
-    yield engine
+def sa_patterns_metadata() -> MetaData:
+    return Base.metadata
 
 
-@pytest.fixture
-def seeded(tables: Engine, connection: Connection) -> Session:
+def seed(session: Session) -> Session:
     """Two tenants, one row each per model, each updated once (two versions)."""
-    session = sa_patterns.install(sessionmaker(bind=connection, join_transaction_mode="create_savepoint"))()
     for tenant in (1, 2):
         with sa_patterns.tenant_scope(tenant):
             rows = [model(id=tenant, amount=10 * tenant) for model in MODELS]
@@ -79,6 +75,12 @@ def seeded(tables: Engine, connection: Connection) -> Session:
             session.flush()
     session.expunge_all()
     return session
+
+
+@pytest.fixture
+def seeded(session: Session) -> Session:
+    """The app role's session, seeded."""
+    return seed(session)
 
 
 def now(session: Session) -> object:
@@ -100,8 +102,8 @@ def test_as_of_and_history_follow_the_tenant_in_scope(seeded: Session, model: ty
         assert s.execute(select(then.c.id)).all() == [(2,)]
         # an object of tenant 1 still in the session shows no history under tenant 2
         assert history(s, mine) == []
-    with sa_patterns.all_tenants():
-        assert sorted(s.execute(select(then.c.id)).all()) == [(1,), (2,)]
+    with sa_patterns.all_tenants():  # the ORM filter is lifted; to the app role RLS shows nothing
+        assert s.execute(select(then.c.id)).all() == []
     s.info["tenant_id"] = 2  # the session's own tenant counts as well as the scope
     assert s.execute(select(then.c.amount)).all() == [(21,)]
     del s.info["tenant_id"]
@@ -109,6 +111,16 @@ def test_as_of_and_history_follow_the_tenant_in_scope(seeded: Session, model: ty
         s.execute(select(then.c.id)).all()
     with pytest.raises(TenantRequired):
         history(s, mine)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+def test_as_of_shows_the_admin_role_every_tenant_in_all_tenants(admin_session: Session, model: type) -> None:
+    s = seed(admin_session)
+    then = as_of(model, now(s))
+    with sa_patterns.all_tenants():
+        assert sorted(s.execute(select(then.c.id)).all()) == [(1,), (2,)]
+    with sa_patterns.tenant_scope(2):
+        assert s.execute(select(then.c.id)).all() == [(2,)]
 
 
 def test_revert_reads_the_version_under_the_tenant_in_scope(seeded: Session) -> None:
@@ -123,9 +135,9 @@ def test_revert_reads_the_version_under_the_tenant_in_scope(seeded: Session) -> 
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
-def test_history_table_has_the_live_tables_row_level_security(tables: Engine, model: type) -> None:
+def test_history_table_has_the_live_tables_row_level_security(engine: Engine, model: type) -> None:
     history_name = f"{model.__tablename__}_history"  # type: ignore[attr-defined]
-    with tables.connect() as conn:
+    with engine.connect() as conn:
         flags = conn.execute(text(
             "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = CAST(:t AS regclass)"
         ), {"t": history_name}).one()
@@ -139,12 +151,11 @@ def test_history_table_has_the_live_tables_row_level_security(tables: Engine, mo
     assert "app.tenant_id" in isolation.qual and "app.tenant_id" in isolation.with_check
 
 
-def test_app_role_writes_history_and_reads_its_tenants_only(
-    pg_url: URL, db_schema: str, tables: Engine
-) -> None:
+def test_app_role_writes_history_and_reads_its_tenants_only(engine: Engine, superuser_engine: Engine) -> None:
     """As a NOBYPASSRLS app role the triggers open and close versions under RLS, and raw SQL on
-    the history table sees the tenant in scope only; without one, nothing."""
-    app = create_engine(pg_url.set(username=APP_ROLE), connect_args={"options": f"-csearch_path={db_schema},public"})
+    the history table sees the tenant in scope only; without one, nothing. (Committed, through
+    the plugin's app engine; the superuser cleans up.)"""
+    app = engine
     factory = sa_patterns.install(sessionmaker(app))
     raw = text("SELECT id, version, amount FROM tv_contracts_history ORDER BY id, version")
     try:
@@ -159,24 +170,24 @@ def test_app_role_writes_history_and_reads_its_tenants_only(
         with app.connect() as conn:
             assert conn.execute(raw).all() == []
     finally:
-        app.dispose()
-        with tables.begin() as conn:
+        with superuser_engine.begin() as conn:
             conn.execute(text("DELETE FROM tv_contracts WHERE id > 100"))
             conn.execute(text("ALTER TABLE tv_contracts_history DISABLE TRIGGER USER"))
             conn.execute(text("DELETE FROM tv_contracts_history WHERE id > 100"))
             conn.execute(text("ALTER TABLE tv_contracts_history ENABLE TRIGGER USER"))
 
 
-def test_rls_check_covers_history_tables(tables: Engine) -> None:
-    with tables.connect() as conn:
-        assert rls_problems(conn, Base.metadata, role=APP_ROLE) == []
+def test_rls_check_covers_history_tables(engine: Engine) -> None:
+    with engine.connect() as conn:  # the role checked: the connection's, the app role
+        assert rls_problems(conn, Base.metadata) == []
         names = {t.name for t in sa_patterns.tenancy.tenant_tables(Base.metadata)}
     assert names == {"tv_contracts", "tv_contracts_history", "tv_leases", "tv_leases_history", "tv_tickets"}
 
 
-def test_autogenerate_writes_the_history_tables_rls(pg_url: URL) -> None:
+def test_autogenerate_writes_the_history_tables_rls(pg_url: URL, db_roles: RunRoles) -> None:
     """The migration autogenerate writes for a tenant model with ``__rls__`` secures its history
-    table too, and after it there is no diff."""
+    table too, and after it there is no diff. Run by the owner role (not a superuser), in a
+    database of its own, as a deployment runs its migrations."""
     import uuid
 
     from alembic.autogenerate import compare_metadata, produce_migrations
@@ -189,8 +200,8 @@ def test_autogenerate_writes_the_history_tables_rls(pg_url: URL) -> None:
     name = f"sap_tv_{uuid.uuid4().hex[:8]}"
     admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = create_engine(pg_url.set(database=name))
+        conn.execute(text(f'CREATE DATABASE "{name}" OWNER {quote(db_roles.owner)}'))
+    engine = create_engine(db_roles.url(pg_url, db_roles.owner).set(database=name))
     try:
         with engine.begin() as conn:
             ctx = MigrationContext.configure(
@@ -220,17 +231,25 @@ def test_autogenerate_writes_the_history_tables_rls(pg_url: URL) -> None:
         admin.dispose()
 
 
-def test_audit_entries_of_a_tenant_model_follow_the_tenant_in_scope(tables: Engine, connection: Connection) -> None:
-    s = sa_patterns.install(sessionmaker(bind=connection, join_transaction_mode="create_savepoint"))()
+def seed_tickets(s: Session) -> Session:
     for tenant in (1, 2):
         with sa_patterns.tenant_scope(tenant):
             s.add(Ticket(id=tenant, title=f"ticket of {tenant}"))
             s.flush()
     s.execute(text("INSERT INTO audit_log (table_name, operation, primary_key, transaction_id) "
                    "VALUES ('public.shared', 'INSERT', '{}', 0)"))  # an entry of a table without tenants
+    return s
+
+
+def tenants_of(s: Session, query: object) -> list[str | None]:
+    return [row.tenant_id for row in s.execute(query)]  # type: ignore[call-overload]
+
+
+def test_audit_entries_of_a_tenant_model_follow_the_tenant_in_scope(session: Session) -> None:
+    s = seed_tickets(session)
 
     def tenants(query: object) -> list[str | None]:
-        return [row.tenant_id for row in s.execute(query)]  # type: ignore[call-overload]
+        return tenants_of(s, query)
 
     with sa_patterns.tenant_scope(1):
         assert tenants(audit_entries(Ticket)) == ["1"]
@@ -238,10 +257,19 @@ def test_audit_entries_of_a_tenant_model_follow_the_tenant_in_scope(tables: Engi
         assert tenants(audit_entries(mine)) == ["1"]
         assert tenants(audit_entries(Ticket, primary_key=2)) == []  # tenant 2's row: not here
         assert tenants(audit_entries(metadata=Base.metadata)) == ["1", None]
-    with sa_patterns.all_tenants():
-        assert tenants(audit_entries(Ticket)) == ["1", "2"]
-        assert tenants(audit_entries(metadata=Base.metadata)) == ["1", "2", None]
+    with sa_patterns.all_tenants():  # the helper's filter is lifted; RLS shows the app role no tenant's
+        assert tenants(audit_entries(Ticket)) == []
+        assert tenants(audit_entries(metadata=Base.metadata)) == [None]
     with pytest.raises(TenantRequired, match="tv_tickets"):
         audit_entries(Ticket)  # no tenant in scope: refused when the query is built
     s.info["tenant_id"] = 2
     assert tenants(audit_entries(Ticket, session=s)) == ["2"]
+
+
+def test_audit_entries_of_every_tenant_for_the_admin_role(admin_session: Session) -> None:
+    s = seed_tickets(admin_session)
+    with sa_patterns.all_tenants():
+        assert tenants_of(s, audit_entries(Ticket)) == ["1", "2"]
+        assert tenants_of(s, audit_entries(metadata=Base.metadata)) == ["1", "2", None]
+    with sa_patterns.tenant_scope(1):
+        assert tenants_of(s, audit_entries(metadata=Base.metadata)) == ["1", None]

@@ -1,38 +1,54 @@
 """The ORM wall: every path a row can take out of (or into) the database is tenant-scoped.
 
-These tests run as the superuser fixture connection, where row-level security does not apply,
-so they prove the ORM filter on its own (RLS is tested in test_tenancy_rls.py).
+These tests run as the app role (NOSUPERUSER NOBYPASSRLS, owning nothing) on the schema the
+toolkit built, as an application runs: the ORM filter and row-level security both stand, and
+the ORM's own refusals (TenantRequired, TenantViolation) are raised before PostgreSQL is asked.
+``all_tenants()`` is the admin role's (its policy lets it see every tenant). The ORM filter on
+its own, as a superuser, is proven by the isolation matrix (tests/isolation); RLS on raw SQL by
+test_tenancy_rls.py. ``superuser_sql`` reads what the database holds, past RLS.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Connection, Engine, delete, event, exists, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    MetaData,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, aliased, joinedload, selectinload, subqueryload
-from tenancy_models import Project, StrDoc, Tag, Task, UuidDoc
+from sqlalchemy.orm import Session, aliased, joinedload, selectinload, sessionmaker, subqueryload
+from tenancy_models import Base, Project, StrDoc, Tag, Task, UuidDoc
 
 import sa_patterns
 from sa_patterns import ConfigurationError, TenantRequired, TenantViolation
 from sa_patterns.testing.plugin import SQL
 
 
-@pytest.fixture(autouse=True)
-def _tables(tenancy_tables: Engine) -> None:
-    """Tables once per module (conftest)."""
+@pytest.fixture(scope="module")
+def sa_patterns_metadata() -> MetaData:
+    return Base.metadata
 
 
-@pytest.fixture
-def seeded(session: Session) -> Session:
+def seed(session: Session) -> Session:
     """Two tenants, two projects each with two tasks, one shared tag."""
-    with sa_patterns.all_tenants():
-        tag = Tag(id=1, label="urgent")
-        session.add(tag)
-        for tenant in (1, 2):
+    tag = Tag(id=1, label="urgent")
+    session.add(tag)
+    for tenant in (1, 2):
+        with sa_patterns.tenant_scope(tenant):  # RLS takes each tenant's rows under its own
             for n in (1, 2):
                 pid = tenant * 10 + n
                 project = Project(id=pid, tenant_id=tenant, name=f"p{pid}")
@@ -41,17 +57,23 @@ def seeded(session: Session) -> Session:
                     for k in (1, 2)
                 ]
                 session.add(project)
-        session.flush()
+            session.flush()
     session.expunge_all()
     return session
+
+
+@pytest.fixture
+def seeded(session: Session) -> Session:
+    """The app role's session, seeded."""
+    return seed(session)
 
 
 def ids(rows: object) -> list[int]:
     return sorted(r.id for r in rows)  # type: ignore[attr-defined]
 
 
-def test_tenant_column_types_and_index(tenancy_tables: Engine, db_schema: str) -> None:
-    with tenancy_tables.connect() as conn:
+def test_tenant_column_types_and_index(engine: Engine, db_schema: str) -> None:
+    with engine.connect() as conn:
         types = dict(conn.execute(text(
             "SELECT table_name, data_type FROM information_schema.columns "
             "WHERE table_schema = :s AND column_name = 'tenant_id'"), {"s": db_schema}).all())
@@ -85,13 +107,13 @@ def test_select_join_and_aliases_are_filtered(seeded: Session) -> None:
         assert ids(s.scalars(select(Project))) == [21, 22]
 
 
-def test_lazy_and_eager_loads_are_filtered(seeded: Session, sql: SQL) -> None:
+def test_lazy_and_eager_loads_are_filtered(seeded: Session, superuser_sql: SQL) -> None:
     s = seeded
     # a foreign row slipped under tenant 1's project (possible only by raw SQL as superuser)
-    sql("ALTER TABLE tn_tasks DISABLE TRIGGER ALL")
-    sql("INSERT INTO tn_tasks (id, tenant_id, project_id, title) VALUES (999, 2, 21, 'x')")
-    sql("UPDATE tn_tasks SET project_id = 11, tenant_id = 2 WHERE id = 999")
-    sql("ALTER TABLE tn_tasks ENABLE TRIGGER ALL")
+    superuser_sql("ALTER TABLE tn_tasks DISABLE TRIGGER ALL")
+    superuser_sql("INSERT INTO tn_tasks (id, tenant_id, project_id, title) VALUES (999, 2, 21, 'x')")
+    superuser_sql("UPDATE tn_tasks SET project_id = 11, tenant_id = 2 WHERE id = 999")
+    superuser_sql("ALTER TABLE tn_tasks ENABLE TRIGGER ALL")
     with sa_patterns.tenant_scope(1):
         for option in (joinedload, selectinload, subqueryload):
             s.expunge_all()
@@ -196,7 +218,7 @@ def test_update_cannot_move_a_row(seeded: Session, sql: SQL) -> None:
             s.execute(update(Project).values(tenant_id=2))
         with pytest.raises(TenantViolation):
             s.execute(update(Project), [{"id": 11, "tenant_id": 2}])
-    assert sql("SELECT tenant_id FROM tn_projects WHERE id = 11") == [(1,)]
+        assert sql("SELECT tenant_id FROM tn_projects WHERE id = 11") == [(1,)]
 
 
 def test_writing_an_object_loaded_under_another_tenant_is_refused(seeded: Session) -> None:
@@ -218,15 +240,15 @@ def test_writing_an_object_loaded_under_another_tenant_is_refused(seeded: Sessio
     s.expunge_all()
 
 
-def test_orm_bulk_update_and_delete_are_filtered(seeded: Session, sql: SQL) -> None:
+def test_orm_bulk_update_and_delete_are_filtered(seeded: Session, superuser_sql: SQL) -> None:
     s = seeded
     with sa_patterns.tenant_scope(1):
         s.execute(update(Task).values(title="done"))
         s.execute(update(Project), [{"id": 21, "name": "by-pk"}, {"id": 11, "name": "mine"}])
         s.execute(delete(Task).where(Task.id.in_([122, 222])))
-    assert sql("SELECT count(*) FROM tn_tasks WHERE title = 'done'") == [(3,)]
-    assert sql("SELECT name FROM tn_projects WHERE id IN (11, 21) ORDER BY id") == [("mine",), ("p21",)]
-    assert sql("SELECT id FROM tn_tasks WHERE id IN (122, 222)") == [(222,)]
+    assert superuser_sql("SELECT count(*) FROM tn_tasks WHERE title = 'done'") == [(3,)]
+    assert superuser_sql("SELECT name FROM tn_projects WHERE id IN (11, 21) ORDER BY id") == [("mine",), ("p21",)]
+    assert superuser_sql("SELECT id FROM tn_tasks WHERE id IN (122, 222)") == [(222,)]
 
 
 def test_fail_closed_without_tenant(seeded: Session) -> None:
@@ -260,8 +282,18 @@ def test_lazy_load_after_scope_ends_fails_closed(seeded: Session) -> None:
         _ = p.tasks
 
 
-def test_all_tenants_scope_and_option(seeded: Session) -> None:
-    s = seeded
+@pytest.fixture
+def superuser_session(superuser_engine: Engine) -> Iterator[Session]:
+    """A session of the server's superuser, which RLS never stops: the ORM filter alone."""
+    with superuser_engine.connect() as conn, conn.begin():
+        factory = sa_patterns.install(sessionmaker(bind=conn, join_transaction_mode="create_savepoint"))
+        with factory() as s:
+            yield s
+
+
+def test_all_tenants_scope_and_option_lift_the_orm_filter(superuser_session: Session) -> None:
+    """As the superuser, so that the ORM filter alone decides what is seen."""
+    s = seed(superuser_session)
     with sa_patterns.all_tenants():
         assert ids(s.scalars(select(Project))) == [11, 12, 21, 22]
     assert ids(s.scalars(select(Project).execution_options(all_tenants=True))) == [11, 12, 21, 22]
@@ -272,7 +304,22 @@ def test_all_tenants_scope_and_option(seeded: Session) -> None:
         assert ids(s.scalars(select(Project))) == [21, 22]
 
 
-def test_uuid_and_string_tenants(session: Session, sql: SQL) -> None:
+def test_all_tenants_as_the_admin_role(admin_session: Session) -> None:
+    """At the database, all_tenants() shows the admin role every tenant (the app role none:
+    test_tenancy_rls.py); the statement option lifts only the ORM filter (app.all_tenants is not
+    sent: the policy of the tenant in scope, or of none, still decides; docs/tenancy.md)."""
+    s = seed(admin_session)
+    with sa_patterns.all_tenants():
+        assert ids(s.scalars(select(Project))) == [11, 12, 21, 22]
+    assert ids(s.scalars(select(Project).execution_options(all_tenants=True))) == []
+    with sa_patterns.tenant_scope(1):
+        assert len(s.scalars(select(Task).execution_options(all_tenants=True)).all()) == 4
+    s.info["tenant_id"] = 2  # session.info wins over the scope
+    with sa_patterns.tenant_scope(1):
+        assert ids(s.scalars(select(Project))) == [21, 22]
+
+
+def test_uuid_and_string_tenants(session: Session, superuser_sql: SQL) -> None:
     a, b = uuid.uuid4(), uuid.uuid4()
     with sa_patterns.tenant_scope(a):
         session.add(UuidDoc(id=1, body="a"))
@@ -286,11 +333,13 @@ def test_uuid_and_string_tenants(session: Session, sql: SQL) -> None:
         session.flush()
     with sa_patterns.tenant_scope("acm"):
         assert session.scalars(select(StrDoc)).all() == []
-    assert sql("SELECT tenant_id FROM tn_uuid_docs ORDER BY id") == [(a,), (b,)]
+    assert superuser_sql("SELECT tenant_id FROM tn_uuid_docs ORDER BY id") == [(a,), (b,)]
 
 
 @pytest.mark.parametrize("hostile", ["1; drop table tn_projects", "' or 1=1 --", "1 OR 1=1", "1.5"])
-def test_hostile_tenant_ids_are_refused_or_data(seeded: Session, sql: SQL, hostile: str) -> None:
+def test_hostile_tenant_ids_are_refused_or_data(
+    seeded: Session, sql: SQL, superuser_sql: SQL, hostile: str
+) -> None:
     s = seeded
     with sa_patterns.tenant_scope(hostile):
         with pytest.raises(ConfigurationError, match="does not fit a int tenant"):
@@ -299,8 +348,9 @@ def test_hostile_tenant_ids_are_refused_or_data(seeded: Session, sql: SQL, hosti
         assert s.scalars(select(StrDoc)).all() == []
         s.add(StrDoc(id=50, body="data"))
         s.flush()
-    assert sql("SELECT tenant_id FROM tn_str_docs WHERE id = 50") == [(hostile,)]
-    assert sql("SELECT count(*) FROM tn_projects") == [(4,)]
+        assert sql("SELECT tenant_id FROM tn_str_docs WHERE id = 50") == [(hostile,)]
+    assert superuser_sql("SELECT tenant_id FROM tn_str_docs WHERE id = 50") == [(hostile,)]
+    assert superuser_sql("SELECT count(*) FROM tn_projects") == [(4,)]
 
 
 @pytest.mark.parametrize("bad", [None, True, 1.5, b"1", ""])
@@ -310,12 +360,16 @@ def test_bad_tenant_values(bad: object) -> None:
 
 
 def test_composite_foreign_key_keeps_references_inside_a_tenant(
-    seeded: Session, connection: Connection
+    seeded: Session, connection: Connection, sql: SQL
 ) -> None:
     # project 21 exists, but belongs to tenant 2: the database itself refuses the reference
-    with pytest.raises(IntegrityError, match="violates foreign key"), connection.begin_nested():
-        connection.execute(text(
-            "INSERT INTO tn_tasks (id, tenant_id, project_id, title) VALUES (500, 1, 21, 'x')"))
+    # (raw SQL under tenant 1, which RLS lets write tenant 1's rows)
+    with (
+        pytest.raises(IntegrityError, match="violates foreign key"),
+        connection.begin_nested(),
+        sa_patterns.tenant_scope(1),
+    ):
+        sql("INSERT INTO tn_tasks (id, tenant_id, project_id, title) VALUES (500, 1, 21, 'x')")
     with sa_patterns.tenant_scope(1):
         seeded.add(Task(id=501, project_id=21, title="cross"))
         with pytest.raises(IntegrityError, match="violates foreign key"):
@@ -335,9 +389,10 @@ def test_switching_tenant_inside_a_transaction_resyncs_postgres(seeded: Session)
 
 async def test_async_session_is_scoped(async_session: AsyncSession) -> None:
     s = async_session
-    with sa_patterns.all_tenants():
-        s.add_all([Project(id=71, tenant_id=7, name="a"), Project(id=81, tenant_id=8, name="b")])
-        await s.flush()
+    for tenant, pid, name in ((7, 71, "a"), (8, 81, "b")):
+        with sa_patterns.tenant_scope(tenant):
+            s.add(Project(id=pid, tenant_id=tenant, name=name))
+            await s.flush()
     with sa_patterns.tenant_scope(7):
         assert [p.id for p in (await s.scalars(select(Project)))] == [71]
         assert await s.get(Project, 81) is None

@@ -1,5 +1,6 @@
 """Adversarial concurrency: many tenants interleaving reads and writes on a two-connection pool,
-as the NOBYPASSRLS app role. Not one row of another tenant may be seen or written."""
+as the NOBYPASSRLS app role (the plugin's, on the schema its owner role built). Not one row of
+another tenant may be seen or written; the superuser checks what was committed."""
 
 from __future__ import annotations
 
@@ -8,25 +9,33 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import URL, Engine, create_engine, func, select, text
+from sqlalchemy import URL, Engine, MetaData, create_engine, func, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
-from tenancy_models import APP_ROLE, Project, Task
+from tenancy_models import Base, Project, Task
 
 import sa_patterns
+from sa_patterns.testing.logins import RunRoles
 
 ROUNDS = 5
 
 
 @pytest.fixture(scope="module")
-def clean(tenancy_tables: Engine) -> Iterator[Engine]:
-    yield tenancy_tables
-    with tenancy_tables.begin() as conn:
+def sa_patterns_metadata() -> MetaData:
+    return Base.metadata
+
+
+@pytest.fixture(scope="module")
+def clean(superuser_engine: Engine) -> Iterator[Engine]:
+    yield superuser_engine
+    with superuser_engine.begin() as conn:
         conn.execute(text("TRUNCATE tn_tasks, tn_projects"))
 
 
-def app_url(pg_url: URL) -> URL:
-    return pg_url.set(username=APP_ROLE)
+@pytest.fixture(scope="module")
+def app_url(pg_url: URL, db_roles: RunRoles) -> URL:
+    """The app role's login (engines of their own: a two-connection pool)."""
+    return db_roles.url(pg_url, db_roles.app)
 
 
 def check_db(engine: Engine, tenants: range, per_tenant: int) -> None:
@@ -44,8 +53,8 @@ def check_db(engine: Engine, tenants: range, per_tenant: int) -> None:
     assert bad_tasks == 0
 
 
-def test_thread_pool_keeps_tenants_apart(pg_url: URL, db_schema: str, clean: Engine) -> None:
-    engine = create_engine(app_url(pg_url), connect_args={"options": f"-csearch_path={db_schema},public"},
+def test_thread_pool_keeps_tenants_apart(app_url: URL, db_schema: str, clean: Engine) -> None:
+    engine = create_engine(app_url, connect_args={"options": f"-csearch_path={db_schema},public"},
                            pool_size=2, max_overflow=0)
     Session = sa_patterns.install(sessionmaker(engine))
     tenants = range(1, 9)
@@ -75,8 +84,8 @@ def test_thread_pool_keeps_tenants_apart(pg_url: URL, db_schema: str, clean: Eng
     check_db(clean, tenants, ROUNDS)
 
 
-async def test_hundred_asyncio_tasks_keep_tenants_apart(pg_url: URL, db_schema: str, clean: Engine) -> None:
-    engine = create_async_engine(app_url(pg_url), connect_args={"options": f"-csearch_path={db_schema},public"},
+async def test_hundred_asyncio_tasks_keep_tenants_apart(app_url: URL, db_schema: str, clean: Engine) -> None:
+    engine = create_async_engine(app_url, connect_args={"options": f"-csearch_path={db_schema},public"},
                                  pool_size=2, max_overflow=0, pool_timeout=120)
     Session = sa_patterns.install(async_sessionmaker(engine, expire_on_commit=False))
     tenants = range(101, 201)
