@@ -285,10 +285,14 @@ def test_lazy_load_after_scope_ends_fails_closed(seeded: Session) -> None:
 @pytest.fixture
 def superuser_session(superuser_engine: Engine) -> Iterator[Session]:
     """A session of the server's superuser, which RLS never stops: the ORM filter alone."""
-    with superuser_engine.connect() as conn, conn.begin():
+    with superuser_engine.connect() as conn:
+        outer = conn.begin()  # rolled back after the test
         factory = sa_patterns.install(sessionmaker(bind=conn, join_transaction_mode="create_savepoint"))
-        with factory() as s:
-            yield s
+        try:
+            with factory() as s:
+                yield s
+        finally:
+            outer.rollback()
 
 
 def test_all_tenants_scope_and_option_lift_the_orm_filter(superuser_session: Session) -> None:

@@ -2,19 +2,23 @@
 
 The data: three tenants; task 999 of tenant 2 hangs under project 11 of tenant 1 (a plain
 foreign key allows it, as a bug or a raw-SQL fix-up would leave it); project 13 of tenant 1 is
-soft-deleted. Every test runs as the superuser fixture connection, so it proves the ORM wall on
-its own, and reads back what the database holds with raw SQL.
+soft-deleted. Every test runs as the app role (NOSUPERUSER NOBYPASSRLS, owning nothing) on the
+schema the toolkit built, so both walls stand (the ORM wall alone, as a superuser, is proven by
+the isolation matrix, tests/isolation), and reads back what the database holds with
+``superuser_sql``, past row-level security. The rows are written by the app role itself, each
+under its own tenant: the cross-tenant ones are what a missing composite reference lets it write.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import (
     Engine,
     ForeignKey,
+    MetaData,
     String,
     delete,
     event,
@@ -36,6 +40,7 @@ from sqlalchemy.orm import (
     joinedload,
     mapped_column,
     relationship,
+    sessionmaker,
 )
 from sqlalchemy.orm import join as orm_join
 
@@ -84,32 +89,63 @@ class Archive(TenantMixin, Base):
     )
 
 
+@pytest.fixture(scope="module")
+def sa_patterns_metadata() -> MetaData:
+    return Base.metadata
+
+
 @pytest.fixture(scope="module", autouse=True)
-def tables(engine: Engine) -> Iterator[None]:
-    with engine.begin() as conn:
-        sa_patterns.create_all(conn, Base.metadata)
+def tables(owner_engine: Engine) -> Iterator[None]:
+    with owner_engine.begin() as conn:  # the owner's tables: only it may alter them
         drop_tenant_references(conn, Base.metadata)  # the seeded data crosses tenants on purpose
     yield
 
 
+def seed(sql: Callable[[str], object]) -> None:
+    """The module's rows, each statement run under its rows' tenant (RLS lets the app role)."""
+    for tenant in (1, 2, 3):
+        pids = [tenant * 10 + n for n in (1, 2, 3)]
+        with sa_patterns.tenant_scope(tenant):
+            sql("INSERT INTO tp_projects (id, tenant_id, name) VALUES "
+                + ", ".join(f"({pid}, {tenant}, 'p{pid}')" for pid in pids))
+            sql("INSERT INTO tp_tasks (id, tenant_id, project_id, title) VALUES "
+                + ", ".join(f"({pid * 10 + k}, {tenant}, {pid}, 't{pid}{k}')" for pid in pids for k in (1, 2)))
+    with sa_patterns.tenant_scope(1):
+        sql("UPDATE tp_projects SET deleted_at = now() WHERE id = 13")
+        sql("UPDATE tp_tasks SET deleted_at = now() WHERE id = 112")
+    with sa_patterns.tenant_scope(2):
+        # a task of tenant 2 under a project of tenant 1
+        sql("INSERT INTO tp_tasks (id, tenant_id, project_id, title) VALUES (999, 2, 11, 'foreign')")
+        # and a soft-deleted one of tenant 2 under another project of tenant 1
+        sql("INSERT INTO tp_tasks (id, tenant_id, project_id, title, deleted_at) "
+            "VALUES (998, 2, 12, 'foreign, deleted', now())")
+
+
 @pytest.fixture
 def s(session: Session, sql: SQL) -> Session:
-    for tenant in (1, 2, 3):
-        for n in (1, 2, 3):
-            pid = tenant * 10 + n
-            sql("INSERT INTO tp_projects (id, tenant_id, name) VALUES (:i, :t, :n)",
-                i=pid, t=tenant, n=f"p{pid}")
-            for k in (1, 2):
-                sql("INSERT INTO tp_tasks (id, tenant_id, project_id, title) VALUES (:i, :t, :p, :n)",
-                    i=pid * 10 + k, t=tenant, p=pid, n=f"t{pid}{k}")
-    sql("UPDATE tp_projects SET deleted_at = now() WHERE id = 13")
-    sql("UPDATE tp_tasks SET deleted_at = now() WHERE id = 112")
-    # a task of tenant 2 under a project of tenant 1
-    sql("INSERT INTO tp_tasks (id, tenant_id, project_id, title) VALUES (999, 2, 11, 'foreign')")
-    # and a soft-deleted one of tenant 2 under another project of tenant 1
-    sql("INSERT INTO tp_tasks (id, tenant_id, project_id, title, deleted_at) "
-        "VALUES (998, 2, 12, 'foreign, deleted', now())")
+    """The app role's session, seeded."""
+    seed(sql)
     return session
+
+
+@pytest.fixture
+def superuser_s(superuser_engine: Engine) -> Iterator[tuple[Session, SQL]]:
+    """A superuser's session, seeded, and raw SQL on its connection: RLS never stops it, so the
+    ORM wall alone decides (for the refusals whose kind as the app role PostgreSQL decides)."""
+    with superuser_engine.connect() as conn:
+        outer = conn.begin()  # rolled back after the test
+
+        def run(statement: str, /, **params: Any) -> list[Any]:
+            result = conn.execute(text(statement), params)
+            return list(result) if result.returns_rows else []
+
+        seed(run)
+        factory = sa_patterns.install(sessionmaker(bind=conn, join_transaction_mode="create_savepoint"))
+        try:
+            with factory() as session:
+                yield session, run
+        finally:
+            outer.rollback()
 
 
 def statements(session: Session) -> list[str]:
@@ -135,11 +171,11 @@ def test_joinedload_child_of_another_tenant_is_not_loaded(s: Session) -> None:
 # --- 2. refresh and expired attributes ------------------------------------------------------
 
 
-def test_refresh_under_another_tenant_reads_nothing(s: Session) -> None:
+def test_refresh_under_another_tenant_reads_nothing(s: Session, superuser_sql: SQL) -> None:
     with sa_patterns.tenant_scope(2):
         p = s.get(Project, 21)
         assert p is not None
-    s.execute(text("UPDATE tp_projects SET name = 'secret' WHERE id = 21"))
+    superuser_sql("UPDATE tp_projects SET name = 'secret' WHERE id = 21")  # behind its back
     sent = statements(s)
     with sa_patterns.tenant_scope(1):
         with pytest.raises(sa_exc.InvalidRequestError):
@@ -158,7 +194,7 @@ def test_refresh_under_another_tenant_reads_nothing(s: Session) -> None:
 # --- 3. INSERT ... SELECT -------------------------------------------------------------------
 
 
-def test_insert_from_select_copies_the_tenants_live_rows_only(s: Session, sql: SQL) -> None:
+def test_insert_from_select_copies_the_tenants_live_rows_only(s: Session, superuser_sql: SQL) -> None:
     stmt = insert(Archive).from_select(
         ["id", "name", "tenant_id"], select(Project.id, Project.name, Project.tenant_id)
     )
@@ -169,24 +205,24 @@ def test_insert_from_select_copies_the_tenants_live_rows_only(s: Session, sql: S
         # a hand-written tenant value of another tenant is not written either
         s.execute(insert(Archive).from_select(
             ["id", "name", "tenant_id"], select(Task.id, Task.title, literal(2))))
-    assert sql("SELECT id, tenant_id FROM tp_archive ORDER BY id") == [(11, 1), (12, 1)]
+    assert superuser_sql("SELECT id, tenant_id FROM tp_archive ORDER BY id") == [(11, 1), (12, 1)]
 
 
-def test_insert_from_select_without_tenant_id_is_filled(s: Session, sql: SQL) -> None:
+def test_insert_from_select_without_tenant_id_is_filled(s: Session, superuser_sql: SQL) -> None:
     with sa_patterns.tenant_scope(3):
         s.execute(insert(Archive).from_select(["id", "name"], select(Project.id + 100, Project.name)))
-    assert sql("SELECT id, tenant_id FROM tp_archive ORDER BY id") == [(131, 3), (132, 3), (133, 3)]
+    assert superuser_sql("SELECT id, tenant_id FROM tp_archive ORDER BY id") == [(131, 3), (132, 3), (133, 3)]
 
 
 # --- 9. multi-VALUES ------------------------------------------------------------------------
 
 
-def test_multi_values_insert(s: Session, sql: SQL) -> None:
+def test_multi_values_insert(s: Session, superuser_sql: SQL) -> None:
     with sa_patterns.tenant_scope(1):
         s.execute(insert(Archive).values([{"id": 1, "name": "a"}, {"id": 2, "name": "b", "tenant_id": 1}]))
         with pytest.raises(TenantViolation):
             s.execute(insert(Archive).values([{"id": 3, "name": "c"}, {"id": 4, "name": "d", "tenant_id": 2}]))
-    assert sql("SELECT id, tenant_id FROM tp_archive ORDER BY id") == [(1, 1), (2, 1)]
+    assert superuser_sql("SELECT id, tenant_id FROM tp_archive ORDER BY id") == [(1, 1), (2, 1)]
 
 
 # --- 4. explicit joins in select_from -------------------------------------------------------
@@ -213,7 +249,9 @@ def test_counts_over_explicit_joins(s: Session, joiner: Any) -> None:
 # --- 5. upserts -----------------------------------------------------------------------------
 
 
-def test_upserts_never_touch_another_tenants_row(s: Session, sql: SQL) -> None:
+def test_upserts_never_touch_another_tenants_row(superuser_s: tuple[Session, SQL]) -> None:
+    """The ORM wall's refusals, as the superuser (the app role: the next test)."""
+    s, superuser_sql = superuser_s
     with sa_patterns.tenant_scope(1):
         with pytest.raises(TenantViolation):
             sa_patterns.insert_many(s, Project, [{"id": 21, "name": "stolen"}], on_conflict="update")
@@ -226,14 +264,34 @@ def test_upserts_never_touch_another_tenants_row(s: Session, sql: SQL) -> None:
         with pytest.raises(TenantViolation):
             sa_patterns.insert_many(s, Project, [{"id": 12, "name": "x", "tenant_id": 2}],
                                     on_conflict="update")
-    assert sql("SELECT id, tenant_id, name FROM tp_projects WHERE id IN (11, 21) ORDER BY id") == [
+    assert superuser_sql("SELECT id, tenant_id, name FROM tp_projects WHERE id IN (11, 21) ORDER BY id") == [
+        (11, 1, "mine"), (21, 2, "p21")]
+
+
+def test_upserts_never_touch_another_tenants_row_as_the_app_role(s: Session, superuser_sql: SQL) -> None:
+    """As the app role PostgreSQL checks the conflicting row against the UPDATE policy first and
+    refuses with its own error (an ON CONFLICT DO UPDATE onto a row the policy hides is an
+    error, not a skip): refused either way, the row untouched."""
+    refused = (TenantViolation, sa_exc.DBAPIError)
+    with sa_patterns.tenant_scope(1):
+        with pytest.raises(refused), s.begin_nested():
+            sa_patterns.insert_many(s, Project, [{"id": 21, "name": "stolen"}], on_conflict="update")
+        stmt = pg_insert(Project).values(id=21, name="overwritten")
+        stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={"name": stmt.excluded.name})
+        with pytest.raises(refused), s.begin_nested():
+            assert s.execute(stmt.returning(Project.name)).all() == []
+        sa_patterns.insert_many(s, Project, [{"id": 11, "name": "mine"}], on_conflict="update")
+        with pytest.raises(TenantViolation):
+            sa_patterns.insert_many(s, Project, [{"id": 12, "name": "x", "tenant_id": 2}],
+                                    on_conflict="update")
+    assert superuser_sql("SELECT id, tenant_id, name FROM tp_projects WHERE id IN (11, 21) ORDER BY id") == [
         (11, 1, "mine"), (21, 2, "p21")]
 
 
 # --- 6. Session.bulk_* ----------------------------------------------------------------------
 
 
-def test_legacy_bulk_methods_are_scoped(s: Session, sql: SQL) -> None:
+def test_legacy_bulk_methods_are_scoped(s: Session, superuser_sql: SQL) -> None:
     with sa_patterns.tenant_scope(1):
         s.bulk_update_mappings(Project, [{"id": 21, "name": "hijacked"}, {"id": 11, "name": "ok"}])
         with pytest.raises(TenantViolation):
@@ -245,25 +303,27 @@ def test_legacy_bulk_methods_are_scoped(s: Session, sql: SQL) -> None:
             s.bulk_save_objects([Archive(id=7, name="z")])
     with pytest.raises(TenantRequired):
         s.bulk_insert_mappings(Archive, [{"id": 8, "name": "w"}])
-    assert sql("SELECT id, tenant_id, name FROM tp_projects WHERE id IN (11, 21, 22) ORDER BY id") == [
+    assert superuser_sql("SELECT id, tenant_id, name FROM tp_projects WHERE id IN (11, 21, 22) ORDER BY id") == [
         (11, 1, "ok"), (21, 2, "p21"), (22, 2, "p22")]
-    assert sql("SELECT id, tenant_id FROM tp_archive") == [(5, 1)]
+    assert superuser_sql("SELECT id, tenant_id FROM tp_archive") == [(5, 1)]
 
 
 # --- 7. cascades by foreign key -------------------------------------------------------------
 
 
-def test_bulk_delete_cascade_stays_inside_the_tenant(s: Session, sql: SQL) -> None:
+def test_bulk_delete_cascade_stays_inside_the_tenant(s: Session, superuser_sql: SQL) -> None:
     with sa_patterns.tenant_scope(1):
         s.execute(delete(Project).where(Project.id == 11))
-    assert sql("SELECT id FROM tp_tasks WHERE deleted_at IS NOT NULL ORDER BY id") == [
+    assert superuser_sql("SELECT id FROM tp_tasks WHERE deleted_at IS NOT NULL ORDER BY id") == [
         (111,), (112,), (998,)]
-    assert sql("SELECT deleted_at FROM tp_tasks WHERE id = 999") == [(None,)]
+    assert superuser_sql("SELECT deleted_at FROM tp_tasks WHERE id = 999") == [(None,)]
 
 
-def test_hard_delete_never_purges_another_tenants_child(s: Session, sql: SQL) -> None:
+def test_hard_delete_never_purges_another_tenants_child(superuser_s: tuple[Session, SQL]) -> None:
     # 998 (tenant 2, soft-deleted) references the parent: the hard delete is refused; it never
-    # reaches across the tenant wall to purge it
+    # reaches across the tenant wall to purge it. As the superuser: the ORM wall's refusal (the
+    # app role cannot see 998; the next test)
+    s, superuser_sql = superuser_s
     with sa_patterns.tenant_scope(1):
         p = s.get(Project, 12)
         assert p is not None
@@ -271,7 +331,20 @@ def test_hard_delete_never_purges_another_tenants_child(s: Session, sql: SQL) ->
         with pytest.raises(TenantViolation, match="belonging to another tenant"):
             s.flush()
     s.rollback()
-    assert sql("SELECT tenant_id FROM tp_tasks WHERE id = 998") == [(2,)]
+    assert superuser_sql("SELECT tenant_id FROM tp_tasks WHERE id = 998") == [(2,)]
+
+
+def test_hard_delete_never_purges_another_tenants_child_as_the_app_role(s: Session, superuser_sql: SQL) -> None:
+    """The app role does not see 998, so nothing is purged: the parent's DELETE meets the
+    foreign key (checked past RLS), refused either way."""
+    with sa_patterns.tenant_scope(1):
+        p = s.get(Project, 12)
+        assert p is not None
+        sa_patterns.hard_delete(s, p)
+        with pytest.raises((TenantViolation, sa_exc.IntegrityError)):
+            s.flush()
+    s.rollback()
+    assert superuser_sql("SELECT tenant_id FROM tp_tasks WHERE id = 998") == [(2,)]
 
 
 # --- 10. __rls__ without TenantMixin --------------------------------------------------------
@@ -332,19 +405,22 @@ def test_actor_set_after_the_transaction_began_reaches_postgres(s: Session) -> N
         assert s.scalar(probe) == "carol"
 
 
-def test_scope_set_after_begin_is_sent_before_a_flush(s: Session, sql: SQL) -> None:
+def test_scope_set_after_begin_is_sent_before_a_flush(s: Session, superuser_sql: SQL) -> None:
     s.execute(text("SELECT 1"))  # the transaction begins with no tenant
     with sa_patterns.tenant_scope(3):
         s.add(Archive(id=40, name="late"))
         # the flush's INSERT is no ORM statement: the settings must be sent before it
         s.flush()
-    assert sql("SELECT tenant_id, seen FROM tp_archive WHERE id = 40") == [(3, "3")]
+    assert superuser_sql("SELECT tenant_id, seen FROM tp_archive WHERE id = 40") == [(3, "3")]
 
 
-async def test_async_refresh_and_joinedload(async_session: AsyncSession, sql: SQL) -> None:
+async def test_async_refresh_and_joinedload(async_session: AsyncSession) -> None:
     a = async_session
-    with sa_patterns.all_tenants():
-        a.add_all([Project(id=71, tenant_id=7, name="a"), Project(id=81, tenant_id=8, name="b")])
+    with sa_patterns.tenant_scope(7):
+        a.add(Project(id=71, tenant_id=7, name="a"))
+        await a.flush()
+    with sa_patterns.tenant_scope(8):
+        a.add(Project(id=81, tenant_id=8, name="b"))
         await a.flush()
         a.add(Task(id=811, tenant_id=8, project_id=71, title="foreign"))
         await a.flush()
@@ -385,7 +461,7 @@ def test_orm_update_statement_with_returning_is_scoped(s: Session) -> None:
     assert sorted(rows) == [11, 12]
 
 
-def test_delete_orphan_of_a_soft_deletable_child_is_a_soft_delete(s: Session, sql: SQL) -> None:
+def test_delete_orphan_of_a_soft_deletable_child_is_a_soft_delete(s: Session, superuser_sql: SQL) -> None:
     """A child removed from a delete-orphan collection is soft-deleted (restorable), and a child
     appended in the same flush is still written with its parent's key."""
     with sa_patterns.tenant_scope(1):
@@ -395,15 +471,15 @@ def test_delete_orphan_of_a_soft_deletable_child_is_a_soft_delete(s: Session, sq
         p.tasks.remove(gone)
         p.tasks.append(Task(id=129, title="new"))
         s.flush()
-        assert sql("SELECT project_id, deleted_at IS NOT NULL FROM tp_tasks WHERE id = :i",
+        assert superuser_sql("SELECT project_id, deleted_at IS NOT NULL FROM tp_tasks WHERE id = :i",
                    i=gone.id) == [(12, True)]
-        assert sql("SELECT project_id, tenant_id FROM tp_tasks WHERE id = 129") == [(12, 1)]
+        assert superuser_sql("SELECT project_id, tenant_id FROM tp_tasks WHERE id = 129") == [(12, 1)]
         assert sorted(t.id for t in s.scalars(select(Task).where(Task.project_id == 12))) == [122, 129]
         back = s.get(Task, gone.id, execution_options={"include_deleted": True})
         assert back is not None and back is not gone  # it left the session like a deleted one
         back.restore()
         s.flush()
-    assert sql("SELECT deleted_at FROM tp_tasks WHERE id = :i", i=gone.id) == [(None,)]
+    assert superuser_sql("SELECT deleted_at FROM tp_tasks WHERE id = :i", i=gone.id) == [(None,)]
 
 
 def test_tenant_parameter_equality_is_answered_without_building_sql(
