@@ -72,6 +72,7 @@ from ..schema import (
     register,
     registered,
 )
+from ..tenancy.rls import owner_rights
 
 __all__ = [
     "HORIZON_SQL",
@@ -424,7 +425,10 @@ def _reader_objects(table: Table, runner_role: str | None) -> list[Entity]:
         schema=schema,
         table=name,
         name=ident(name, "log_reader"),
-        using=f"current_setting({quote_literal(ALL_TENANTS_SETTING)}, true) = 'on'",
+        using=(
+            f"current_setting({quote_literal(ALL_TENANTS_SETTING)}, true) = 'on' AND "
+            f"{owner_rights(qualified(schema, name))}"
+        ),
         command="SELECT",
         roles=(OWNER,),
     )

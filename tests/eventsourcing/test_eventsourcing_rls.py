@@ -308,8 +308,10 @@ def test_streams_and_snapshots_are_behind_the_tenant_wall(app_engine: Engine, en
         ("es_rls_events", "es_rls_events_log_reader", "SELECT", [OWNER_ROLE]),
         ("es_rls_events", "es_rls_events_tenant_admin", "ALL", [ADMIN_ROLE]),
         ("es_rls_events", "es_rls_events_tenant_isolation", "ALL", ["public"]),
+        ("es_rls_events", "es_rls_events_tenant_owner", "ALL", [OWNER_ROLE]),
         ("es_rls_snapshots", "es_rls_snapshots_tenant_admin", "ALL", [ADMIN_ROLE]),
         ("es_rls_snapshots", "es_rls_snapshots_tenant_isolation", "ALL", ["public"]),
+        ("es_rls_snapshots", "es_rls_snapshots_tenant_owner", "ALL", [OWNER_ROLE]),
     ]
 
 

@@ -189,7 +189,7 @@ def test_create_all_writes_triggers_soft_unique_index_and_rls(
     assert sql(
         "SELECT policyname FROM pg_policies WHERE schemaname = :s AND tablename = :t ORDER BY 1",
         s=db_schema, t=name,
-    ) == [(f"{name}_tenant_admin",), (f"{name}_tenant_isolation",)]
+    ) == [(f"{name}_tenant_admin",), (f"{name}_tenant_isolation",), (f"{name}_tenant_owner",)]
 
 
 # --------------------------------------------------------------------------------------------

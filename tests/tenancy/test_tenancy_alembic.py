@@ -140,7 +140,7 @@ def test_rls_round_trip(
     assert forced(engine, db_schema) == {"tn_mig_accounts", "tn_mig_invoices"}
     found = policies(engine, db_schema)
     assert set(found) == {
-        f"tn_mig_{t}_tenant_{p}" for t in ("accounts", "invoices") for p in ("isolation", "admin")
+        f"tn_mig_{t}_tenant_{p}" for t in ("accounts", "invoices") for p in ("isolation", "admin", "owner")
     }
     assert "current_setting('app.tenant_id'::text, true)" in found["tn_mig_invoices_tenant_isolation"]
     assert "::bigint" in found["tn_mig_invoices_tenant_isolation"]

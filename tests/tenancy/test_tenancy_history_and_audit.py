@@ -146,7 +146,7 @@ def test_history_table_has_the_live_tables_row_level_security(engine: Engine, mo
         ), {"t": history_name}).all()
     assert tuple(flags) == (True, True)
     by_name = {p.policyname: p for p in policies}
-    assert set(by_name) == {f"{history_name}_tenant_isolation", f"{history_name}_tenant_admin"}
+    assert set(by_name) == {f"{history_name}_tenant_{p}" for p in ("isolation", "admin", "owner")}
     isolation = by_name[f"{history_name}_tenant_isolation"]
     assert "app.tenant_id" in isolation.qual and "app.tenant_id" in isolation.with_check
 
@@ -222,7 +222,7 @@ def test_autogenerate_writes_the_history_tables_rls(pg_url: URL, db_roles: RunRo
             assert list(compare_metadata(ctx, Base.metadata)) == []
         tables = {"tv_contracts", "tv_contracts_history", "tv_leases", "tv_leases_history", "tv_tickets"}
         assert secured == tables
-        assert policies == {f"{t}_tenant_{p}" for t in tables for p in ("isolation", "admin")} | {
+        assert policies == {f"{t}_tenant_{p}" for t in tables for p in ("isolation", "admin", "owner")} | {
             "audit_log_tenant_read", "audit_log_admin_read", "audit_log_write"}
     finally:
         engine.dispose()

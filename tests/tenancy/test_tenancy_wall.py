@@ -162,3 +162,34 @@ def test_a_missing_grant_is_named(pg_url: URL, superuser: Engine, built: str, mi
         engine.dispose()
         with superuser.begin() as conn:
             conn.execute(text(restore.format(**names)))
+
+
+def test_a_backfill_by_the_owner_reaches_every_tenant_deliberately(
+    pg_url: URL, superuser: Engine, built: str
+) -> None:
+    """The documented way for a migration to touch every tenant's rows: as the owner, with
+    app.all_tenants on in its transaction. The app role setting it gains nothing, also through a
+    view the owner owns (which reads with the owner's policies)."""
+    with superuser.begin() as conn:
+        conn.execute(text(f"INSERT INTO {quote(built)}.tn_wall_notes (id, tenant_id) VALUES (501, 1), (502, 2)"))
+    owner, app = login(pg_url, built, ROLES.owner), login(pg_url, built, ROLES.app)
+    try:
+        with owner.begin() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM tn_wall_notes")) == 0  # FORCEd: no tenant, nothing
+            conn.execute(text("SELECT set_config('app.all_tenants', 'on', true)"))
+            assert conn.scalar(text("UPDATE tn_wall_notes SET tenant_id = tenant_id WHERE id > 500 RETURNING 1")) == 1
+            assert conn.scalar(text("SELECT count(*) FROM tn_wall_notes WHERE id > 500")) == 2
+            conn.execute(text("CREATE VIEW tn_wall_all AS SELECT * FROM tn_wall_notes"))
+            conn.execute(text(f"GRANT SELECT ON tn_wall_all TO {quote(ROLES.app)}"))
+        with app.begin() as conn:
+            conn.execute(text("SELECT set_config('app.all_tenants', 'on', true)"))
+            assert conn.scalar(text("SELECT count(*) FROM tn_wall_notes")) == 0
+            assert conn.scalar(text("SELECT count(*) FROM tn_wall_all")) == 0
+            conn.execute(text("SELECT set_config('app.tenant_id', '2', true)"))
+            assert conn.scalars(text("SELECT id FROM tn_wall_all WHERE id > 500")).all() == [502]
+    finally:
+        owner.dispose()
+        app.dispose()
+        with superuser.begin() as conn:
+            conn.execute(text(f"DROP VIEW IF EXISTS {quote(built)}.tn_wall_all"))
+            conn.execute(text(f"DELETE FROM {quote(built)}.tn_wall_notes WHERE id > 500"))
