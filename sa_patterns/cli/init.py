@@ -50,7 +50,10 @@ def init(
 
 def _run(args: argparse.Namespace) -> int:
     ini = init(args.directory, metadata=args.metadata, use_async=args.use_async)
-    print(f"wrote {args.directory}/ and {ini}; next: alembic revision --autogenerate -m init")
+    print(f"wrote {args.directory}/ and {ini}. Next:")
+    print("  sa-patterns roles --url <a superuser URL>   # once: owner, app and admin roles")
+    print("  alembic revision --autogenerate -m init     # as the owner role: tables, RLS, grants")
+    print("  alembic upgrade head                        # then the app connects as the app role")
     return 0
 
 
