@@ -36,6 +36,7 @@ from .pattern import Pattern
 
 __all__ = [
     "ACTOR_SETTING",
+    "ADMIN_KEY_SETTING",
     "ALL_TENANTS_SETTING",
     "REQUEST_SETTING",
     "TENANT_SETTING",
@@ -63,10 +64,16 @@ REQUEST_SETTING = "app.request"
 #: Asks the admin policy (``__rls_admin_role__``) to lift the tenant filter. Any role can *set*
 #: it; only members of the admin role get a policy that reads it, so an app role cannot forge it.
 ALL_TENANTS_SETTING = "app.all_tenants"
+#: The key ``all_tenants(key=...)`` presents; a keyed admin policy (:mod:`sa_patterns.tenancy.
+#: admin_keys`) compares its hash with the stored ones, so SQL that sets it cannot guess one.
+ADMIN_KEY_SETTING = "app.admin_key"
+#: The shortest key ``all_tenants(key=...)`` accepts (characters): not guessable.
+MIN_ADMIN_KEY = 32
 
-#: The scope in force: (tenant, actor, request metadata, all tenants). One variable, read once
-#: per statement; each scope function sets a new tuple and restores the outer one on exit.
-_Scope = tuple["TenantId | None", "str | None", "Mapping[str, str] | None", bool]
+#: The scope in force: (tenant, actor, request metadata, all tenants: False, True or the admin
+#: key presented). One variable, read once per statement; each scope function sets a new tuple
+#: and restores the outer one on exit.
+_Scope = tuple["TenantId | None", "str | None", "Mapping[str, str] | None", "bool | str"]
 _scope: ContextVar[_Scope] = ContextVar("sa_patterns_scope", default=(None, None, None, False))
 
 
@@ -132,10 +139,23 @@ def actor_scope(actor_id: object, **metadata: object) -> Iterator[str | None]:
 
 
 @contextmanager
-def all_tenants() -> Iterator[None]:
-    """Deliberately lift tenant filtering for the block (admin work, migrations, reports)."""
+def all_tenants(*, key: str | None = None) -> Iterator[None]:
+    """Deliberately lift tenant filtering for the block (admin work, migrations, reports).
+
+    The ORM filter is lifted for any role; the database's only for the admin role, or, with
+    ``key``, for the app role when the key is one registered with
+    :func:`sa_patterns.tenancy.admin_keys.add_admin_key` (administrators who are users of the
+    app, on its pool): SQL that sets the setting itself cannot produce a valid key.
+    """
+    if key is not None and (
+        not isinstance(key, str) or len(key) < MIN_ADMIN_KEY or "\x00" in key
+    ):
+        raise ConfigurationError(
+            f"all_tenants(key=...): a key is a secret string of at least {MIN_ADMIN_KEY} "
+            "characters (sa-patterns admin-key add prints one); load it from the environment."
+        )
     tenant, actor, request, _ = _scope.get()
-    token = _scope.set((tenant, actor, request, True))
+    token = _scope.set((tenant, actor, request, key if key is not None else True))
     try:
         yield
     finally:
@@ -171,7 +191,7 @@ def is_all_tenants(session: Session | None = None) -> bool:
     info = _info(session)
     if "all_tenants" in info:
         return bool(info["all_tenants"])
-    return _scope.get()[3]
+    return bool(_scope.get()[3])
 
 
 def current_actor(session: Session | None = None) -> str | None:
@@ -217,7 +237,7 @@ def statement_context(state: ORMExecuteState) -> StatementContext:
     return StatementContext(
         state,
         tenant,
-        admin or bool(options.get(ALL_TENANTS, False)),
+        bool(admin) or bool(options.get(ALL_TENANTS, False)),
         bool(options.get(INCLUDE_DELETED, False)),
         bool(options.get(HARD_DELETE, False)),
     )
@@ -250,7 +270,7 @@ def _key(session: Session) -> _Key:
         current_tenant(session),
         current_actor(session),
         current_request_metadata(session),
-        is_all_tenants(session),
+        bool(info["all_tenants"]) if "all_tenants" in info else _scope.get()[3],  # keeps a key
     )
 
 
@@ -261,6 +281,7 @@ def _values(key: _Key) -> dict[str, str]:
         ACTOR_SETTING: "" if actor is None else str(actor),
         REQUEST_SETTING: json.dumps(dict(meta), sort_keys=True) if meta else "",
         ALL_TENANTS_SETTING: "on" if admin else "",
+        ADMIN_KEY_SETTING: admin if isinstance(admin, str) else "",
     }
 
 

@@ -179,6 +179,17 @@ class Entity:
         return self.replace_sql(old) + ([self.comment_sql()] if self.commented else [])
 
 
+#: The pattern modules that define kinds of their own, imported when a comment names one.
+_KIND_MODULES = (
+    "sa_patterns.schema.access",
+    "sa_patterns.schema.constraints",
+    "sa_patterns.partitioning",
+    "sa_patterns.views",
+    "sa_patterns.eventsourcing.tables",
+    "sa_patterns.tenancy.admin_keys",
+)
+
+
 def live_kinds() -> list[type[Entity]]:
     """Every kind of object, for :meth:`Entity.read_live`."""
     return list(_KINDS.values())
@@ -187,7 +198,15 @@ def live_kinds() -> list[type[Entity]]:
 def entity_from_spec(spec: Mapping[str, Any]) -> Entity:
     """Rebuild an object from the JSON stored in its ``sa_patterns:`` comment."""
     data = dict(spec)
-    cls = _KINDS[data.pop("kind")]
+    kind = data.pop("kind")
+    if kind not in _KINDS:  # defined by a pattern module the models at hand did not import
+        import importlib
+
+        for module in _KIND_MODULES:
+            importlib.import_module(module)
+    if kind not in _KINDS:
+        raise ValueError(f"unknown sa_patterns object kind {kind!r} (a newer toolkit made it?)")
+    cls = _KINDS[kind]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {
         k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields
