@@ -1,10 +1,14 @@
 """Audited/Versioned through Alembic autogenerate: create → upgrade → no diff → a source column
-added (history column + replaced functions follow) → downgrade to nothing. Checked in the catalog."""
+added (history column + replaced functions follow) → downgrade to nothing. Checked in the catalog.
+
+The migrations run as the owner role (not a superuser), as a deployment runs them; the app role
+then writes through the triggers they made, and reads what its policy on the log shows it."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata, produce_migrations
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
@@ -80,7 +84,13 @@ def objects(engine: Engine, schema: str) -> dict[str, set[str]]:
         }
 
 
-def test_autogenerate_roundtrip(engine: Engine, db_schema: str) -> None:
+@pytest.fixture(scope="module")
+def sa_patterns_metadata() -> MetaData:
+    return MetaData()  # the role model, nothing built: the migrations build
+
+
+def test_autogenerate_roundtrip(owner_engine: Engine, engine: Engine, db_schema: str) -> None:
+    app, engine = engine, owner_engine
     ops = migrate(engine, build())
     assert any(o.startswith("CreateTableOp:audit_log") for o in ops)
     assert any(o.startswith("CreateTableOp:al_item_history") for o in ops)
@@ -92,7 +102,7 @@ def test_autogenerate_roundtrip(engine: Engine, db_schema: str) -> None:
     }
     assert diffs(engine, build()) == []  # no false diff (types, nullability, indexes, objects)
 
-    with engine.begin() as conn:  # the triggers the migration made really work
+    with app.begin() as conn:  # the triggers the migration made really work, for the app role
         conn.execute(text("INSERT INTO al_item (id, name, secret) VALUES (1, 'a', 's')"))
         conn.execute(text("UPDATE al_item SET name = 'b'"))
         assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one() == 2
@@ -107,7 +117,7 @@ def test_autogenerate_roundtrip(engine: Engine, db_schema: str) -> None:
         "function al_item_audit", "function al_item_history"]
     assert "subtitle" in objects(engine, db_schema)["history_columns"]
     assert diffs(engine, changed) == []
-    with engine.begin() as conn:
+    with app.begin() as conn:
         conn.execute(text("UPDATE al_item SET subtitle = 'x'"))
         row = conn.execute(text("SELECT new_row FROM audit_log ORDER BY id DESC LIMIT 1")).scalar_one()
         assert row == {"subtitle": "x"}
@@ -120,10 +130,11 @@ def test_autogenerate_roundtrip(engine: Engine, db_schema: str) -> None:
     assert objects(engine, db_schema) == {"functions": set(), "triggers": set(), "tables": set(), "history_columns": set()}
 
 
-def test_partitioned_log_roundtrip(engine: Engine, db_schema: str) -> None:
+def test_partitioned_log_roundtrip(owner_engine: Engine, engine: Engine, db_schema: str) -> None:
+    app, engine = engine, owner_engine
     md = build(partitioned=True)
     migrate(engine, md)
-    with engine.begin() as conn:
+    with app.begin() as conn:
         kind = conn.execute(text("SELECT relkind FROM pg_class WHERE oid = 'audit_log'::regclass")).scalar_one()
         assert kind == "p"
         parts = conn.execute(text(
@@ -153,12 +164,13 @@ def build_priced(price_type: type[Integer] | type[String]) -> MetaData:
     return Base.metadata
 
 
-def test_a_column_type_change_replaces_the_functions(engine: Engine, db_schema: str) -> None:
+def test_a_column_type_change_replaces_the_functions(owner_engine: Engine, engine: Engine, db_schema: str) -> None:
     """The audit function writes each column's values by its type (an integer's text is its JSON, a
     string goes through to_json): the revision that changes a type replaces the audit function
     too, and the history column follows. Both UPDATE paths then log the new type."""
+    app, engine = engine, owner_engine
     migrate(engine, build_priced(Integer))
-    with engine.begin() as conn:
+    with app.begin() as conn:
         conn.execute(text("INSERT INTO al_priced VALUES (1, 10), (2, 20)"))
         conn.execute(text("UPDATE al_priced SET price = price + 1"))
     retyped = build_priced(String)
@@ -167,7 +179,7 @@ def test_a_column_type_change_replaces_the_functions(engine: Engine, db_schema: 
     # the history function copies columns by name: it stays
     assert [o.split(":")[1] for o in ops if o.startswith("ReplaceEntityOp")] == ["function al_priced_audit"]
     assert diffs(engine, retyped) == []
-    with engine.begin() as conn:
+    with app.begin() as conn:
         conn.execute(text("UPDATE al_priced SET price = 'n/a'"))  # both rows: the set-based path
         conn.execute(text("UPDATE al_priced SET price = 'x' WHERE id = 1"))  # the one-row path
         rows = conn.execute(text(

@@ -1,13 +1,17 @@
-"""Versioned: the history table, history(), as_of() in joins, revert(); sync and async."""
+"""Versioned: the history table, history(), as_of() in joins, revert(); sync and async.
+
+As the plugin's app role on the schema the owner role built (the triggers open and close
+versions as the writer); DDL is the owner's, and what the app role may not do behind the
+triggers' back (switch them off) is done with ``superuser_sql`` inside the test's transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
 from datetime import UTC, datetime
 
 import pytest
 from audit_models import Base, Doc, Page
-from sqlalchemy import DDL, Computed, Connection, Engine, Identity, select, text, update
+from sqlalchemy import DDL, Computed, Connection, Engine, Identity, MetaData, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -29,11 +33,43 @@ from sa_patterns.testing.plugin import SQL
 from sa_patterns.versioning import Version, history_table
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tables(engine: Engine) -> Iterator[None]:
-    with engine.begin() as conn:
-        sa_patterns.create_all(conn, Base.metadata)
-    yield
+class RevBase(DeclarativeBase):
+    pass
+
+
+class Article(Versioned, Searchable, RevBase):
+    """Generated columns of three kinds, which revert() must leave to PostgreSQL."""
+
+    __tablename__ = "au_rev_article"
+    __searchable__ = {"title": "A"}
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str]
+    title_length: Mapped[int | None] = mapped_column(Computed("length(title)", persisted=True))
+    serial: Mapped[int] = mapped_column(Identity(always=True))
+
+
+class EncBase(DeclarativeBase):
+    pass
+
+
+PATIENT_RING = Keyring({"k1": os.urandom(32)}, active="k1", index_keys={"i1": os.urandom(32)})
+ASKED: set[tuple[str, str]] = set()  # the places the per-context provider was asked about
+
+
+def per_place(context: KeyContext) -> Keyring:  # a per-context provider sees one place
+    ASKED.add((context.table, context.column))
+    return PATIENT_RING
+
+
+class Patient(Versioned, EncBase):
+    __tablename__ = "au_enc_patient"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ssn: Mapped[str] = mapped_column(EncryptedString(per_place, blind_index=True))
+
+
+@pytest.fixture(scope="module")
+def sa_patterns_metadata() -> list[MetaData]:
+    return [Base.metadata, RevBase.metadata, EncBase.metadata]
 
 
 def stamp(session: Session) -> datetime:
@@ -125,19 +161,6 @@ def test_history_as_of_and_revert(session: Session, sql: SQL) -> None:
 def test_revert_leaves_generated_columns_to_postgresql(connection: Connection, sql: SQL) -> None:
     """PostgreSQL refuses a value for a generated column: revert() sets the columns they derive
     from and lets them follow (a Searchable search_vector, a Computed, an identity ALWAYS)."""
-
-    class B(DeclarativeBase):
-        pass
-
-    class Article(Versioned, Searchable, B):
-        __tablename__ = "au_rev_article"
-        __searchable__ = {"title": "A"}
-        id: Mapped[int] = mapped_column(primary_key=True)
-        title: Mapped[str]
-        title_length: Mapped[int | None] = mapped_column(Computed("length(title)", persisted=True))
-        serial: Mapped[int] = mapped_column(Identity(always=True))
-
-    sa_patterns.create_all(connection, B.metadata)
     session = Session(bind=connection, join_transaction_mode="create_savepoint")
     article = Article(id=1, title="first words")
     session.add(article)
@@ -157,24 +180,6 @@ def test_encrypted_columns_are_versioned_as_ciphertext_that_decrypts(session: Se
     """The history copies an encrypted column's ciphertext as it is: its column type is bound to
     the source column, so history(), as_of() and revert() decrypt it (a copy of the source's
     type instance was refused, so such a model could not even be defined)."""
-    import os
-
-    ring = Keyring({"k1": os.urandom(32)}, active="k1", index_keys={"i1": os.urandom(32)})
-    asked: set[tuple[str, str]] = set()
-
-    def per_place(context: KeyContext) -> Keyring:  # a per-context provider sees one place
-        asked.add((context.table, context.column))
-        return ring
-
-    class B(DeclarativeBase):
-        pass
-
-    class Patient(Versioned, B):
-        __tablename__ = "au_enc_patient"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        ssn: Mapped[str] = mapped_column(EncryptedString(per_place, blind_index=True))
-
-    sa_patterns.create_all(session.connection(), B.metadata)
     patient = Patient(id=1, ssn="111-11")
     session.add(patient)
     session.flush()
@@ -191,7 +196,7 @@ def test_encrypted_columns_are_versioned_as_ciphertext_that_decrypts(session: Se
     session.flush()
     assert session.scalars(select(Patient.id).where(Patient.ssn == "111-11")).all() == [1]
     assert [v.values["ssn"] for v in history(session, patient)] == ["111-11", "222-22", "111-11"]
-    assert asked == {("au_enc_patient", "ssn")}  # the history's reads asked for the source's keys
+    assert {("au_enc_patient", "ssn")} == ASKED  # the history's reads asked for the source's keys
 
 
 async def test_async_history_and_revert(async_session: AsyncSession) -> None:
@@ -235,8 +240,10 @@ def test_configuration_errors_teach() -> None:
     assert Version(1, datetime.now(UTC), None, {}).is_current
 
 
-def test_columns_named_like_the_trigger_aliases(engine: Engine) -> None:
-    """Columns called o, n, d or sa_row must not shadow the triggers' row references."""
+def test_columns_named_like_the_trigger_aliases(owner_engine: Engine) -> None:
+    """Columns called o, n, d or sa_row must not shadow the triggers' row references. (DDL:
+    the owner's; it also owns the log, whose RLS is not forced.)"""
+    engine = owner_engine
 
     class LocalBase(DeclarativeBase):
         pass
@@ -269,15 +276,16 @@ def test_columns_named_like_the_trigger_aliases(engine: Engine) -> None:
         conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
 
 
-def test_backfill_opens_version_one_for_existing_rows(session: Session, sql: SQL) -> None:
+def test_backfill_opens_version_one_for_existing_rows(session: Session, sql: SQL, superuser_sql: SQL) -> None:
     from sa_patterns.versioning import backfill
 
     session.add(Page(id=1, title="tracked"))
     session.flush()
-    # rows written while the triggers were off (as before Versioned was added)
-    session.execute(text("ALTER TABLE au_page DISABLE TRIGGER au_page_history_ins"))
+    # rows written while the triggers were off (as before Versioned was added; only the
+    # table's owner or a superuser may switch them off)
+    superuser_sql("ALTER TABLE au_page DISABLE TRIGGER au_page_history_ins")
     session.execute(text("INSERT INTO au_page (id, title, views) VALUES (2, 'old', 0), (3, 'older', 0)"))
-    session.execute(text("ALTER TABLE au_page ENABLE TRIGGER au_page_history_ins"))
+    superuser_sql("ALTER TABLE au_page ENABLE TRIGGER au_page_history_ins")
     assert backfill(session, Page) == 2
     assert backfill(session, Page) == 0  # idempotent
     rows = sql("SELECT id, version, valid_to FROM au_page_history ORDER BY id")
