@@ -3,7 +3,8 @@
 Given the application's models (``sa_patterns_models = myapp.models:Base`` in the pytest ini,
 or a ``sa_patterns_metadata`` fixture), each test module's schema is built by the toolkit
 (:func:`sa_patterns.create_all`: tables, triggers, functions, policies, row-level security,
-grants) as the **owner** role, a non-superuser, and the test fixtures log in as the **app** role
+grants; models managing no roles get the grants ``manage_access()`` would write) as the
+**owner** role, a non-superuser, and the test fixtures log in as the **app** role
 (NOSUPERUSER NOBYPASSRLS, owning nothing): tests run as production does, with every policy in
 force. The roles (:mod:`sa_patterns.roles`) are made for the run (:mod:`.logins`). Without
 models the fixtures connect as the server's superuser and build nothing, as before; so do they
@@ -64,7 +65,8 @@ from ..errors import ConfigurationError
 from ..install import install
 from ..nplusone import QueryCounter, nplusone_guard
 from ..roles import RoleNames, use_roles
-from ..schema import create_all
+from ..schema import create_all, registered
+from ..schema.access import Grant, access_entities
 from ..schema.objects import quote
 from .factories import AsyncFactories, Factories
 from .logins import (
@@ -278,6 +280,13 @@ def _build(module: _Module, metadata: list[MetaData]) -> None:
             conn = stack.enter_context(builder.begin())
             for md in metadata:
                 create_all(conn, md)
+                if module.roles is not None and not any(isinstance(e, Grant) for e in registered(md)):
+                    # models that do not manage the role model (no tenant table, no audit log,
+                    # no manage_access()): the grants manage_access() would write, so the app
+                    # role can use them; the models themselves are left as they are
+                    for entity in access_entities(md):
+                        for statement in entity.create_statements():
+                            conn.exec_driver_sql(statement)
     except Exception as exc:
         raise ConfigurationError(
             f"sa_patterns: building the models in schema {module.schema} as {who} failed "
