@@ -1,5 +1,6 @@
 """Autogenerate round trip of encrypted columns: the migration names the types through
-``sa_patterns``, holds no key, imports and compiles, and needs no key to run."""
+``sa_patterns``, holds no key, imports and compiles, and needs no key to run. The CLI runs as
+the owner role (not a superuser), as a deployment runs its migrations."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sqlalchemy import URL, Column, Integer, MetaData, Table, create_engine, tex
 import sa_patterns
 from sa_patterns import EncryptedJSON, EncryptedString, EncryptedValue, Keyring
 from sa_patterns.cli.init import init
+from sa_patterns.testing.logins import RunRoles
 
 KEYS = {"k1": os.urandom(32), "k2": os.urandom(32)}
 INDEX = {"i1": os.urandom(32)}
@@ -43,17 +45,25 @@ def forbidden_strings() -> list[str]:
     return out
 
 
-def test_autogenerate_round_trip(tmp_path: Path, pg_url: URL, db_schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def sa_patterns_metadata() -> MetaData:
+    return MetaData()  # the role model, nothing built: the migrations build
+
+
+def test_autogenerate_round_trip(
+    tmp_path: Path, pg_url: URL, db_schema: str, db_roles: RunRoles, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SA_PATTERNS_KEYS", raising=False)  # migrations must not need a key
     schema = f"{db_schema}_alembic"
-    admin = create_engine(pg_url)
+    owner = db_roles.url(pg_url, db_roles.owner)
+    admin = create_engine(owner)  # the owner makes the schema, migrates it and drops it
     with admin.begin() as conn:
         conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     ini = init(tmp_path / "migrations", metadata="unused:unused")
     cfg = Config(str(ini))
     cfg.attributes["configure_logger"] = False
-    url = pg_url.update_query_dict({"options": f"-csearch_path={schema}"})
+    url = owner.update_query_dict({"options": f"-csearch_path={schema}"})
     cfg.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
     versions = tmp_path / "migrations" / "versions"
     try:

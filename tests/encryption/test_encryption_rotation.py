@@ -1,4 +1,7 @@
-"""Key rotation: the Python API and ``sa-patterns rotate-keys``, including a run killed half way."""
+"""Key rotation: the Python API and ``sa-patterns rotate-keys``, including a run killed half way.
+
+Rotation runs as the plugin's app role (its engine, and its own login for the CLI), on tables
+create_all built as the owner role; emptying them (TRUNCATE) is the owner's."""
 
 from __future__ import annotations
 
@@ -14,15 +17,16 @@ from typing import Any
 
 import pytest
 from encryption_rotation_app import Account, Base
-from sqlalchemy import URL, Engine, create_engine, insert, select, text
+from sqlalchemy import URL, Engine, MetaData, create_engine, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import sa_patterns
-from sa_patterns import EncryptedString, KeyNotFound, Keyring
+from sa_patterns import EncryptedString, KeyNotFound, Keyring, Versioned
 from sa_patterns.encryption import KeyContext
 from sa_patterns.encryption.rotation import rotate_keys, rotate_keys_async
 from sa_patterns.encryption.types import EncryptedType
+from sa_patterns.testing.logins import RunRoles
 
 HERE = Path(__file__).resolve().parent
 KEY = {name: base64.b64encode(os.urandom(32)).decode() for name in ("k1", "k2", "i1", "i2")}
@@ -49,24 +53,63 @@ def expected(i: int) -> tuple[str | None, Any]:
     return (None if i % 7 == 0 else f"User{i}@Example.com"), {"n": i, "tags": ["a", i % 3 == 0]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tables(engine: Engine) -> Iterator[None]:
-    Base.metadata.create_all(engine)
-    yield
-    Base.metadata.drop_all(engine)
+# -- models built with the module's schema (besides the rotation app's Account) ----------------
+
+TENANT_RINGS: dict[int, Keyring] = {}
+
+
+def tenant_ring(ctx: KeyContext) -> Keyring:
+    assert ctx.table == "enc_rot_vault" and ctx.column == "secret"
+    return TENANT_RINGS[int(ctx.tenant)]  # type: ignore[arg-type]
+
+
+class VaultBase(DeclarativeBase):
+    pass
+
+
+class Vault(VaultBase):
+    __tablename__ = "enc_rot_vault"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant: Mapped[int]
+    secret: Mapped[str] = mapped_column(EncryptedString(tenant_ring))
+
+
+class HolderBase(DeclarativeBase):
+    pass
+
+
+class Holder(Versioned, HolderBase):
+    __tablename__ = "enc_rot_holder"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    secret: Mapped[str] = mapped_column(EncryptedString())
+
+
+@pytest.fixture(scope="module")
+def sa_patterns_metadata() -> list[MetaData]:
+    return [Base.metadata, VaultBase.metadata, HolderBase.metadata]
+
+
+def truncate(owner_engine: Engine, *tables: str) -> None:
+    with owner_engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(tables)}"))
 
 
 @pytest.fixture
-def seeded(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def seeded(engine: Engine, owner_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     use(monkeypatch, "k1")
+    truncate(owner_engine, "enc_rot_account")
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE enc_rot_account"))
         conn.execute(insert(Account), [
             {"id": i, "email": expected(i)[0], "doc": expected(i)[1]} for i in range(1, ROWS + 1)
         ])
     yield
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE enc_rot_account"))
+    truncate(owner_engine, "enc_rot_account")
+
+
+@pytest.fixture(scope="module")
+def app_url(pg_url: URL, db_roles: RunRoles, db_schema: str) -> URL:
+    """The app role's own login on the module's schema, for the CLI."""
+    return db_roles.url(pg_url, db_roles.app).update_query_dict({"options": f"-csearch_path={db_schema}"})
 
 
 def key_ids(engine: Engine) -> dict[str, int]:
@@ -157,11 +200,9 @@ def _cli(url: URL, env_keys: dict[str, str], batch: int) -> subprocess.Popen[str
 
 
 def test_cli_killed_half_way_loses_nothing_and_resumes(
-    engine: Engine, pg_url: URL, db_schema: str, seeded: None, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, app_url: URL, seeded: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = pg_url.update_query_dict(
-        {"options": f"-csearch_path={db_schema}", "application_name": "sap_rotate_test"}
-    )
+    url = app_url.update_query_dict({"application_name": "sap_rotate_test"})
     blocker = create_engine(url.update_query_dict({"application_name": "sap_rotate_blocker"}))
     with blocker.connect() as hold:
         # Hold row 301 so the run blocks inside a batch after committing the earlier ones:
@@ -212,8 +253,8 @@ def test_cli_killed_half_way_loses_nothing_and_resumes(
     assert_all_readable(engine)
 
 
-def test_cli_refuses_a_missing_keyring_before_touching_rows(pg_url: URL, db_schema: str, seeded: None, engine: Engine) -> None:
-    url = pg_url.update_query_dict({"options": f"-csearch_path={db_schema}"})
+def test_cli_refuses_a_missing_keyring_before_touching_rows(app_url: URL, seeded: None, engine: Engine) -> None:
+    url = app_url
     env = {k: v for k, v in os.environ.items() if not k.startswith("SA_PATTERNS_KEYS")}
     proc = subprocess.run(
         [sys.executable, "-m", "sa_patterns.cli", "rotate-keys", "--model",
@@ -226,29 +267,10 @@ def test_cli_refuses_a_missing_keyring_before_touching_rows(pg_url: URL, db_sche
 
 # -- per-tenant keyrings: rotate one tenant, leave the other alone ---------------------------
 
-TENANT_RINGS: dict[int, Keyring] = {}
 
-
-def tenant_ring(ctx: KeyContext) -> Keyring:
-    assert ctx.table == "enc_rot_vault" and ctx.column == "secret"
-    return TENANT_RINGS[int(ctx.tenant)]  # type: ignore[arg-type]
-
-
-class VaultBase(DeclarativeBase):
-    pass
-
-
-class Vault(VaultBase):
-    __tablename__ = "enc_rot_vault"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    tenant: Mapped[int]
-    secret: Mapped[str] = mapped_column(EncryptedString(tenant_ring))
-
-
-def test_per_tenant_rotation(engine: Engine) -> None:
+def test_per_tenant_rotation(engine: Engine, owner_engine: Engine) -> None:
     t1_old, t1_new, t2 = (os.urandom(32) for _ in range(3))
     TENANT_RINGS.update({1: Keyring({"t1-a": t1_old}), 2: Keyring({"t2-a": t2})})
-    VaultBase.metadata.create_all(engine)
     try:
         for tenant in (1, 2):
             with sa_patterns.tenant_scope(tenant), Session(engine) as s:
@@ -267,22 +289,16 @@ def test_per_tenant_rotation(engine: Engine) -> None:
         with sa_patterns.tenant_scope(1), Session(engine) as s:
             assert sorted(s.scalars(select(Vault.secret).where(Vault.tenant == 1))) == [f"s1-{i}" for i in range(5)]
     finally:
-        VaultBase.metadata.drop_all(engine)
+        truncate(owner_engine, "enc_rot_vault")
 
 
-def test_a_versioned_models_history_rotates_too(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_versioned_models_history_rotates_too(
+    engine: Engine, owner_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A Versioned model's history holds the table's ciphertexts: rotate_keys() re-encrypts them
     through history_table(), after which the old key can go and every version still reads."""
-    from sa_patterns import Versioned, history
+    from sa_patterns import history
     from sa_patterns.versioning import history_table
-
-    class B(DeclarativeBase):
-        pass
-
-    class Holder(Versioned, B):
-        __tablename__ = "enc_rot_holder"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        secret: Mapped[str] = mapped_column(EncryptedString())
 
     types = [c.type for t in (Holder.__table__, history_table(Holder)) for c in t.columns
              if isinstance(c.type, EncryptedType)]
@@ -293,8 +309,6 @@ def test_a_versioned_models_history_rotates_too(engine: Engine, monkeypatch: pyt
             type_.reset_keyring()
 
     switch("k1")
-    with engine.begin() as conn:
-        sa_patterns.create_all(conn, B.metadata)
     try:
         with Session(engine) as s:
             holder = Holder(id=1, secret="first")
@@ -315,5 +329,4 @@ def test_a_versioned_models_history_rotates_too(engine: Engine, monkeypatch: pyt
         with Session(engine) as s:
             assert [v.values["secret"] for v in history(s, s.get(Holder, 1))] == ["first", "second", "second"]
     finally:
-        with engine.begin() as conn:
-            sa_patterns.drop_all(conn, B.metadata)
+        truncate(owner_engine, "enc_rot_holder", "enc_rot_holder_history")

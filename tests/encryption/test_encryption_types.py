@@ -1,4 +1,7 @@
-"""Encrypted column types against PostgreSQL: what is stored, what reads back, what is refused."""
+"""Encrypted column types against PostgreSQL: what is stored, what reads back, what is refused.
+
+As the plugin's app role, on tables create_all built as the owner role (with the grants
+manage_access() writes); renaming a table and column is DDL, the owner's."""
 
 from __future__ import annotations
 
@@ -9,11 +12,10 @@ import hashlib
 import hmac
 import os
 import pickle
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, ForeignKey, insert, select, text, update
+from sqlalchemy import Engine, ForeignKey, MetaData, insert, select, text, update
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
@@ -103,11 +105,31 @@ class TenantSecret(Base):
     secret: Mapped[str | None] = mapped_column(EncryptedString(tenant_ring, blind_index=True))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tables(engine: Engine) -> Iterator[None]:
-    Base.metadata.create_all(engine)
-    yield
-    Base.metadata.drop_all(engine)
+class FlushBase(DeclarativeBase):
+    pass
+
+
+class EnvFlush(FlushBase):
+    """Keys from the environment, looked up when a value is written."""
+
+    __tablename__ = "enc_env_flush"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    secret: Mapped[str] = mapped_column(EncryptedString())
+
+
+class LongBase(DeclarativeBase):
+    pass
+
+
+class LongName(LongBase):
+    __tablename__ = "enc_long_name"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    value: Mapped[str] = mapped_column("v" * 60, EncryptedString(RING, blind_index=True))
+
+
+@pytest.fixture(scope="module")
+def sa_patterns_metadata() -> list[MetaData]:
+    return [Base.metadata, FlushBase.metadata, LongBase.metadata]
 
 
 def raw(sql: Any, column: str, id_: int, table: str = "enc_customer") -> bytes:
@@ -450,22 +472,25 @@ async def test_async_round_trip_and_blind_index(async_session: AsyncSession, asy
         await async_session.scalars(select(Customer.doc).where(Customer.id == 30))
 
 
-def test_bind_to_keeps_values_readable_after_a_rename(connection: Any) -> None:
-    from sqlalchemy import Column, Integer, MetaData, Table
+def test_bind_to_keeps_values_readable_after_a_rename(owner_engine: Engine) -> None:
+    """Renames are DDL: the owner's, in a transaction rolled back after the test."""
+    from sqlalchemy import Column, Integer, Table
 
-    before = Table("enc_rename", MetaData(), Column("id", Integer, primary_key=True),
-                   Column("secret", EncryptedString(RING)))
-    before.create(connection)
-    connection.execute(before.insert().values(id=1, secret="survives renames"))
-    connection.execute(text("ALTER TABLE enc_rename RENAME COLUMN secret TO hidden"))
-    connection.execute(text("ALTER TABLE enc_rename RENAME TO enc_renamed"))
-    pinned = Table("enc_renamed", MetaData(), Column("id", Integer, primary_key=True),
-                   Column("hidden", EncryptedString(RING, bind_to="enc_rename.secret")))
-    unpinned = Table("enc_renamed", MetaData(), Column("id", Integer, primary_key=True),
-                     Column("hidden", EncryptedString(RING)))
-    assert connection.execute(select(pinned.c.hidden)).scalar_one() == "survives renames"
-    with pytest.raises(DecryptionError, match=r"enc_renamed\.hidden"):
-        connection.execute(select(unpinned.c.hidden)).scalar_one()
+    with owner_engine.connect() as connection, connection.begin() as tx:
+        before = Table("enc_rename", MetaData(), Column("id", Integer, primary_key=True),
+                       Column("secret", EncryptedString(RING)))
+        before.create(connection)
+        connection.execute(before.insert().values(id=1, secret="survives renames"))
+        connection.execute(text("ALTER TABLE enc_rename RENAME COLUMN secret TO hidden"))
+        connection.execute(text("ALTER TABLE enc_rename RENAME TO enc_renamed"))
+        pinned = Table("enc_renamed", MetaData(), Column("id", Integer, primary_key=True),
+                       Column("hidden", EncryptedString(RING, bind_to="enc_rename.secret")))
+        unpinned = Table("enc_renamed", MetaData(), Column("id", Integer, primary_key=True),
+                         Column("hidden", EncryptedString(RING)))
+        assert connection.execute(select(pinned.c.hidden)).scalar_one() == "survives renames"
+        with pytest.raises(DecryptionError, match=r"enc_renamed\.hidden"):
+            connection.execute(select(unpinned.c.hidden)).scalar_one()
+        tx.rollback()
     with pytest.raises(ConfigurationError, match=r"table\.column"):
         EncryptedString(RING, bind_to="no_dot")
 
@@ -473,15 +498,6 @@ def test_bind_to_keeps_values_readable_after_a_rename(connection: Any) -> None:
 def test_missing_keyring_at_flush_is_a_configuration_error_before_sql(
     session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class B(DeclarativeBase):
-        pass
-
-    class EnvFlush(B):
-        __tablename__ = "enc_env_flush"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        secret: Mapped[str] = mapped_column(EncryptedString())
-
-    B.metadata.create_all(session.connection())
     monkeypatch.delenv("SA_PATTERNS_KEYS", raising=False)
     session.add(EnvFlush(id=1, secret="x"))
     with pytest.raises(ConfigurationError, match="SA_PATTERNS_KEYS is not set"):
@@ -514,16 +530,6 @@ def test_mixin_columns_get_their_own_binding_and_companion() -> None:
 def test_a_long_column_name_gets_a_blind_index_within_the_identifier_limit(connection: Any, sql: Any) -> None:
     """The companion's name goes through ident(): a 60-character column still gets a blind index
     column that PostgreSQL keeps whole, and equality finds the row through it."""
-
-    class B(DeclarativeBase):
-        pass
-
-    class LongName(B):
-        __tablename__ = "enc_long_name"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        value: Mapped[str] = mapped_column("v" * 60, EncryptedString(RING, blind_index=True))
-
-    B.metadata.create_all(connection)
     companion = LongName.__table__.c["v" * 60].type.blind_index_name
     assert companion.endswith("_bidx") and len(companion) <= 63
     connection.execute(insert(LongName).values(id=1, value="Ann"))
