@@ -269,17 +269,23 @@ def test_upserts_never_touch_another_tenants_row(superuser_s: tuple[Session, SQL
 
 
 def test_upserts_never_touch_another_tenants_row_as_the_app_role(s: Session, superuser_sql: SQL) -> None:
-    """As the app role PostgreSQL checks the conflicting row against the UPDATE policy first and
-    refuses with its own error (an ON CONFLICT DO UPDATE onto a row the policy hides is an
-    error, not a skip): refused either way, the row untouched."""
+    """As the app role PostgreSQL may check the conflicting row against the UPDATE policy before
+    the statement's own WHERE and refuse with its own error (PostgreSQL 15: an ON CONFLICT DO
+    UPDATE onto a row the policy hides is an error, not a skip; 18 skips it): refused or
+    skipped, the row untouched."""
     refused = (TenantViolation, sa_exc.DBAPIError)
     with sa_patterns.tenant_scope(1):
         with pytest.raises(refused), s.begin_nested():
             sa_patterns.insert_many(s, Project, [{"id": 21, "name": "stolen"}], on_conflict="update")
         stmt = pg_insert(Project).values(id=21, name="overwritten")
         stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={"name": stmt.excluded.name})
-        with pytest.raises(refused), s.begin_nested():
-            assert s.execute(stmt.returning(Project.name)).all() == []
+        try:
+            with s.begin_nested():
+                returned = s.execute(stmt.returning(Project.name)).all()
+        except refused:
+            pass
+        else:
+            assert returned == []
         sa_patterns.insert_many(s, Project, [{"id": 11, "name": "mine"}], on_conflict="update")
         with pytest.raises(TenantViolation):
             sa_patterns.insert_many(s, Project, [{"id": 12, "name": "x", "tenant_id": 2}],
