@@ -101,16 +101,30 @@ async def test_async_session_is_the_app_role(async_session):
 '''
 
 
+# A module opting out with the marker, in the same project: the superuser, the models built.
+MARKED = '''
+import pytest
+
+pytestmark = pytest.mark.sa_patterns_superuser
+
+
+def test_marked_module_is_the_superuser(sql, superuser_sql):
+    assert sql("SELECT rolsuper FROM pg_roles WHERE rolname = current_user") == [(True,)]
+    assert sql("SELECT to_regclass('notes') IS NOT NULL") == [(True,)]
+'''
+
+
 def test_the_documented_setup_runs_as_the_app_role(tmp_path: Path, pg_url: URL) -> None:
     files = documented_files()
     assert {"pyproject.toml", "app/models.py", "tests/test_notes.py"} <= set(files)
     assert "conftest.py" not in " ".join(files)  # the ini line is the whole set-up
     make_project(tmp_path, files)
     (tmp_path / "tests" / "test_more.py").write_text(EXTRA)
+    (tmp_path / "tests" / "test_marked.py").write_text(MARKED)
     run = run_pytest(tmp_path, server_of(pg_url), "-n", "2")  # two workers, two sets of roles
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
-    assert "5 passed" in run.stdout and "skipped" not in run.stdout, out
+    assert "6 passed" in run.stdout and "skipped" not in run.stdout, out
     assert "PASSED tests/test_notes.py::test_notes_are_audited_and_kept_apart" in run.stdout
     assert "models app.models:Base built per module by create_all" in run.stdout
 
@@ -139,6 +153,16 @@ def test_opting_out_and_no_models_connect_as_the_superuser(tmp_path: Path, pg_ur
     bare = run_pytest(tmp_path, server_of(pg_url))
     assert bare.returncode == 0, bare.stdout + bare.stderr
     assert "sa_patterns: no models configured" in bare.stdout
+
+
+def test_the_marker_on_one_test_is_a_usage_error(tmp_path: Path, pg_url: URL) -> None:
+    """The engines are module-wide: a test alone cannot switch role, and is told so."""
+    make_project(tmp_path, documented_files())
+    (tmp_path / "tests" / "test_notes.py").write_text(
+        "import pytest\n\n\n@pytest.mark.sa_patterns_superuser\ndef test_one(sql):\n    pass\n")
+    run = run_pytest(tmp_path, server_of(pg_url))
+    assert run.returncode != 0
+    assert "applies to a whole module" in run.stdout + run.stderr
 
 
 def test_a_server_user_that_cannot_create_roles_is_one_clear_error(
