@@ -130,6 +130,23 @@ def partition_prefix(table_name: str) -> str:
     return ident_prefix(table_name, _PART_SUFFIX)
 
 
+#: Every partition gets forced row-level security with no policy of its own: reached through its
+#: parent, the parent's policies decide (PostgreSQL applies only those); reached directly, by a
+#: role default privileges gave a grant on the new table or by its owner, it shows nothing.
+#: Partitions made before are sealed on the next run.
+_SEAL = (
+    "    FOR part IN SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid\n"
+    "                WHERE i.inhparent = parent AND NOT (c.relrowsecurity AND c.relforcerowsecurity) LOOP\n"
+    "        EXECUTE format('ALTER TABLE %s.%I ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY', nsp, part);\n"
+    "    END LOOP;\n"
+)
+
+
+def _sealed(body: str) -> str:
+    assert body.endswith("END;")
+    return body[: -len("END;")] + _SEAL + "END;"
+
+
 def _body(table: Table, spec: PartitionSpec) -> str:
     name = table.name
     prefix = partition_prefix(name)
@@ -230,7 +247,7 @@ def partition_table(table: Table, spec: PartitionSpec, *, owner: str | None = No
         schema=table.schema,
         name=ident(table.name, "maintain_partitions"),
         returns="void",
-        body=_body(table, spec),
+        body=_sealed(_body(table, spec)),
     )
     register(table.metadata, function)
     # Kept beside the metadata, not in Table.info: Alembic renders Table.info into migrations.

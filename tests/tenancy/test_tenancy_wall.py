@@ -4,16 +4,18 @@ of a table whose RLS is not forced is warned about once per engine, or refused w
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 import warnings
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import URL, Engine, create_engine, select, text
+from sqlalchemy import URL, DateTime, Engine, create_engine, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import sa_patterns
 from sa_patterns import DatabaseWallDown, DatabaseWallWarning, TenantMixin
+from sa_patterns.partitioning import Partitioned, range_partition
 from sa_patterns.roles import RoleNames, use_roles
 from sa_patterns.schema import quote
 from sa_patterns.tenancy.wall import wall_findings
@@ -26,6 +28,13 @@ class Base(DeclarativeBase):
 class Note(TenantMixin, Base):
     __tablename__ = "tn_wall_notes"
     id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class Reading(TenantMixin, Partitioned, Base):
+    __tablename__ = "tn_wall_readings"
+    __partition_by__ = range_partition("taken_at", interval="month", premake=1)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    taken_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
 
 
 SUFFIX = uuid.uuid4().hex[:8]
@@ -193,3 +202,29 @@ def test_a_backfill_by_the_owner_reaches_every_tenant_deliberately(
         with superuser.begin() as conn:
             conn.execute(text(f"DROP VIEW IF EXISTS {quote(built)}.tn_wall_all"))
             conn.execute(text(f"DELETE FROM {quote(built)}.tn_wall_notes WHERE id > 500"))
+
+
+def test_a_partition_read_directly_shows_nothing(pg_url: URL, superuser: Engine, built: str) -> None:
+    """Default privileges give the app role a grant on each partition the maintenance function
+    creates; the partition's own row-level security (no policy) keeps it from being a way around
+    the parent's policies."""
+    with superuser.connect() as conn:
+        parts = conn.scalars(text(
+            "SELECT c.oid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = to_regclass(:t) ORDER BY 1"), {"t": f"{built}.tn_wall_readings"}).all()
+        assert parts and all(conn.execute(text(
+            "SELECT relrowsecurity AND relforcerowsecurity FROM pg_class WHERE oid = to_regclass(:p)"),
+            {"p": p}).scalar() for p in parts)
+    app = login(pg_url, built, ROLES.app)
+    try:
+        factory = sa_patterns.install(sessionmaker(app))
+        for tenant in (1, 2):
+            with factory() as s, sa_patterns.tenant_scope(tenant):
+                s.add(Reading(id=tenant, taken_at=dt.datetime.now(dt.timezone.utc)))
+                s.commit()
+        with factory() as s, sa_patterns.tenant_scope(1):
+            assert s.scalar(select(func.count()).select_from(Reading)) == 1
+            assert s.scalar(text(f"SELECT count(*) FROM {parts[0]}")) == 0
+            assert s.scalar(text("SELECT count(*) FROM tn_wall_readings")) == 1
+    finally:
+        app.dispose()
