@@ -228,3 +228,40 @@ def test_a_partition_read_directly_shows_nothing(pg_url: URL, superuser: Engine,
             assert s.scalar(text("SELECT count(*) FROM tn_wall_readings")) == 1
     finally:
         app.dispose()
+
+
+def test_a_revoked_grant_is_a_finding_and_autogenerate_repairs_it(
+    pg_url: URL, superuser: Engine, built: str
+) -> None:
+    from alembic.autogenerate import produce_migrations
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    import sa_patterns.alembic
+    from sa_patterns.alembic.ops import ReplaceEntityOp
+    from sa_patterns.cli.doctor import DoctorContext, run_checks
+    from sa_patterns.schema import Grant
+
+    owner, app = login(pg_url, built, ROLES.owner), login(pg_url, built, ROLES.app)
+    try:
+        with use_roles(ROLES):
+            with owner.begin() as conn:
+                conn.execute(text(f"REVOKE INSERT ON tn_wall_notes FROM {quote(ROLES.app)}"))
+            with app.connect() as conn:  # the doctor, as the app role
+                problems = dict(run_checks(DoctorContext(conn, Base.metadata)))["toolkit objects present and current"]
+            assert any("tn_wall_notes" in p and ROLES.app in p and "grant" in p for p in problems), problems
+            with owner.begin() as conn:
+                ctx = MigrationContext.configure(
+                    conn, opts={**sa_patterns.alembic.configure_kwargs(), "target_metadata": Base.metadata})
+                ops = [o for o in produce_migrations(ctx, Base.metadata).upgrade_ops.ops
+                       if isinstance(o, ReplaceEntityOp)]
+                assert [(type(o.entity), o.entity.table, o.entity.role) for o in ops] == [  # type: ignore[attr-defined]
+                    (Grant, "tn_wall_notes", "@app")]
+                for op in ops:
+                    Operations(ctx).invoke(op)
+            with app.connect() as conn:
+                assert dict(run_checks(DoctorContext(conn, Base.metadata)))["toolkit objects present and current"] == []
+                assert conn.scalar(text("SELECT has_table_privilege('tn_wall_notes', 'INSERT')"))
+    finally:
+        owner.dispose()
+        app.dispose()
