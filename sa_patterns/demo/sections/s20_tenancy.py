@@ -7,7 +7,7 @@ import os
 
 from sqlalchemy import func, join, select, text
 from sqlalchemy.exc import IntegrityError, InvalidRequestError
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import joinedload, sessionmaker
 
 import sa_patterns
 
@@ -118,3 +118,15 @@ def run(ctx: DemoContext) -> None:
               "the history table has the same row-level security as the boards")
     ctx.show("rls_problems() for the app role on the demo's tenant tables", problems or "none")
     ctx.check(problems == [], "RLS is enabled, FORCEd and has a policy on every tenant table")
+
+    # The demo itself connects as the server's superuser, which skips every policy: a production
+    # install(wall="strict") refuses exactly that connection, naming the fix.
+    refused = ""
+    try:
+        strict = sa_patterns.install(sessionmaker(ctx.engine), wall="strict")
+        with strict() as s:
+            s.execute(text("SELECT 1"))
+    except sa_patterns.DatabaseWallDown as exc:
+        refused = str(exc).split(":", 2)[1].strip()
+    ctx.show("install(wall='strict') on the demo's superuser connection", refused or "accepted")
+    ctx.check(bool(refused), "install(wall='strict') refuses a connection that skips row-level security")
