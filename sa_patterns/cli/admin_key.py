@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..database import normalise_url
 from ..errors import ConfigurationError
 from ..schema.objects import qualified
+from ._failure import database_failure
 
 __all__ = ["add_parser"]
 
@@ -55,13 +56,7 @@ def _run(args: argparse.Namespace) -> int:
                 for name, created, expires in rows:
                     print(f"{name}\tcreated {created:%Y-%m-%d}\texpires {expires or 'never'}")
     except SQLAlchemyError as exc:
-        if args.debug:
-            raise
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        print(f"sa-patterns admin-key: {reason}", file=sys.stderr)
-        print("  connect as the owner role, after the migration that enable_admin_keys() adds",
-              file=sys.stderr)
-        return 1
+        return database_failure("admin-key", exc, "connect as the owner role, after the migration that enable_admin_keys() adds", debug=args.debug)
     finally:
         engine.dispose()
     return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any
 
 from sqlalchemy import URL, create_engine, text
@@ -23,6 +22,7 @@ from ..database import normalise_url
 from ..errors import ConfigurationError
 from ..roles import RoleNames, configured_roles
 from ..schema.objects import quote, quote_literal
+from ._failure import database_failure
 
 __all__ = ["add_parser", "role_statements"]
 
@@ -69,13 +69,7 @@ def _run(args: argparse.Namespace) -> int:
             for statement in statements:
                 conn.execute(text(statement))
     except SQLAlchemyError as exc:
-        if args.debug:
-            raise
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        print(f"sa-patterns roles: {reason}", file=sys.stderr)
-        print("  run it as a superuser (or print the SQL for your DBA: sa-patterns roles --print)",
-              file=sys.stderr)
-        return 1
+        return database_failure("roles", exc, "run it as a superuser, or print the SQL for your DBA: sa-patterns roles --print", debug=args.debug)
     finally:
         engine.dispose()
     print(f"roles ready: owner {roles.owner} (run the migrations as it), app {roles.app} "
