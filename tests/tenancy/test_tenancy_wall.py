@@ -265,3 +265,28 @@ def test_a_revoked_grant_is_a_finding_and_autogenerate_repairs_it(
     finally:
         owner.dispose()
         app.dispose()
+
+
+async def test_async_sessions_are_checked_too(pg_url: URL, built: str) -> None:
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    sync = create_engine(pg_url)
+    with sync.begin() as conn:  # a table the app role was granted nothing on
+        conn.execute(text(f"CREATE TABLE {quote(built)}.tn_wall_private (id int)"))
+    sync.dispose()
+    superuser = create_async_engine(pg_url, connect_args={"options": f"-csearch_path={built}"})
+    app = create_async_engine(pg_url.set(username=ROLES.app), connect_args={"options": f"-csearch_path={built}"})
+    try:
+        strict = sa_patterns.install(async_sessionmaker(superuser), wall="strict")
+        with pytest.raises(DatabaseWallDown, match="superuser"):
+            async with strict() as s:
+                await s.execute(text("SELECT 1"))
+        factory = sa_patterns.install(async_sessionmaker(app), wall="strict")
+        with sa_patterns.tenant_scope(1):
+            async with factory() as s:
+                assert (await s.scalars(select(Note))).all() is not None
+                with pytest.raises(sa_patterns.MissingGrant, match="GRANT SELECT ON TABLE tn_wall_private"):
+                    await s.execute(text("SELECT * FROM tn_wall_private"))
+    finally:
+        await superuser.dispose()
+        await app.dispose()
