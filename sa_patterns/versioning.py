@@ -6,6 +6,11 @@ statement-level triggers keep it: an INSERT opens version 1 (or the next number,
 used before), an UPDATE that really changes a row closes its current version and opens the next,
 a DELETE closes it. Raw SQL and bulk statements are versioned like ORM writes.
 
+The function names every column it copies (never a whole row expanded with ``(row).*``, which
+PostgreSQL maps wrongly once the table has a dropped column), so versions stay right across
+migrations that drop, add or reorder columns; autogenerate replaces it whenever the columns
+change, in the same revision as the history table's columns.
+
 The history table is an ordinary ``Table`` on the model's metadata, built from the source
 columns when the class is defined, so autogenerate adds, drops and retypes its columns in the same
 migration as the source table's. As with ``Audited``, the old/new pairing is a ``FULL JOIN``
@@ -82,15 +87,25 @@ def _history_body(table: Table, history: Table) -> str:
     def match(alias: str) -> str:
         return " AND ".join(f"h.{quote(c)} = {alias}.{quote(c)}" for c in pk)
 
-    def next_version(alias: str) -> str:
-        return f"coalesce((SELECT max(h.version) FROM {target} h WHERE {match(alias)}), 0) + 1"  # noqa: S608
+    def next_version(key: dict[str, str]) -> str:
+        where = " AND ".join(f"h.{quote(c)} = {key[c]}" for c in pk)
+        return f"coalesce((SELECT max(h.version) FROM {target} h WHERE {where}), 0) + 1"  # noqa: S608
 
+    # The pairs carry the new row's values column by column, under positional names (sa_v0,
+    # sa_v1, ...: no source column can shadow them), never as a whole-row value expanded later
+    # with (row).*: PostgreSQL maps such an expansion of a transition table's row by position
+    # wrongly once the table has a dropped column (the values shift by one, or the statement
+    # fails with "attribute N has wrong type").
+    value = {c: f"sa_v{i}" for i, c in enumerate(cols)}
+    old_key = {c: f"sa_k{i}" for i, c in enumerate(pk)}
     join = " AND ".join(f"sa_o.{quote(c)} = sa_n.{quote(c)}" for c in pk)
-    keys = ", ".join(f"sa_o.{quote(c)} AS {quote('o_' + c)}, sa_n.{quote(c)} AS {quote('n_' + c)}" for c in pk)
-    first_o, first_n = quote("o_" + pk[0]), quote("n_" + pk[0])
-    paired_key = " AND ".join(f"h.{quote(c)} = p.{quote('o_' + c)}" for c in pk)
+    selected = [f"sa_o.{quote(c)} AS {old_key[c]}" for c in pk]
+    selected += [f"sa_n.{quote(c)} AS {value[c]}" for c in cols]
+    first_o, first_n = f"p.{old_key[pk[0]]}", f"p.{value[pk[0]]}"
+    paired_key = " AND ".join(f"h.{quote(c)} = p.{old_key[c]}" for c in pk)
     pairs = (
-        f"SELECT sa_n AS sa_row, {keys}, to_jsonb(sa_o.*) IS DISTINCT FROM to_jsonb(sa_n.*) AS sa_changed\n"  # noqa: S608
+        f"SELECT {', '.join(selected)},\n"  # noqa: S608
+        "             to_jsonb(sa_o.*) IS DISTINCT FROM to_jsonb(sa_n.*) AS sa_changed\n"
         f"      FROM {OLD} sa_o FULL JOIN {NEW} sa_n ON {join}\n"
         "      OFFSET 0"
     )
@@ -104,13 +119,14 @@ def _history_body(table: Table, history: Table) -> str:
     )
     open_next = (
         f"INSERT INTO {target} ({col_list}, version, valid_from)\n"
-        f"SELECT {', '.join(f'sa_n.{quote(c)}' for c in cols)}, {next_version('sa_n')}, v_at\n"
+        f"SELECT {', '.join(f'sa_n.{quote(c)}' for c in cols)}, "
+        f"{next_version({c: f'sa_n.{quote(c)}' for c in pk})}, v_at\n"
         f"FROM {NEW} sa_n;"
     )
     probe = one_row_probe(
         [same_key, "to_jsonb(sa_o.*) IS DISTINCT FROM to_jsonb(sa_n.*)"], ["v_same_key", "v_changed"], "v_rows"
     )
-    # quoted identifiers only
+    # quoted identifiers and literals only
     return f"""\
 DECLARE
   v_at timestamptz := clock_timestamp();
@@ -141,11 +157,11 @@ BEGIN
     ), closed AS (
       UPDATE {target} h SET valid_to = greatest(v_at, h.valid_from)
       FROM p
-      WHERE {paired_key} AND h.valid_to IS NULL AND (p.{first_n} IS NULL OR p.sa_changed)
+      WHERE {paired_key} AND h.valid_to IS NULL AND ({first_n} IS NULL OR p.sa_changed)
     )
     INSERT INTO {target} ({col_list}, version, valid_from)
-    SELECT {", ".join(f"x.{quote(c)}" for c in cols)}, {next_version("x")}, v_at
-    FROM (SELECT (p.sa_row).* FROM p WHERE p.{first_n} IS NOT NULL AND (p.{first_o} IS NULL OR p.sa_changed)) x;
+    SELECT {", ".join(f"p.{value[c]}" for c in cols)}, {next_version({c: f"p.{value[c]}" for c in pk})}, v_at
+    FROM p WHERE {first_n} IS NOT NULL AND ({first_o} IS NULL OR p.sa_changed);
   END IF;
   RETURN NULL;
 END;"""  # noqa: S608
