@@ -19,7 +19,13 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.orm import Session, SessionTransaction
 
-from ..errors import ConfigurationError, DatabaseWallDown, DatabaseWallWarning, MissingGrant
+from ..errors import (
+    ConfigurationError,
+    DatabaseWallDown,
+    DatabaseWallWarning,
+    MissingGrant,
+    TenantViolation,
+)
 from ..pattern import Pattern
 
 __all__ = ["WallMode", "missing_grant", "wall_findings", "wall_pattern"]
@@ -95,7 +101,12 @@ def wall_pattern(mode: WallMode) -> Pattern:
 _DENIED = re.compile(
     r"permission denied for (table|sequence|function|procedure|schema|view|materialized view) (.+)"
 )
-_VERBS = {"INSERT": "INSERT", "UPDATE": "UPDATE", "DELETE": "DELETE", "MERGE": "INSERT, UPDATE"}
+_VERBS = {
+    "INSERT": "INSERT", "UPDATE": "UPDATE", "DELETE": "DELETE", "MERGE": "INSERT, UPDATE",
+    "TRUNCATE": "TRUNCATE",
+}
+#: PostgreSQL's refusal of a row by a policy's WITH CHECK (or an upsert's USING): same SQLSTATE
+_POLICY = re.compile(r'violates row-level security policy.* for table "?([^"]+)"?')
 
 
 def missing_grant(message: str, statement: str | None, role: str | None) -> MissingGrant | None:
@@ -105,19 +116,31 @@ def missing_grant(message: str, statement: str | None, role: str | None) -> Miss
     if match is None:
         return None
     kind, name = match.group(1), match.group(2).strip()
+    verb = (statement or "").lstrip().split(None, 1)[0].upper() if statement else "SELECT"
+    who = role or "<the app role>"
+    if kind == "schema" and verb in ("CREATE", "ALTER", "DROP", "COMMENT"):
+        return MissingGrant(
+            f"permission denied for schema {name}: the role {who} may not change the schema, by "
+            "design: only the owner role creates and alters objects. Run DDL in a migration, as "
+            "the owner (docs/production-roles.md)."
+        )
     if kind in ("sequence", "schema"):
         privilege = "USAGE"
     elif kind in ("function", "procedure"):
         privilege = "EXECUTE"
     else:
-        verb = (statement or "").lstrip().split(None, 1)[0].upper() if statement else "SELECT"
         privilege = _VERBS.get(verb, "SELECT")
     on = {"view": "TABLE", "materialized view": "TABLE"}.get(kind, kind.upper())
-    who = role or "<the app role>"
+    withheld = ""
+    if privilege in ("UPDATE", "DELETE", "TRUNCATE"):
+        withheld = (
+            " If the models' grants leave it out on purpose (the audit log is append-only, a "
+            "history is written by its triggers), the statement is what must change."
+        )
     return MissingGrant(
-        f"permission denied for {kind} {name}: the role {who} lacks {privilege} on it. Add "
-        f"GRANT {privilege} ON {on} {name} TO {who}, or apply the migrations autogenerate "
-        "writes, which grant the app role what the models need (docs/production-roles.md)."
+        f"permission denied for {kind} {name}: the role {who} lacks {privilege} on it. Apply "
+        "the migrations autogenerate writes, which grant the app role what the models need, or "
+        f"add GRANT {privilege} ON {on} {name} TO {who} (docs/production-roles.md).{withheld}"
     )
 
 
@@ -126,6 +149,14 @@ def _name_the_grant(context: ExceptionContext) -> None:
     if getattr(original, "sqlstate", None) != "42501":
         return
     primary = getattr(getattr(original, "diag", None), "message_primary", None) or str(original)
+    refused = _POLICY.search(primary)
+    if refused is not None:
+        # the database wall stopped a row of another tenant: the same error as the ORM wall's
+        raise TenantViolation(
+            f"row-level security refused the statement on {refused.group(1)}: it would read or "
+            "write a row outside the tenant in scope (an upsert onto another tenant's key, an "
+            "INSERT ... SELECT of another tenant's rows). Nothing was written."
+        ) from context.sqlalchemy_exception or original
     found = missing_grant(primary, context.statement, context.engine.url.username if context.engine else None)
     if found is not None:
         raise found from context.sqlalchemy_exception or original

@@ -18,7 +18,7 @@ from sa_patterns import DatabaseWallDown, DatabaseWallWarning, TenantMixin
 from sa_patterns.partitioning import Partitioned, range_partition
 from sa_patterns.roles import RoleNames, use_roles
 from sa_patterns.schema import quote
-from sa_patterns.tenancy.wall import wall_findings
+from sa_patterns.tenancy.wall import missing_grant, wall_findings
 
 
 class Base(DeclarativeBase):
@@ -290,3 +290,23 @@ async def test_async_sessions_are_checked_too(pg_url: URL, built: str) -> None:
     finally:
         await superuser.dispose()
         await app.dispose()
+
+
+def test_ddl_by_the_app_role_is_named_as_the_owners_job(pg_url: URL, built: str) -> None:
+    app = login(pg_url, built, ROLES.app)
+    try:
+        factory = sa_patterns.install(sessionmaker(app))
+        with factory() as s, sa_patterns.tenant_scope(1), pytest.raises(
+            sa_patterns.MissingGrant, match="only the owner role creates"
+        ):
+            s.execute(text("CREATE TABLE tn_wall_mine (id int)"))
+    finally:
+        app.dispose()
+
+
+def test_the_advice_for_a_withheld_write_says_it_may_be_on_purpose() -> None:
+    denied = missing_grant("permission denied for table audit_log", "DELETE FROM audit_log", "app_user")
+    assert denied is not None
+    assert "GRANT DELETE ON TABLE audit_log TO app_user" in str(denied)
+    assert "append-only" in str(denied)
+    assert missing_grant("duplicate key value violates unique constraint", "INSERT", None) is None
