@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from sqlalchemy import MetaData, Table, text
 from sqlalchemy.engine import Connection
 
-from .partitioning import partition_prefix, partition_specs
+from .partitioning import CLOCK, partition_prefix, partition_specs
 from .schema.catalog import diff
 from .schema.live import drifts
 from .schema.objects import qualified
@@ -144,23 +144,30 @@ _COVERS = text(
 )
 
 
+# The database's clock (the maintenance functions' own, test clock included) as UTC wall time.
+_UTC_NOW = text(f"SELECT {CLOCK} AT TIME ZONE 'UTC'")
+
+
 def check_partitions(ctx: _Context) -> list[str]:
     """A range-partitioned table must already have next period's partition, or inserts start
-    failing when the period turns."""
+    failing when the period turns. Periods are UTC (see :mod:`sa_patterns.partitioning`),
+    counted from the database's clock, whatever the session's ``TimeZone``."""
     problems = []
     formats = {"day": "%Y%m%d", "week": "%G%V", "month": "%Y%m", "year": "%Y"}
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now: dt.datetime | None = None
     for key, spec in partition_specs(ctx.metadata).items():
         table = ctx.metadata.tables[key]
         if spec.strategy != "range" or spec.interval is None or _oid(ctx.connection, table) is None:
             continue
+        if now is None:
+            now = ctx.connection.execute(_UTC_NOW).scalar_one()
         upcoming = _next_period(now, spec.interval)
         part = f"{partition_prefix(table.name)}_p{upcoming.strftime(formats[spec.interval])}"
         found = ctx.connection.execute(_COVERS, {"t": qualified(table.schema, table.name), "part": part}).scalar()
         if not found:
             problems.append(
-                f"{table.fullname}: no partition for the next {spec.interval} ({part}); run "
-                "`sa-patterns partitions maintain` (and schedule it)."
+                f"{table.fullname}: no partition for the next {spec.interval} ({part}, from "
+                f"{upcoming:%Y-%m-%d} UTC); run `sa-patterns partitions maintain` (and schedule it)."
             )
     return problems
 

@@ -12,12 +12,21 @@ partitions entirely older than that. The migration calls it once; after that run
 function) at least once per period. Changing the spec changes the function, so autogenerate
 emits a replace; the partitions themselves are data, never diffed.
 
+Time zones: periods, partition names and bounds are UTC. The function reads ``now()`` as UTC
+wall time and parses a partition's suffix as a date, so it does the same in any session's
+``TimeZone`` (pg_cron's, the server's, a client's ``PGTZ``). A ``timestamptz`` key is bounded at
+UTC midnights (the literals carry ``+00``), a ``timestamp`` key is read as UTC wall time and a
+``date`` key as UTC dates. Retention drops a partition once its whole range is more than
+``retention`` periods old: its upper bound is at or before the start of the current UTC period
+minus ``retention`` periods.
+
 PostgreSQL's rule, checked at class definition: a primary key or unique constraint of a
 partitioned table must include the partition key columns.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +41,8 @@ from .schema.objects import Function, ident, ident_prefix, qualified, quote, quo
 from .schema.registry import register, registered
 
 __all__ = [
+    "CLOCK",
+    "CLOCK_SETTING",
     "PartitionFunction",
     "PartitionSpec",
     "Partitioned",
@@ -46,6 +57,15 @@ __all__ = [
 Interval = Literal["day", "week", "month", "year"]
 _SPECS = "sa_patterns.partitions"
 _SUFFIX = {"day": "YYYYMMDD", "week": "IYYYIW", "month": "YYYYMM", "year": "YYYY"}
+_DIGITS = {"day": 8, "week": 6, "month": 6, "year": 4}
+
+#: The setting that, when set (to a ``timestamptz`` with its offset), is the maintenance
+#: functions' "now" instead of ``now()``: maintenance as if run at that instant. Tests use it
+#: for a clock they control; :func:`maintain` sets it for one call with ``at=``. An instant in
+#: the future makes retention drop what it would drop then.
+CLOCK_SETTING = "sa_patterns.partition_clock"
+#: The maintenance clock as SQL: ``now()`` unless :data:`CLOCK_SETTING` is set.
+CLOCK = f"coalesce(nullif(current_setting('{CLOCK_SETTING}', true), '')::timestamptz, now())"
 
 
 @dataclass(frozen=True)
@@ -191,12 +211,14 @@ def _body(table: Table, spec: PartitionSpec) -> str:
     stmt = create.format(bounds="FOR VALUES FROM (%L) TO (%L)", args=", " + bound.format(v="lo") + ", " + bound.format(v="hi"))
     retention = ""
     if spec.retention is not None:
+        ours = quote_literal("^" + re.escape(prefix) + "_p[0-9]{" + str(_DIGITS[unit]) + "}$")
         retention = (
             "    -- retention: drop our partitions whose whole range is older than the horizon\n"  # noqa: S608
-            f"    horizon := date_trunc('{unit}', now() AT TIME ZONE 'UTC') - interval '{spec.retention} {unit}';\n"
+            f"    horizon := date_trunc('{unit}', utc_now) - interval '{spec.retention} {unit}';\n"
             "    FOR part IN SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid\n"
-            f"                WHERE i.inhparent = parent AND c.relname ~ {quote_literal('^' + re.escape(prefix) + '_p[0-9]+$')} LOOP\n"
-            f"        lo := to_timestamp(substring(part from '_p([0-9]+)$'), '{fmt}') AT TIME ZONE 'UTC';\n"
+            f"                WHERE i.inhparent = parent AND c.relname ~ {ours} LOOP\n"
+            "        -- the suffix is a UTC date: read as a date, never in the session's TimeZone\n"
+            f"        lo := to_date(substring(part from '_p([0-9]+)$'), '{fmt}');\n"
             f"        IF lo + interval '1 {unit}' <= horizon THEN\n"
             "            EXECUTE format('ALTER TABLE %s DETACH PARTITION %s.%I', parent, nsp, part);\n"
             "            EXECUTE format('DROP TABLE %s.%I', nsp, part);\n"
@@ -205,10 +227,12 @@ def _body(table: Table, spec: PartitionSpec) -> str:
         )
     return (
         head
+        + "    -- now as UTC wall time: periods, names and bounds are UTC, whatever the session's TimeZone\n"
+        + f"    utc_now timestamp := {CLOCK} AT TIME ZONE 'UTC';\n"
         + "    lo timestamp;\n    hi timestamp;\n    horizon timestamp;\n"
         + "BEGIN\n"
         f"    FOR i IN 0..{spec.premake} LOOP\n"
-        f"        lo := date_trunc('{unit}', now() AT TIME ZONE 'UTC') + i * interval '1 {unit}';\n"
+        f"        lo := date_trunc('{unit}', utc_now) + i * interval '1 {unit}';\n"
         f"        hi := lo + interval '1 {unit}';\n"
         f"        part := {quote_literal(prefix)} || '_p' || to_char(lo, '{fmt}');\n"
         f"        {stmt}\n"
@@ -285,13 +309,25 @@ def _set_up(mapper: Mapper[Any]) -> None:
     partition_table(table, spec, owner=cls.__name__)
 
 
-def maintain(bind: Session | Any, metadata: MetaData) -> list[str]:
-    """Run every partitioned table's maintenance function (idempotent); returns their names."""
+def maintain(bind: Session | Any, metadata: MetaData, *, at: dt.datetime | None = None) -> list[str]:
+    """Run every partitioned table's maintenance function (idempotent); returns their names.
+
+    ``at`` (an aware datetime) runs it as if it were that instant (:data:`CLOCK_SETTING`, for
+    this call only): partitions for that period and ``premake`` ahead, retention counted from
+    it. Beware an instant in the future: retention drops what it would drop then."""
+    if at is not None and at.utcoffset() is None:
+        raise ConfigurationError("maintain(at=...) takes an aware datetime (with tzinfo): a naive one names no instant.")
+    previous = None
+    if at is not None:
+        previous = bind.execute(text("SELECT current_setting(:n, true)"), {"n": CLOCK_SETTING}).scalar()
+        bind.execute(text("SELECT set_config(:n, :v, true)"), {"n": CLOCK_SETTING, "v": at.isoformat()})
     ran = []
     for entity in registered(metadata):
         if isinstance(entity, PartitionFunction):
             bind.execute(text(f"SELECT {qualified(entity.schema, entity.name)}()"))
             ran.append(entity.name)
+    if at is not None:  # (after a failure the transaction's end resets it: set transaction-local)
+        bind.execute(text("SELECT set_config(:n, :v, true)"), {"n": CLOCK_SETTING, "v": previous or ""})
     return ran
 
 
