@@ -321,23 +321,29 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
         _held[session] = None
 
 
-def sync_settings(session: Session) -> None:
+def sync_settings(session: Session, *, lifted: bool = False) -> None:
     """Tell PostgreSQL the context in force now, if it is not what the transaction holds.
 
     Called before every statement and flush of an installed session. Only when the scope
     changed inside the transaction, and then the ``set_config`` waits for the next statement
-    and shares its round trip (:mod:`sa_patterns._pipeline`).
+    and shares its round trip (:mod:`sa_patterns._pipeline`). ``lifted``: the statement asked
+    for ``all_tenants=True``, for itself only (the next statement sends the scope's again).
     """
     if session not in _held:
-        return  # no transaction yet: after_begin sends the settings
+        if not lifted:
+            return  # no transaction yet: after_begin sends the settings
+        session.connection()  # begin now (after_begin records the scope's), then lift below
     key = _key(session)
+    if lifted and not key[3]:
+        key = (key[0], key[1], key[2], True)
     if key != _held[session]:
         _send(session, session.connection(), key)
         _held[session] = key
 
 
 def _do_orm_execute(state: ORMExecuteState) -> None:
-    sync_settings(state.session)  # raw SQL is filtered by RLS too: every statement
+    # raw SQL is filtered by RLS too: every statement
+    sync_settings(state.session, lifted=bool(state.execution_options.get(ALL_TENANTS, False)))
 
 
 def _before_flush(session: Session, flush_context: object, instances: object) -> None:

@@ -29,12 +29,11 @@ from eventsourcing_rls_models import (
     total_projection,
 )
 from sqlalchemy import URL, Engine, MetaData, create_engine, text
-from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 import sa_patterns
-from sa_patterns import ConfigurationError, MissingGrant, TenantMixin
+from sa_patterns import ConfigurationError, MissingGrant, TenantMixin, TenantViolation
 from sa_patterns.eventsourcing import (
     AsyncProjectionRunner,
     EventMixin,
@@ -272,13 +271,13 @@ def test_streams_and_snapshots_are_behind_the_tenant_wall(app_engine: Engine, en
         for table in ("es_rls_events", "es_rls_snapshots"):
             assert session.execute(text(f"SELECT DISTINCT tenant_id FROM {table}")).all() == [(1,)]
         # appending to (or snapshotting) another tenant's stream is refused by WITH CHECK
-        with pytest.raises(ProgrammingError, match="row-level security"):
+        with pytest.raises(TenantViolation, match="row-level security"):
             session.execute(text(
                 "INSERT INTO es_rls_events (tenant_id, aggregate_id, version, event_type, data) "
                 "VALUES (2, 'acc-3', 6, 'account.opened', '{\"owner\": \"x\"}')"
             ))
         session.rollback()
-        with pytest.raises(ProgrammingError, match="row-level security"):
+        with pytest.raises(TenantViolation, match="row-level security"):
             session.execute(text(
                 "INSERT INTO es_rls_snapshots (tenant_id, aggregate_type, aggregate_id, version, "
                 "schema_version, state) VALUES (2, 'Account', 'acc-3', 5, 1, '{}')"

@@ -52,7 +52,6 @@ def server_of(pg_url: URL) -> URL:
 EXTRA = '''
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import sessionmaker
 
 import sa_patterns
@@ -73,7 +72,7 @@ def test_roles_are_the_runs_own(sql, db_roles, pg_url):
 
 def test_the_database_refuses_another_tenants_row(session, sql):
     with sa_patterns.tenant_scope(1):
-        with pytest.raises(ProgrammingError, match="row-level security"), session.begin_nested():
+        with pytest.raises(sa_patterns.TenantViolation, match="row-level security"), session.begin_nested():
             session.execute(text("INSERT INTO notes (id, tenant_id, body) VALUES (9, 2, 'x')"))
         with sa_patterns.all_tenants():  # the ORM lets it through; the app role may not
             assert session.scalars(select(Note)).all() == []

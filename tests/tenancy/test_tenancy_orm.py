@@ -310,14 +310,18 @@ def test_all_tenants_scope_and_option_lift_the_orm_filter(superuser_session: Ses
 
 def test_all_tenants_as_the_admin_role(admin_session: Session) -> None:
     """At the database, all_tenants() shows the admin role every tenant (the app role none:
-    test_tenancy_rls.py); the statement option lifts only the ORM filter (app.all_tenants is not
-    sent: the policy of the tenant in scope, or of none, still decides; docs/tenancy.md)."""
+    test_tenancy_rls.py), and so does the statement option, for that statement only
+    (app.all_tenants is sent with it, and the scope's settings again with the next)."""
     s = seed(admin_session)
     with sa_patterns.all_tenants():
         assert ids(s.scalars(select(Project))) == [11, 12, 21, 22]
-    assert ids(s.scalars(select(Project).execution_options(all_tenants=True))) == []
+    assert ids(s.scalars(select(Project).execution_options(all_tenants=True))) == [11, 12, 21, 22]
     with sa_patterns.tenant_scope(1):
-        assert len(s.scalars(select(Task).execution_options(all_tenants=True)).all()) == 4
+        every = len(s.scalars(select(Task).execution_options(all_tenants=True)).all())
+        assert every == s.scalar(text("SELECT count(*) FROM tn_tasks").execution_options(all_tenants=True))
+        assert every > len(s.scalars(select(Task)).all()) > 0  # the next statement: tenant 1 again
+    s.commit()  # the option on the first statement of a transaction lifts it too
+    assert ids(s.scalars(select(Project).execution_options(all_tenants=True))) == [11, 12, 21, 22]
     s.info["tenant_id"] = 2  # session.info wins over the scope
     with sa_patterns.tenant_scope(1):
         assert ids(s.scalars(select(Project))) == [21, 22]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import URL, Connection, Engine, MetaData, create_engine, select, text
-from sqlalchemy.exc import DBAPIError, ProgrammingError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from tenancy_models import Base, Project, StrDoc
 
@@ -87,8 +87,10 @@ def test_raw_sql_is_filtered_by_rls(app_engine: Engine) -> None:
 def test_with_check_refuses_writing_another_tenant(app_engine: Engine) -> None:
     Session = factory(app_engine)
     with sa_patterns.tenant_scope(1), Session() as s:
-        with pytest.raises(ProgrammingError, match="row-level security"):
+        # the database's refusal, raised as the ORM wall's error (its cause: PostgreSQL's own)
+        with pytest.raises(sa_patterns.TenantViolation, match="row-level security") as refused:
             s.execute(text("INSERT INTO tn_projects (id, tenant_id, name) VALUES (30, 2, 'x')"))
+        assert getattr(refused.value.__cause__, "sqlstate", None) == "42501"
         s.rollback()
         # UPDATE of another tenant's rows matches nothing
         assert s.execute(text("UPDATE tn_projects SET name = 'x' WHERE id = 21")).rowcount == 0  # type: ignore[attr-defined]
