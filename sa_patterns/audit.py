@@ -1,9 +1,10 @@
 """Audit log written by the database: ``Audited``, the ``audit_log`` table and its query helpers.
 
-PostgreSQL does the recording. Each audited table gets one plpgsql function and three
-**statement-level** ``AFTER`` triggers whose transition tables (``REFERENCING OLD TABLE / NEW
-TABLE``) hold every row the statement touched, so a bulk UPDATE of N rows costs one trigger call
-and one ``INSERT ... SELECT``, not N calls. ORM, bulk and raw SQL writes are all recorded, in the
+PostgreSQL does the recording. Each audited table gets one plpgsql function and four
+**statement-level** ``AFTER`` triggers: those of INSERT, UPDATE and DELETE have transition tables
+(``REFERENCING OLD TABLE / NEW TABLE``) holding every row the statement touched, so a bulk UPDATE
+of N rows costs one trigger call and one ``INSERT ... SELECT``, not N calls; TRUNCATE's (which
+PostgreSQL gives no rows) writes one ``TRUNCATE`` entry for the statement. ORM, bulk and raw SQL writes are all recorded, in the
 writer's transaction (a rollback leaves nothing). The function, the triggers and the log table are
 registered on the model's ``MetaData``, so ``alembic revision --autogenerate`` writes them.
 
@@ -70,8 +71,9 @@ __all__ = [
     "purge",
 ]
 
-#: Values of ``audit_log.operation``.
-AUDIT_OPERATIONS = ("INSERT", "UPDATE", "DELETE", "SOFT_DELETE", "RESTORE")
+#: Values of ``audit_log.operation``. ``TRUNCATE`` is one entry per statement and table (key
+#: ``{}``, no rows, no tenant: it removed every tenant's rows).
+AUDIT_OPERATIONS = ("INSERT", "UPDATE", "DELETE", "SOFT_DELETE", "RESTORE", "TRUNCATE")
 
 #: The log's secondary indexes, by the query they serve (see ``audit_log_table(indexes=...)``).
 AUDIT_LOG_INDEXES = ("primary_key", "table", "actor", "recorded_at")
@@ -480,6 +482,11 @@ DECLARE
     SELECT {table_expr}, 'DELETE', {_pk_json(table, {c: "sa_o." + quote(c) for c in pk})}, to_jsonb(sa_o.*){drop}, NULL, NULL, {ctx},
            {tenant("sa_o.tenant_id")}, {at}
     FROM {OLD} sa_o;
+  ELSIF TG_OP = 'TRUNCATE' THEN
+    -- No rows reach a TRUNCATE trigger: one entry for the statement, key {{}}, no tenant (it
+    -- empties every tenant's rows, so every tenant reads it).
+    INSERT INTO {target} ({insert_cols})
+    VALUES ({table_expr}, 'TRUNCATE', '{{}}'::jsonb, NULL, NULL, NULL, {ctx}, NULL, {at});
   ELSE
     -- Several rows, or a changed key. FULL JOIN: never a nested loop, whatever size the
     -- cached plan was made for. OFFSET 0: keeps it a full join. Unpaired rows are key changes.
@@ -490,7 +497,7 @@ END;"""  # noqa: S608
 
 
 def audit_objects(table: Table, log: Table, exclude: Collection[str] = ()) -> list[Entity]:
-    """The function and the three statement-level triggers that audit ``table`` into ``log``."""
+    """The function and the four statement-level triggers that audit ``table`` into ``log``."""
     if not table.primary_key.columns:
         raise ConfigurationError(
             f"Audited table {table.name!r} has no primary key; the log identifies rows by it. "
@@ -515,6 +522,7 @@ def audit_objects(table: Table, log: Table, exclude: Collection[str] = ()) -> li
             ("INSERT", f"NEW TABLE AS {NEW}"),
             ("UPDATE", f"OLD TABLE AS {OLD} NEW TABLE AS {NEW}"),
             ("DELETE", f"OLD TABLE AS {OLD}"),
+            ("TRUNCATE", ""),  # no transition table: one entry for the statement
         )
     ]
     return [function, *triggers]
@@ -525,7 +533,7 @@ def audit_objects(table: Table, log: Table, exclude: Collection[str] = ()) -> li
 
 
 class Audited:
-    """Mixin: every INSERT, UPDATE and DELETE on the table lands in ``audit_log``.
+    """Mixin: every INSERT, UPDATE, DELETE and TRUNCATE on the table lands in ``audit_log``.
 
     ``__audit_exclude__ = {"password"}`` keeps columns out of the log (their changes alone
     produce no entry); generated columns are left out too, being derived from logged ones. The triggers are written by Alembic autogenerate (or
@@ -654,7 +662,8 @@ def audit_entries(
     so combine it with a time range on a large log.
 
     The tenant in scope when the query is built (``session.info`` too, given ``session``)
-    narrows it like the models: a tenant model's entries are its tenant's only, and none in
+    narrows it like the models: a tenant model's entries are its tenant's only (and the
+    table's ``TRUNCATE`` entries, which removed every tenant's rows), and none in
     scope raises :class:`~sa_patterns.TenantRequired`; without ``target``, a tenant in scope
     keeps its own entries and those of tables without tenants. ``all_tenants()`` lifts both.
     """
@@ -669,7 +678,11 @@ def audit_entries(
     if not is_all_tenants(session):
         if table is not None and is_tenant_table(table):
             scoped = require_tenant(session, what=f"audit_entries() of {table.name}")
-            query = query.where(log.c.tenant_id == str(scoped))
+            # a TRUNCATE removed every tenant's rows: its entry (no tenant) is each tenant's too
+            query = query.where(sa.or_(
+                log.c.tenant_id == str(scoped),
+                sa.and_(log.c.tenant_id.is_(None), log.c.operation == "TRUNCATE"),
+            ))
         elif table is None and (tenant := current_tenant(session)) is not None:
             query = query.where(sa.or_(log.c.tenant_id.is_(None), log.c.tenant_id == str(tenant)))
     if table is not None:

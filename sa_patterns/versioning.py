@@ -1,10 +1,11 @@
 """History tables written by the database: ``Versioned``, ``history()``, ``as_of()``, ``revert()``.
 
 A ``Versioned`` table ``t`` gets ``t_history``: a copy of its columns plus ``version`` (1, 2, ...
-per row), ``valid_from`` and ``valid_to`` (``NULL`` while the version is current). Three
+per row), ``valid_from`` and ``valid_to`` (``NULL`` while the version is current). Four
 statement-level triggers keep it: an INSERT opens version 1 (or the next number, if the key was
 used before), an UPDATE that really changes a row closes its current version and opens the next,
-a DELETE closes it. Raw SQL and bulk statements are versioned like ORM writes.
+a DELETE closes it, a TRUNCATE closes every current version. Raw SQL and bulk statements are
+versioned like ORM writes.
 
 The function names every column it copies (never a whole row expanded with ``(row).*``, which
 PostgreSQL maps wrongly once the table has a dropped column), so versions stay right across
@@ -42,10 +43,12 @@ from sqlalchemy.orm import Mapper, Session
 
 from ._mapping import own_table, when_mapped
 from ._transition import NEW, OLD, one_row_probe
+from .context import ALL_TENANTS_SETTING
 from .encryption.types import EncryptedType
 from .errors import ConfigurationError, NotFound
-from .schema import Entity, Function, Trigger, ident, qualified, quote, register
+from .schema import Entity, Function, Trigger, ident, qualified, quote, quote_literal, register
 from .tenancy import scope_copies
+from .tenancy.rls import owner_rights
 
 __all__ = ["Version", "Versioned", "as_of", "backfill", "history", "history_table", "revert"]
 
@@ -138,6 +141,8 @@ BEGIN
 {indent(open_next, "    ")}
   ELSIF TG_OP = 'DELETE' THEN
 {indent(close, "    ")}
+  ELSIF TG_OP = 'TRUNCATE' THEN
+{indent(_truncate_close(table, target), "    ")}
   ELSE
     -- One row, key unchanged (an ORM flush): two one-row statements. The set-based statement
     -- below pays its start-up (a hash table, a CTE) on every statement.
@@ -167,8 +172,30 @@ BEGIN
 END;"""  # noqa: S608
 
 
+def _truncate_close(table: Table, target: str) -> str:
+    """plpgsql for a TRUNCATE: close every current version. TRUNCATE passes no rows to its
+    trigger (and removes every tenant's), so it closes them all; where row-level security would
+    hide some of them from this UPDATE (a tenant model's history, for a role subject to it) the
+    statement is refused unless every tenant is open to it, rather than leaving versions current
+    for rows that no longer exist."""
+    owner = owner_rights(target)
+    return (
+        f"IF row_security_active({quote_literal(target)}) AND NOT (\n"
+        f"    coalesce(current_setting({quote_literal(ALL_TENANTS_SETTING)}, true), '') = 'on' AND {owner}) THEN\n"
+        # no % in the body: it runs through DBAPI paramstyles unescaped in places
+        "  RAISE EXCEPTION USING\n"
+        "    MESSAGE = 'TRUNCATE of ' || TG_TABLE_NAME || ' removes the rows of every tenant, and row-level "
+        f"security hides some of their versions in ' || {quote_literal(target)},\n"
+        "    ERRCODE = 'insufficient_privilege',\n"
+        "    HINT = 'Truncate as the table''s owner inside sa_patterns.all_tenants() (app.all_tenants on), "
+        "or delete the rows instead.';\n"
+        "END IF;\n"
+        f"UPDATE {target} h SET valid_to = greatest(v_at, h.valid_from) WHERE h.valid_to IS NULL;"
+    )
+
+
 def history_objects(table: Table, history: Table) -> list[Entity]:
-    """The trigger function and the three statement-level triggers maintaining ``history``."""
+    """The trigger function and the four statement-level triggers maintaining ``history``."""
     fn = ident(table.name, "history")
     call = f"{qualified(table.schema, fn)}()"
     return [
@@ -187,6 +214,7 @@ def history_objects(table: Table, history: Table) -> list[Entity]:
                 ("INSERT", f"NEW TABLE AS {NEW}"),
                 ("UPDATE", f"OLD TABLE AS {OLD} NEW TABLE AS {NEW}"),
                 ("DELETE", f"OLD TABLE AS {OLD}"),
+                ("TRUNCATE", ""),  # no transition table: it closes every current version
             )
         ],
     ]

@@ -97,8 +97,9 @@ def test_autogenerate_roundtrip(owner_engine: Engine, engine: Engine, db_schema:
     found = objects(engine, db_schema)
     assert found["functions"] == {"al_item_audit", "al_item_history", "audit_log_append_only"}
     assert found["triggers"] == {
-        "al_item_audit_ins", "al_item_audit_upd", "al_item_audit_del",
-        "al_item_history_ins", "al_item_history_upd", "al_item_history_del", "audit_log_append_only",
+        "al_item_audit_ins", "al_item_audit_upd", "al_item_audit_del", "al_item_audit_tru",
+        "al_item_history_ins", "al_item_history_upd", "al_item_history_del", "al_item_history_tru",
+        "audit_log_append_only",
     }
     assert diffs(engine, build()) == []  # no false diff (types, nullability, indexes, objects)
 
