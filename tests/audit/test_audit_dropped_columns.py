@@ -10,9 +10,11 @@ the key, one added after that, one dropped in the middle), each applied as a mig
 it: the columns of the table and its history, then the functions autogenerate writes for the
 new model (DDL as the superuser inside the test's transaction, rolled back). After each step
 every writer runs as the app role (ORM flush, multi-row UPDATE, key change, INSERT ... ON
-CONFLICT, MERGE, COPY, DELETE, raw INSERT) and the database is read back by raw SQL: the current
-versions equal the table row for row, ``as_of(now)`` too, every version ever written still
-reads as it was written, the audit log replays to the table, and ``revert()`` restores exactly."""
+CONFLICT, MERGE inserting, updating and deleting, COPY, DELETE) and the database is read back
+by raw SQL: the current versions equal the table row for row, ``as_of(now)`` too, every version
+ever written still reads as it was written, the audit log replays to the table, and
+``revert()`` restores exactly. Before the functions are replaced, writes the old function cannot
+make are refused, never recorded wrong."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import BigInteger, Connection, Integer, MetaData, Text, func, select, text
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 
 from sa_patterns import Audited, Versioned, as_of, history, revert
@@ -167,6 +170,8 @@ def write_everything(connection: Connection, session: Session, model: Any, colum
     with raw.cursor() as cur, cur.copy(f"COPY {TABLE} (id, qty, amount, label) FROM STDIN") as copy:
         for i in (7, 8):
             copy.write_row((k + i, i, 100 * i, "copied"))
+    connection.execute(text(
+        f"MERGE INTO {TABLE} t USING (VALUES ({k + 7})) AS s(id) ON t.id = s.id WHEN MATCHED THEN DELETE"))
     connection.execute(text(f"UPDATE {TABLE} SET qty = qty + 1, label = 'bulk' WHERE id >= {k + 4} AND id < {k + 50}"))
     connection.execute(text(f"DELETE FROM {TABLE} WHERE id IN ({k + 8}, {k + 52})"))
     if "note" in columns:
@@ -265,3 +270,26 @@ def test_same_typed_neighbours_are_not_shifted(connection: Connection, session: 
     revert(session, obj, 1)
     session.flush()
     assert [tuple(r) for r in sql("SELECT id, a, b FROM dc_counts ORDER BY id")] == [(1, 10, 100), (3, 21, 200)]
+
+
+def test_before_the_migration_replaces_the_functions_writes_are_refused_not_recorded_wrong(
+    connection: Connection, sql: SQL, superuser_sql: SQL
+) -> None:
+    """A column dropped by hand, the functions not yet replaced (a migration that only dropped
+    it, a deploy that lags): a statement whose trigger names the column fails, with the write;
+    one whose trigger does not (a DELETE) is recorded right. Nothing is recorded wrong."""
+    connection.execute(text(f"INSERT INTO {TABLE} (id, gone, qty, amount) VALUES (1, 'g', 1, 10), (2, 'g', 2, 20)"))
+    superuser_sql(f"ALTER TABLE {TABLE} DROP COLUMN gone")
+    for statement in (
+        f"INSERT INTO {TABLE} (id, qty) VALUES (3, 3)",
+        f"UPDATE {TABLE} SET qty = 5 WHERE id = 1",
+        f"UPDATE {TABLE} SET qty = qty + 1",
+    ):
+        with pytest.raises(ProgrammingError, match=r"column sa_[no]\.gone does not exist"), connection.begin_nested():
+            connection.execute(text(statement))
+    connection.execute(text(f"DELETE FROM {TABLE} WHERE id = 2"))
+    assert sql(f"SELECT id, qty FROM {TABLE}") == [(1, 1)]
+    assert [tuple(r) for r in sql(f"SELECT id, version, qty, valid_to IS NULL FROM {TABLE}_history ORDER BY id")] == [
+        (1, 1, 1, True), (2, 1, 2, False)]
+    entries = sql("SELECT operation, primary_key FROM audit_log WHERE table_name LIKE :t ORDER BY id", t=f"%.{TABLE}")
+    assert [tuple(r) for r in entries] == [("INSERT", {"id": 1}), ("INSERT", {"id": 2}), ("DELETE", {"id": 2})]
