@@ -50,7 +50,7 @@ from .schema import Entity, Function, Trigger, ident, qualified, quote, quote_li
 from .tenancy import scope_copies
 from .tenancy.rls import owner_rights
 
-__all__ = ["Version", "Versioned", "as_of", "backfill", "history", "history_table", "revert"]
+__all__ = ["Version", "Versioned", "as_of", "backfill", "history", "history_table", "resync", "revert"]
 
 _HISTORY_KEY = "sa_patterns.history_tables"
 _ENTITY_KEY = "sa_patterns.history_entities"
@@ -477,3 +477,37 @@ def backfill(bind: Any, model: Any) -> int:
         .execution_options(preserve_rowcount=True)  # INSERT rowcount is opt-in in SQLAlchemy 2
     )
     return int(result.rowcount)
+
+
+def resync(bind: Any, model: Any) -> int:
+    """Make the current versions say what the table holds; returns how many rows got a version.
+
+    A row whose current version differs from it gets that version closed and its next opened; a
+    row without a current version gets one (as :func:`backfill`); the current version of a key
+    no longer in the table is closed. For what changed the table without its triggers: a
+    migration's DDL that rewrote values (``ADD COLUMN ... DEFAULT``, ``ALTER COLUMN ... TYPE ...
+    USING``), writes made with the triggers switched off, or versions written wrong (a release
+    before the dropped-column fix). Values are compared by their text. Idempotent.
+
+    Run it as the owner in the migration, e.g. ``resync(op.get_bind(), Model)`` (inside
+    ``all_tenants()`` where a tenant model's history has row-level security), after the columns
+    and functions changed. The new versions start now: ``as_of`` an earlier time still answers
+    with what the history held then.
+    """
+    table = model if isinstance(model, Table) else model.__table__
+    hist = history_table(table)
+    pk = {c.name for c in table.primary_key.columns}
+    same = sa.select(sa.literal(1)).select_from(table).where(
+        *[hist.c[name] == table.c[name] for name in pk],
+        *[
+            sa.cast(hist.c[c.name], sa.Text).is_not_distinct_from(sa.cast(c, sa.Text))
+            for c in table.columns
+            if c.name not in pk
+        ],
+    )
+    bind.execute(
+        sa.update(hist)
+        .where(hist.c.valid_to.is_(None), ~same.exists())
+        .values(valid_to=sa.func.greatest(sa.func.clock_timestamp(), hist.c.valid_from))
+    )
+    return backfill(bind, table)

@@ -30,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 from sa_patterns import Audited, Versioned, as_of, history, revert
 from sa_patterns.schema import Function, registered
 from sa_patterns.testing.plugin import SQL
+from sa_patterns.versioning import resync
 
 TABLE = "dc_ledger"
 TYPES: dict[str, Any] = {"gone": Text, "qty": Integer, "middle": Text, "amount": BigInteger, "label": Text, "note": Text}
@@ -293,3 +294,27 @@ def test_before_the_migration_replaces_the_functions_writes_are_refused_not_reco
         (1, 1, 1, True), (2, 1, 2, False)]
     entries = sql("SELECT operation, primary_key FROM audit_log WHERE table_name LIKE :t ORDER BY id", t=f"%.{TABLE}")
     assert [tuple(r) for r in entries] == [("INSERT", {"id": 1}), ("INSERT", {"id": 2}), ("DELETE", {"id": 2})]
+
+
+def test_resync_repairs_current_versions_the_triggers_did_not_write(
+    connection: Connection, sql: SQL, superuser_sql: SQL
+) -> None:
+    """resync() makes the current versions equal the table again: a version written wrong (as
+    the shifted ones of a release before the fix), rows written and deleted with the triggers
+    off. The versions before stay as they were; a second run finds nothing."""
+    connection.execute(text("INSERT INTO dc_counts (id, gone, a, b) VALUES (1, 0, 10, 100), (2, 0, 20, 200), (4, 0, 40, 400)"))
+    before = now(connection)
+    superuser_sql("UPDATE dc_counts_history SET gone = NULL, a = 0, b = 10 WHERE id = 1")  # shifted
+    superuser_sql("ALTER TABLE dc_counts DISABLE TRIGGER USER")
+    connection.execute(text("DELETE FROM dc_counts WHERE id = 2"))
+    connection.execute(text("INSERT INTO dc_counts (id, a, b) VALUES (3, 30, 300)"))
+    superuser_sql("ALTER TABLE dc_counts ENABLE TRIGGER USER")
+    assert resync(connection, COUNTS) == 2  # ids 1 and 3; id 2's version closed, 4 untouched
+    assert resync(connection, COUNTS) == 0
+    live = [tuple(r) for r in sql("SELECT id, gone, a, b FROM dc_counts ORDER BY id")]
+    assert [tuple(r) for r in sql("SELECT id, gone, a, b FROM dc_counts_history WHERE valid_to IS NULL ORDER BY id")] == live
+    assert [tuple(r) for r in sql("SELECT id, version FROM dc_counts_history ORDER BY id, version")] == [
+        (1, 1), (1, 2), (2, 1), (3, 1), (4, 1)]
+    then = as_of(COUNTS, before)
+    assert [tuple(r) for r in connection.execute(select(then).order_by(then.c.id))] == [
+        (1, None, 0, 10), (2, 0, 20, 200), (4, 0, 40, 400)]
