@@ -1,10 +1,16 @@
 """View models: queried like models, related both ways, read-only, validated at class time.
 
-Every claim is checked against what PostgreSQL holds (catalog, raw SELECT on the view)."""
+Every claim is checked against what PostgreSQL holds (catalog, raw SELECT on the view).
+
+The ORM work runs as the plugin's app role (NOSUPERUSER NOBYPASSRLS, owning nothing) on the
+schema create_all built as the owner role, refreshes included (through the views' refresh
+functions). DDL (models a test declares itself, metadata.create_all) is the owner's; the
+catalog is read as the superuser inside the test's transaction or as the owner."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 
 import pytest
@@ -30,6 +36,7 @@ from sqlalchemy.orm import (
     mapped_column,
     relationship,
     selectinload,
+    sessionmaker,
 )
 
 import sa_patterns
@@ -37,6 +44,7 @@ from sa_patterns.errors import ConfigurationError, ReadOnlyError
 from sa_patterns.schema import NOT_A_TABLE, RowLevelSecurity, registered
 from sa_patterns.schema import MaterializedView as MaterializedViewEntity
 from sa_patterns.schema import View as ViewEntity
+from sa_patterns.schema.access import manage_access
 from sa_patterns.views import MaterializedView, MatviewRefresh, View, compile_definition
 
 
@@ -89,13 +97,27 @@ class BigSpenders(MaterializedView, Base):
     total: Mapped[Decimal] = mapped_column(Numeric(10, 2))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tables(engine: Engine) -> Iterator[None]:
-    with engine.begin() as conn:
-        sa_patterns.create_all(conn, Base.metadata)
-    yield
-    with engine.begin() as conn:
-        sa_patterns.drop_all(conn, Base.metadata)
+@pytest.fixture(scope="module")
+def sa_patterns_metadata() -> MetaData:
+    return Base.metadata
+
+
+pytestmark = pytest.mark.usefixtures("plugin_view_grants")
+
+
+@contextmanager
+def owner_built(owner_engine: Engine, metadata: MetaData, *, drop: str) -> Iterator[None]:
+    """Models a test declares itself, built by the owner (DDL) and committed so the app role's
+    own connection sees them; ``drop`` (the owner's) removes them after. manage_access() on
+    them: the grants a deployment's migration writes for the app role."""
+    manage_access(metadata)
+    with owner_engine.begin() as conn:
+        sa_patterns.create_all(conn, metadata)
+    try:
+        yield
+    finally:
+        with owner_engine.begin() as conn:
+            conn.exec_driver_sql(drop)
 
 
 def seed(session: Session) -> None:
@@ -112,7 +134,9 @@ def seed(session: Session) -> None:
     session.flush()
 
 
-def test_registered_as_view_objects_not_tables(sql) -> None:  # type: ignore[no-untyped-def]
+def test_registered_as_view_objects_not_tables(superuser_sql) -> None:  # type: ignore[no-untyped-def]
+    """The catalog, read as the superuser."""
+    sql = superuser_sql
     assert CustomerTotals.__table__.info[NOT_A_TABLE] is True
     assert BigSpenders.__table__.info[NOT_A_TABLE] is True
     kinds = {type(e) for e in registered(Base.metadata)}
@@ -168,7 +192,7 @@ def test_materialized_view_refresh_in_session(session: Session, sql) -> None:  #
     assert [r[0] for r in raw] == [1, 3]
 
 
-def test_orm_writes_are_refused(session: Session, sql) -> None:  # type: ignore[no-untyped-def]
+def test_orm_writes_are_refused(session: Session, superuser_sql) -> None:  # type: ignore[no-untyped-def]
     seed(session)
     session.add(CustomerTotals(customer_id=3, orders=1, total=Decimal(1)))
     with pytest.raises(ReadOnlyError, match="CustomerTotals maps the view customer_totals"):
@@ -196,7 +220,7 @@ def test_orm_writes_are_refused(session: Session, sql) -> None:  # type: ignore[
             session.execute(statement)
     with pytest.raises(ReadOnlyError, match=r"BigSpenders.refresh\(session\)"):
         session.execute(delete(BigSpenders))
-    assert sql("SELECT count(*) FROM customers")[0][0] == 0  # nothing reached the database
+    assert superuser_sql("SELECT count(*) FROM customers")[0][0] == 0  # nothing reached the database
 
 
 def test_writes_refused_without_install(connection) -> None:  # type: ignore[no-untyped-def]
@@ -303,9 +327,11 @@ def test_bad_input_is_refused_at_class_definition() -> None:
             id: Mapped[int] = mapped_column(primary_key=True)
 
 
-def test_with_no_data_then_first_refresh(connection, session: Session) -> None:  # type: ignore[no-untyped-def]
+def test_with_no_data_then_first_refresh(owner_engine: Engine, engine: Engine) -> None:
     """__with_data__ = False creates the view empty; a concurrent refresh of a never-populated
-    view (which PostgreSQL refuses) is sent as a plain first refresh."""
+    view (which PostgreSQL refuses) is sent as a plain first refresh. The owner builds the
+    models (committed, dropped after); the app role inserts and refreshes on its own
+    connection, rolled back."""
     B, Thing = _base()
 
     class Lazy(MaterializedView, B):
@@ -315,14 +341,18 @@ def test_with_no_data_then_first_refresh(connection, session: Session) -> None: 
         __select__ = select(Thing.id)  # type: ignore[attr-defined]
         id: Mapped[int] = mapped_column(primary_key=True)
 
-    sa_patterns.create_all(connection, B.metadata)
-    connection.execute(text("INSERT INTO things (id, name) VALUES (1, 'x')"))
-    populated = "SELECT relispopulated FROM pg_class WHERE oid = 'lazy_things'::regclass"
-    assert connection.execute(text(populated)).scalar() is False
-    Lazy.refresh(session, concurrently=True)
-    assert connection.execute(text(populated)).scalar() is True
-    assert session.scalars(select(Lazy.id)).all() == [1]
-    Lazy.refresh(session, concurrently=True)  # now really concurrent
+    drop = "DROP TABLE things CASCADE; DROP FUNCTION lazy_things_refresh(boolean)"
+    with owner_built(owner_engine, B.metadata, drop=drop), engine.connect() as connection:
+        factory = sa_patterns.install(sessionmaker(bind=connection, join_transaction_mode="create_savepoint"))
+        with factory() as session:
+            connection.execute(text("INSERT INTO things (id, name) VALUES (1, 'x')"))
+            populated = "SELECT relispopulated FROM pg_class WHERE oid = 'lazy_things'::regclass"
+            assert connection.execute(text(populated)).scalar() is False
+            Lazy.refresh(session, concurrently=True)
+            assert connection.execute(text(populated)).scalar() is True
+            assert session.scalars(select(Lazy.id)).all() == [1]
+            Lazy.refresh(session, concurrently=True)  # now really concurrent
+        connection.rollback()
 
 
 def test_concurrent_refresh_needs_a_unique_index(session: Session) -> None:
@@ -339,8 +369,10 @@ def test_concurrent_refresh_needs_a_unique_index(session: Session) -> None:
     assert "Index('ix_name', 'col', unique=True)" in str(info.value)
 
 
-def test_plain_metadata_create_all_uses_create_view_on_sqlalchemy_21(connection) -> None:  # type: ignore[no-untyped-def]
-    """On 2.1 the mapped Table carries CreateView: even metadata.create_all makes a view."""
+def test_plain_metadata_create_all_uses_create_view_on_sqlalchemy_21(owner_connection) -> None:  # type: ignore[no-untyped-def]
+    """On 2.1 the mapped Table carries CreateView: even metadata.create_all makes a view. DDL:
+    the owner's, rolled back."""
+    connection = owner_connection
     from sqlalchemy.sql import ddl
 
     B, Thing = _base()
