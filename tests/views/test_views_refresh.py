@@ -1,5 +1,11 @@
 """Refreshing materialized views: dependency order from pg_depend, concurrent refresh under
-readers, the CLI, and the pg_cron migration op."""
+readers, the CLI, and the pg_cron migration op.
+
+The materialized views of the dependency graph are made by hand (DDL, the owner role's): with
+no refresh function, PostgreSQL refreshes them only for their owner, so those refreshes are the
+owner's (``owner_session``, ``owner_connection``, the CLI with the owner's login). Models built
+the toolkit's way get a refresh function: the concurrency test's writer and readers are the
+plugin's app role (NOSUPERUSER NOBYPASSRLS, owning nothing)."""
 
 from __future__ import annotations
 
@@ -21,7 +27,15 @@ from sa_patterns.alembic.schedule import ScheduleRefreshOp, UnscheduleRefreshOp,
 from sa_patterns.cli import main as cli
 from sa_patterns.errors import ConfigurationError
 from sa_patterns.schema import quote_literal
+from sa_patterns.schema.access import manage_access
+from sa_patterns.testing.logins import RunRoles
 from sa_patterns.views import MaterializedView
+
+
+@pytest.fixture(scope="module")
+def sa_patterns_metadata() -> MetaData:
+    return MetaData()  # the role model, nothing built: each test makes what it refreshes
+
 
 # r_b reads the view r_link, which was re-pointed at r_c *after* r_b was created: the right
 # order (r_c, then r_b) contradicts both creation (oid) order and name order.
@@ -47,7 +61,9 @@ def expected_doubled(conn: Connection) -> dict[int, int]:
     return {k: 2 * t for k, t in conn.execute(text("SELECT k, sum(v) FROM r_base GROUP BY k"))}
 
 
-def test_refresh_all_follows_pg_depend(session: Session, connection: Connection, db_schema: str) -> None:
+def test_refresh_all_follows_pg_depend(owner_session: Session, owner_connection: Connection, db_schema: str) -> None:
+    """The owner's: it made the views, which have no refresh function."""
+    session, connection = owner_session, owner_connection
     build_graph(connection)
     oids = dict(connection.execute(text("SELECT relname, oid::int FROM pg_class WHERE relname IN ('r_b', 'r_c') AND relnamespace = current_schema()::regnamespace")).all())
     assert oids["r_b"] < oids["r_c"]  # creation order would refresh r_b first: wrong
@@ -58,7 +74,9 @@ def test_refresh_all_follows_pg_depend(session: Session, connection: Connection,
     assert sa_patterns.refresh_all(session, concurrently=True, schemas=[db_schema]) == refreshed
 
 
-async def test_refresh_all_async(async_session: AsyncSession, db_schema: str) -> None:
+async def test_refresh_all_async(owner_async_session: AsyncSession, db_schema: str) -> None:
+    """The owner's: it made the views, which have no refresh function."""
+    async_session = owner_async_session
     await async_session.run_sync(lambda s: build_graph(s.connection()))
     refreshed = await sa_patterns.refresh_all(async_session, concurrently=True, schemas=[db_schema])
     assert refreshed == [f"{db_schema}.r_c", f"{db_schema}.r_b"]
@@ -67,7 +85,11 @@ async def test_refresh_all_async(async_session: AsyncSession, db_schema: str) ->
     assert dict(rows) == expected  # type: ignore[arg-type]
 
 
-def test_refresh_all_concurrently_checks_every_view_first(session: Session, connection: Connection, db_schema: str) -> None:
+def test_refresh_all_concurrently_checks_every_view_first(
+    owner_session: Session, owner_connection: Connection, db_schema: str
+) -> None:
+    """The owner's: it made the views (and drops an index)."""
+    session, connection = owner_session, owner_connection
     build_graph(connection)
     connection.execute(text("DROP INDEX r_b_k"))
     before = connection.execute(text("SELECT count(*) FROM r_c")).scalar()
@@ -94,18 +116,23 @@ def test_refresh_of_a_missing_view_says_how_to_fix(session: Session) -> None:
         NeverMigrated.refresh(session)
 
 
-def test_cli_refresh(engine: Engine, pg_url: URL, db_schema: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refresh(
+    owner_engine: Engine, pg_url: URL, db_roles: RunRoles, db_schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The owner's views (committed, dropped after), refreshed by the CLI logged in as the owner."""
+    engine = owner_engine
+    owner_url = db_roles.url(pg_url, db_roles.owner).render_as_string(hide_password=False)
     with engine.begin() as conn:
         build_graph(conn)
     try:
-        assert cli(["refresh", "--concurrently", "--schema", db_schema, "--url", pg_url.render_as_string(hide_password=False)]) == 0
+        assert cli(["refresh", "--concurrently", "--schema", db_schema, "--url", owner_url]) == 0
         out = capsys.readouterr().out.splitlines()
         assert out == [f"refreshed concurrently {db_schema}.r_c", f"refreshed concurrently {db_schema}.r_b"]
         with engine.connect() as conn:  # committed
             assert dict(conn.execute(text("SELECT k, doubled FROM r_b")).all()) == expected_doubled(conn)
             conn.execute(text("DROP INDEX r_c_k"))
             conn.commit()
-        assert cli(["refresh", "--concurrently", "--schema", db_schema, "--url", pg_url.render_as_string(hide_password=False)]) == 2
+        assert cli(["refresh", "--concurrently", "--schema", db_schema, "--url", owner_url]) == 2
         assert "r_c lack(s) a unique index" in capsys.readouterr().err
     finally:
         with engine.begin() as conn:
@@ -150,8 +177,10 @@ def test_schedule_refresh_op_sql() -> None:
     assert scheduled.to_diff_tuple() == ("schedule_refresh", "sa_patterns refresh totals", "0 * * * *")
 
 
-def test_scheduled_command_is_valid_sql(connection: Connection) -> None:
-    """The command pg_cron would run is a REFRESH that PostgreSQL accepts."""
+def test_scheduled_command_is_valid_sql(owner_connection: Connection) -> None:
+    """The command pg_cron would run is a REFRESH that PostgreSQL accepts, run as the views'
+    owner (the only role PostgreSQL lets refresh them; pg_cron runs a job as its owner)."""
+    connection = owner_connection
     build_graph(connection)
     scheduled = ScheduleRefreshOp("r_c", "* * * * *", concurrently=True).sql()
     command = refresh_command("r_c", concurrently=True)
@@ -192,28 +221,38 @@ class LedgerSummary(MaterializedView, RBase):
     n: Mapped[int]
 
 
+manage_access(RBase.metadata)  # the app role's grants, EXECUTE on the refresh function included
+
 GROUPS, PER_GROUP, GENERATIONS, READERS = 200, 25, 6, 4
 
 
 @pytest.fixture
-def ledger(engine: Engine) -> Iterator[int]:
-    with engine.begin() as conn:
+def ledger(owner_engine: Engine, engine: Engine) -> Iterator[int]:
+    """RBase built by the owner (committed); seeded and first refreshed by the app role; the
+    owner drops it after (not drop_all: that would revoke the schema's access too)."""
+    with owner_engine.begin() as conn:
         sa_patterns.create_all(conn, RBase.metadata)
-        conn.execute(text(
-            "INSERT INTO rel_ledger (id, grp, amount, gen) "
-            "SELECT g, g % :groups, 100, 0 FROM generate_series(1, :rows) g"
-        ), {"groups": GROUPS, "rows": GROUPS * PER_GROUP})
-        conn.execute(text("REFRESH MATERIALIZED VIEW rel_ledger_summary"))
-    yield GROUPS * PER_GROUP * 100
-    with engine.begin() as conn:
-        sa_patterns.drop_all(conn, RBase.metadata)
+    try:
+        with sa_patterns.install(sessionmaker(engine)).begin() as session:
+            session.execute(text(
+                "INSERT INTO rel_ledger (id, grp, amount, gen) "
+                "SELECT g, g % :groups, 100, 0 FROM generate_series(1, :rows) g"
+            ), {"groups": GROUPS, "rows": GROUPS * PER_GROUP})
+            LedgerSummary.refresh(session)
+        yield GROUPS * PER_GROUP * 100
+    finally:
+        with owner_engine.begin() as conn:
+            conn.execute(text("DROP TABLE rel_ledger CASCADE"))
+            conn.execute(text("DROP FUNCTION rel_ledger_summary_refresh(boolean)"))
+            conn.execute(text("DROP TABLE sa_patterns_matview_refreshes"))
 
 
 def test_concurrent_refresh_never_shows_readers_a_half_refreshed_view(engine: Engine, ledger: int) -> None:
     """4 readers loop over the view while it is refreshed CONCURRENTLY after each of several
     writes. Each write moves money between groups (the total never changes) and stamps every
     row with a new generation, so a reader seeing a mix of old and new rows would see two
-    generations or a wrong total."""
+    generations or a wrong total. Writer and readers are the app role; the refreshes go
+    through the view's refresh function."""
     total = ledger
     done = threading.Event()
     seen: list[set[int]] = [set() for _ in range(READERS)]
