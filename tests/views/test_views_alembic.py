@@ -2,7 +2,10 @@
 dependents and matview indexes in pg_depend order, table column changes, downgrade.
 
 A chain is used throughout: view ``region_totals`` ← materialized view ``top_regions`` (with
-a unique index) ← view ``top_region_names``. Assertions read the catalog."""
+a unique index) ← view ``top_region_names``. Assertions read the catalog.
+
+Migrations run as the owner role (not a superuser), as a deployment runs them, on a schema
+the plugin made for it with nothing built; the catalog is read as the owner too."""
 
 from __future__ import annotations
 
@@ -40,7 +43,13 @@ from sa_patterns.cli.init import init
 from sa_patterns.errors import ConfigurationError
 from sa_patterns.schema import View as ViewEntity
 from sa_patterns.schema import register
+from sa_patterns.testing.logins import RunRoles
 from sa_patterns.views import MaterializedView, View
+
+
+@pytest.fixture(scope="module")
+def sa_patterns_metadata() -> MetaData:
+    return MetaData()  # the role model, nothing built: the migrations build
 
 
 def build(variant: str = "base") -> MetaData:
@@ -149,14 +158,15 @@ def _drop_tables(engine: Engine) -> None:
 
 
 @pytest.fixture
-def clean(engine: Engine):  # type: ignore[no-untyped-def]
+def clean(owner_engine: Engine):  # type: ignore[no-untyped-def]
     # before too: a test that ran earlier in the module may have left the refresh log behind
-    _drop_tables(engine)
+    _drop_tables(owner_engine)
     yield
-    _drop_tables(engine)
+    _drop_tables(owner_engine)
 
 
-def test_lifecycle(engine: Engine, clean) -> None:  # type: ignore[no-untyped-def]
+def test_lifecycle(owner_engine: Engine, clean) -> None:  # type: ignore[no-untyped-def]
+    engine = owner_engine  # migrations and catalog checks: the owner's
     up, _ = migrate(engine, build())
     kinds = described(up)
     # the table and the refresh log (sa_patterns_matview_refreshes) come first
@@ -243,7 +253,8 @@ def test_lifecycle(engine: Engine, clean) -> None:  # type: ignore[no-untyped-de
     assert diffs(engine, build()) == []
 
 
-def test_text_differences_postgres_prints_the_same_are_no_diff(engine: Engine, clean) -> None:  # type: ignore[no-untyped-def]
+def test_text_differences_postgres_prints_the_same_are_no_diff(owner_engine: Engine, clean) -> None:  # type: ignore[no-untyped-def]
+    engine = owner_engine  # migrations and catalog checks: the owner's
     md = build()
     migrate(engine, md)
     # the same query written by hand, differently cased and spaced, with redundant parentheses
@@ -253,7 +264,8 @@ def test_text_differences_postgres_prints_the_same_are_no_diff(engine: Engine, c
     assert [d[0] for d in diffs(engine, md)] == ["replace_entity"]  # type: ignore[index]
 
 
-def test_unmanaged_dependent_stops_autogenerate(engine: Engine, clean) -> None:  # type: ignore[no-untyped-def]
+def test_unmanaged_dependent_stops_autogenerate(owner_engine: Engine, clean) -> None:  # type: ignore[no-untyped-def]
+    engine = owner_engine  # migrations and catalog checks: the owner's
     migrate(engine, build())
     with engine.begin() as conn:
         conn.execute(text("CREATE VIEW hand_made AS SELECT region FROM region_totals"))
@@ -263,13 +275,15 @@ def test_unmanaged_dependent_stops_autogenerate(engine: Engine, clean) -> None: 
         conn.execute(text("DROP VIEW hand_made"))
 
 
-def test_command_line_roundtrip(tmp_path: Path, pg_url: URL, db_schema: str) -> None:
-    """init, revision --autogenerate, upgrade, check, a second revision, downgrade base."""
+def test_command_line_roundtrip(tmp_path: Path, pg_url: URL, db_schema: str, db_roles: RunRoles) -> None:
+    """init, revision --autogenerate, upgrade, check, a second revision, downgrade base: the
+    owner creates the schema, runs the CLI and reads the catalog."""
     schema = f"{db_schema}_cli"
-    admin = create_engine(pg_url)
-    with admin.begin() as conn:
+    owner = db_roles.url(pg_url, db_roles.owner)
+    owner_db = create_engine(owner)
+    with owner_db.begin() as conn:
         conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
-    url = pg_url.update_query_dict({"options": f"-csearch_path={schema}"})
+    url = owner.update_query_dict({"options": f"-csearch_path={schema}"})
     cfg = Config(str(init(tmp_path / "migrations", metadata="unused:unused")))
     cfg.attributes["target_metadata"] = build()
     cfg.attributes["configure_logger"] = False
@@ -290,15 +304,15 @@ def test_command_line_roundtrip(tmp_path: Path, pg_url: URL, db_schema: str) -> 
         script2 = (tmp_path / "migrations" / "versions" / "r2_more.py").read_text()
         assert script2.index("op.drop_entity(sa_patterns.schema.View(schema=None, name='top_region_names'") < script2.index("op.drop_entity(sa_patterns.schema.MaterializedView(")
         command.downgrade(cfg, "r1")
-        with admin.connect() as conn:
+        with owner_db.connect() as conn:
             cols = conn.execute(text(f"SELECT attname FROM pg_attribute WHERE attrelid = '{schema}.region_totals'::regclass AND attnum > 0")).scalars().all()
             index = conn.execute(text("SELECT count(*) FROM pg_indexes WHERE schemaname = :s AND indexname = 'top_regions_region'"), {"s": schema}).scalar()
         assert sorted(cols) == ["region", "total"] and index == 1
         command.downgrade(cfg, "base")
-        with admin.connect() as conn:
+        with owner_db.connect() as conn:
             left = conn.execute(text("SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = :s AND relkind IN ('v', 'm', 'r')"), {"s": schema}).scalars().all()
         assert left == ["alembic_version"]
     finally:
-        with admin.begin() as conn:
+        with owner_db.begin() as conn:
             conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        admin.dispose()
+        owner_db.dispose()
