@@ -4,9 +4,10 @@ PostgreSQL does the recording. Each audited table gets one plpgsql function and 
 **statement-level** ``AFTER`` triggers: those of INSERT, UPDATE and DELETE have transition tables
 (``REFERENCING OLD TABLE / NEW TABLE``) holding every row the statement touched, so a bulk UPDATE
 of N rows costs one trigger call and one ``INSERT ... SELECT``, not N calls; TRUNCATE's (which
-PostgreSQL gives no rows) writes one ``TRUNCATE`` entry for the statement. ORM, bulk and raw SQL writes are all recorded, in the
-writer's transaction (a rollback leaves nothing). The function, the triggers and the log table are
-registered on the model's ``MetaData``, so ``alembic revision --autogenerate`` writes them.
+PostgreSQL gives no rows) writes one ``TRUNCATE`` entry for the statement. ORM, bulk and raw SQL
+writes are all recorded, in the writer's transaction (a rollback leaves nothing). The function,
+the triggers and the log table are registered on the model's ``MetaData``, so ``alembic revision
+--autogenerate`` writes them.
 
 Why the UPDATE statement pairs old and new rows with a ``FULL JOIN`` behind ``OFFSET 0``:
 plpgsql caches each statement's plan per connection, planned for the transition table size of
