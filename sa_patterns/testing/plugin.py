@@ -67,7 +67,7 @@ from ..nplusone import QueryCounter, nplusone_guard
 from ..roles import RoleNames, use_roles
 from ..schema import create_all, registered
 from ..schema.access import Grant, access_entities
-from ..schema.objects import quote
+from ..schema.objects import Entity, quote
 from .factories import AsyncFactories, Factories
 from .logins import (
     RunRoles,
@@ -269,6 +269,12 @@ def _sa_patterns_module(
         superuser.dispose()
 
 
+def _run(conn: Connection, entities: list[Entity]) -> None:
+    for entity in entities:
+        for statement in entity.create_statements():
+            conn.exec_driver_sql(statement)
+
+
 def _build(module: _Module, metadata: list[MetaData]) -> None:
     """The models built by the toolkit, as the owner role (the superuser without roles)."""
     builder = create_engine(module.url("owner"), connect_args=_search_path(module.schema))
@@ -279,14 +285,24 @@ def _build(module: _Module, metadata: list[MetaData]) -> None:
                 stack.enter_context(use_roles(module.roles.names))
             conn = stack.enter_context(builder.begin())
             for md in metadata:
+                unmanaged = module.roles is not None and not any(
+                    isinstance(e, Grant) for e in registered(md)
+                )
+                # models that do not manage the role model (no tenant table, no audit log, no
+                # manage_access()) get what manage_access() would write, so the app role can use
+                # them; the models themselves are left as they are. The schema's default
+                # privileges first: views and materialized views created next inherit them.
+                access = access_entities(md) if unmanaged else []
+                _run(conn, [e for e in access if e.order <= 0])
                 create_all(conn, md)
-                if module.roles is not None and not any(isinstance(e, Grant) for e in registered(md)):
-                    # models that do not manage the role model (no tenant table, no audit log,
-                    # no manage_access()): the grants manage_access() would write, so the app
-                    # role can use them; the models themselves are left as they are
-                    for entity in access_entities(md):
-                        for statement in entity.create_statements():
-                            conn.exec_driver_sql(statement)
+                _run(conn, [e for e in access if e.order > 0])
+                if unmanaged and module.roles is not None:
+                    for entity in registered(md):
+                        if entity.kind == "matview_refresh":  # executable by the owner alone
+                            conn.exec_driver_sql(
+                                f"GRANT EXECUTE ON FUNCTION {entity.signature()} TO "  # type: ignore[attr-defined]
+                                f"{quote(module.roles.names.app)}, {quote(module.roles.names.admin)}"
+                            )
     except Exception as exc:
         raise ConfigurationError(
             f"sa_patterns: building the models in schema {module.schema} as {who} failed "

@@ -7,33 +7,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from sqlalchemy import URL, Connection, Engine, MetaData
+from sqlalchemy import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 import sa_patterns
-from sa_patterns.schema import MaterializedView, View, qualified, quote, registered
 from sa_patterns.testing.logins import RunRoles
-from sa_patterns.views import MatviewRefresh
-
-
-@pytest.fixture(scope="module")
-def plugin_view_grants(sa_patterns_metadata: MetaData | list[MetaData], owner_engine: Engine, db_roles: RunRoles) -> None:
-    """WORKAROUND for a plugin gap (reported, not fixed here): for models that manage no roles
-    the plugin builds the schema with create_all and only then runs access_entities(), so the
-    app role gets no SELECT on the models' views and materialized views (default privileges
-    come after them, and its grants cover real tables only) and no EXECUTE on the refresh
-    functions (made with no grantee: their roles are decided at create time), all of which
-    manage_access() gives when the models call it. The owner grants exactly that, once per
-    module; a no-op once the plugin grants it itself."""
-    grantees = f"{quote(db_roles.app)}, {quote(db_roles.admin)}"
-    models = [sa_patterns_metadata] if isinstance(sa_patterns_metadata, MetaData) else sa_patterns_metadata
-    with owner_engine.begin() as conn:
-        for entity in (e for md in models for e in registered(md)):
-            if isinstance(entity, MatviewRefresh):
-                conn.exec_driver_sql(f"GRANT EXECUTE ON FUNCTION {entity.signature()} TO {grantees}")
-            elif isinstance(entity, (View, MaterializedView)):
-                conn.exec_driver_sql(f"GRANT SELECT ON {qualified(entity.schema, entity.name)} TO {grantees}")
 
 
 @pytest.fixture

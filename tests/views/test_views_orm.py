@@ -102,7 +102,6 @@ def sa_patterns_metadata() -> MetaData:
     return Base.metadata
 
 
-pytestmark = pytest.mark.usefixtures("plugin_view_grants")
 
 
 @contextmanager
