@@ -129,23 +129,29 @@ class Change:
     by_hand: Callable[[Connection, str, bool], None] | None = None
     #: the migration ends with ``resync()`` (DDL filled values without a trigger)
     resync: bool = False
+    #: an aggregate true of every history after the migration: what the old versions now read
+    holds: str = "count(*) > 0"
     note: str = ""
 
 
 CHANGES = [
-    Change("add_column", BASE, (*BASE, "note"), note="added to table and history; old versions and log entries: NULL / absent"),
-    Change("drop_column", BASE, BASE[1:], note="dropped from table and history: old versions lose it, the log keeps it"),
+    Change("add_column", BASE, (*BASE, "note"), holds="bool_and(note IS NULL)", note="added to table and history; old versions and log entries: NULL / absent"),
+    Change("drop_column", BASE, BASE[1:], holds="count(*) FILTER (WHERE label IS NOT NULL) = 4", note="dropped from table and history: old versions lose it, the log keeps it"),
     Change("rename_column", BASE, ("gone", "qty", "amount", "title"), _rename,
+           holds="count(*) FILTER (WHERE title IS NOT NULL) = 4",
            note="renamed by hand on both; old versions read under the new name, the log keeps the old name"),
     Change("retype_column", BASE, ("gone", "qty", "amount:big", "label"),
+           holds="pg_typeof(min(amount)) = 'bigint'::regtype AND min(amount) = 10",
            note="retyped on both by autogenerate; old versions converted, the log keeps the old json"),
     Change("reorder_columns", BASE, ("gone", "amount", "label", "qty"), _reorder,
+           holds="bool_and(qty = id)",
            note="drop and re-add by hand, values copied on both; nothing lost"),
     Change("add_generated", BASE, (*BASE, "twice:gen"), resync=True,
            note="a plain column in the history; the table's rows are computed without a trigger, so the "
                 "migration ends with resync(); old versions NULL"),
-    Change("drop_generated", (*BASE, "twice:gen"), BASE, note="dropped from both; old versions lose it"),
+    Change("drop_generated", (*BASE, "twice:gen"), BASE, holds="count(*) FILTER (WHERE label IS NOT NULL) = 4", note="dropped from both; old versions lose it"),
     Change("change_primary_key", BASE, ("gone", "qty:key", "amount", "label"), _new_key,
+           holds="bool_and(qty = id)",
            note="new key by hand on table and history; old versions kept under the new key"),
 ]
 
@@ -307,6 +313,19 @@ def built(request: pytest.FixtureRequest, owner_engine: Engine, engine: Engine, 
                     if Versioned in mixins:
                         assert resync(conn, models[table]) == len(rows(conn, f"SELECT id FROM {table}"))
         assert diffs(owner, md) == [], change.name
+        with owner.connect() as conn:  # the change is what the catalogue says
+            for table, mixins in MODELS.items():
+                for t in _both(table)[: 2 if Versioned in mixins else 1]:
+                    columns = rows(conn, "SELECT attname FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) "
+                                         "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", t=t)
+                    assert [c for (c,) in columns if c not in ("version", "valid_from", "valid_to")] == list(
+                        names(change.after)), t
+                    key = rows(conn, "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                                     "AND a.attnum = ANY (i.indkey) WHERE i.indrelid = CAST(:t AS regclass) "
+                                     "AND i.indisprimary ORDER BY a.attnum", t=t)
+                    assert {c for (c,) in key} - {"version"} == {c.name for c in models[table].__table__.primary_key}
+                if Versioned in mixins:
+                    assert rows(conn, f"SELECT {change.holds} FROM {table}_history") == [(True,)], table
         with owner.connect() as conn:
             versions = {table: snapshot_versions(conn, table, change.after) for table in MODELS}
             log = snapshot_log(conn)
