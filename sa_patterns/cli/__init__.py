@@ -9,6 +9,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
 from ..errors import SAPatternsError
 
 __all__ = ["main"]
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sa-patterns", description="Production data patterns for SQLAlchemy on PostgreSQL."
     )
+    parser.add_argument("--version", action="version", version=f"sa-patterns {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
