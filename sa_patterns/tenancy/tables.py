@@ -9,8 +9,10 @@ import uuid
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Uuid,
@@ -43,9 +45,28 @@ _KIND_INT, _KIND_UUID, _KIND_STR = "int", "uuid", "str"
 _INT_TEXT = re.compile(r"-?[0-9]{1,19}")
 
 
+class _Int32Kind(str):
+    """The kind ``"int"`` of an ``Integer`` tenant column: equal to (and hashing like)
+    ``_KIND_INT``, so every integer tenant column shares one loader-criteria group, while
+    :func:`_coerce` refuses a tenant id beyond the column's range before any SQL."""
+
+    type_name, low, high = "Integer", -(2**31), 2**31 - 1
+
+
+class _Int16Kind(_Int32Kind):
+    type_name, low, high = "SmallInteger", -(2**15), 2**15 - 1
+
+
+#: the range of ``_KIND_INT`` itself (a ``BigInteger`` tenant column)
+_BIGINT = ("BigInteger", -(2**63), 2**63 - 1)
+_KIND_INT4, _KIND_INT2 = _Int32Kind(_KIND_INT), _Int16Kind(_KIND_INT)
+
+
 def _kind(type_: TypeEngine[Any]) -> str:
     if isinstance(type_, Integer):
-        return _KIND_INT
+        if isinstance(type_, BigInteger):
+            return _KIND_INT
+        return _KIND_INT2 if isinstance(type_, SmallInteger) else _KIND_INT4
     if isinstance(type_, Uuid):
         return _KIND_UUID
     if isinstance(type_, String):
@@ -66,9 +87,21 @@ def _coerce(value: object, kind: str, where: str) -> TenantId:
         raise ConfigurationError(f"{where}: {value!r} is not a tenant id.")
     if kind == _KIND_INT:
         if isinstance(value, int):
-            return value
-        if isinstance(value, str) and _INT_TEXT.fullmatch(value):
-            return int(value)
+            number = value
+        elif isinstance(value, str) and _INT_TEXT.fullmatch(value):
+            number = int(value)
+        else:
+            number = None
+        if number is not None:
+            name, low, high = (
+                (kind.type_name, kind.low, kind.high) if isinstance(kind, _Int32Kind) else _BIGINT
+            )
+            if low <= number <= high:
+                return number
+            raise ConfigurationError(
+                f"{where}: tenant id {value!r} is out of range for a {name} tenant column "
+                f"({low} to {high}). Pass the tenant's key in the column's type."
+            )
     elif kind == _KIND_UUID:
         if isinstance(value, uuid.UUID):
             return value

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from sqlalchemy import Float, Integer
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import Float, Integer, event, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from tenancy_models import Project, StrDoc, Task, UuidDoc
 
+import sa_patterns
 from sa_patterns import ConfigurationError, TenantMixin, tenant_foreign_key, tenant_unique
 from sa_patterns.tenancy import tenant_tables
 
@@ -64,3 +67,57 @@ def test_integer_tenant_type_and_bookkeeping_outside_table_info() -> None:
         assert model.__table__.info == {}
     assert sorted(t.name for t in tenant_tables(Project.metadata)) == [
         "tn_projects", "tn_str_docs", "tn_tasks", "tn_uuid_docs"]
+
+
+class Int32Tenant(TenantMixin, Base):
+    """Never created: every refusal below comes before any SQL."""
+
+    __tablename__ = "tn_cfg_int32"
+    __tenant_type__ = Integer()
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+def _statements(session: Session) -> list[str]:
+    seen: list[str] = []
+    event.listen(session.connection(), "before_cursor_execute", lambda *a: seen.append(a[2]))
+    return seen
+
+
+@pytest.mark.parametrize("tenant", [2**63, -(2**63) - 1, str(2**63), "9999999999999999999"])
+def test_tenant_id_beyond_bigint_is_refused_before_sql(session: Session, tenant: object) -> None:
+    """PostgreSQL's own error (bigint out of range, or a numeric compared with bigint) would
+    come from the database; the toolkit names the value and the column type instead."""
+    statements = _statements(session)
+    with sa_patterns.tenant_scope(tenant):  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match=re.escape(repr(tenant))):
+            session.scalars(select(Project)).all()
+        session.add(Project(id=900, name="too big"))
+        with pytest.raises(
+            ConfigurationError,
+            match=re.escape(f"tenant id {tenant!r} is out of range for a BigInteger tenant column"),
+        ):
+            session.flush()
+        session.expunge_all()
+    session.info["tenant_id"] = tenant
+    try:
+        session.add(Project(id=901, name="too big"))
+        with pytest.raises(ConfigurationError, match="out of range for a BigInteger tenant column"):
+            session.flush()
+        session.expunge_all()
+    finally:
+        del session.info["tenant_id"]
+    assert statements == []
+
+
+@pytest.mark.parametrize("tenant", [2**31, -(2**31) - 1])
+def test_tenant_id_beyond_int32_is_refused_for_an_integer_column(session: Session, tenant: int) -> None:
+    statements = _statements(session)
+    with sa_patterns.tenant_scope(tenant):
+        session.add(Int32Tenant(id=1))
+        with pytest.raises(
+            ConfigurationError,
+            match=re.escape(f"tenant id {tenant} is out of range for a Integer tenant column"),
+        ):
+            session.flush()
+        session.expunge_all()
+    assert statements == []
