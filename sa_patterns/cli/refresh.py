@@ -15,11 +15,12 @@ from typing import Any
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..database import normalise_url
 from ..errors import ConfigurationError, SAPatternsError
+from ._failure import DEBUG, explain, first_line
 
 __all__ = ["add_parser"]
 
@@ -60,12 +61,6 @@ def _refresh(args: argparse.Namespace) -> int:
     return 0
 
 
-def _first_line(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
-    return lines[0] if lines else type(original).__name__
-
-
 def _where(args: argparse.Namespace) -> str:
     try:
         return _url(args).render_as_string(hide_password=True)
@@ -75,20 +70,13 @@ def _where(args: argparse.Namespace) -> str:
 
 def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, str]:
     """What went wrong and what to do about it, one line each."""
-    debug = "(--debug shows the traceback)"
     if isinstance(exc, SAPatternsError):
-        return str(exc), f"nothing was refreshed {debug}"
-    if isinstance(exc, ArgumentError):
-        return f"not a database URL: {_first_line(exc)}", "pass --url or DATABASE_URL as postgresql://user@host:port/database"
-    if isinstance(exc, DBAPIError) and (exc.connection_invalidated or exc.statement is None):
-        # no statement: connect() itself failed (psycopg's OperationalError)
-        return (
-            f"cannot connect to {_where(args)}: {_first_line(exc)}",
-            f"check that the server is up and --url / DATABASE_URL point to it {debug}",
-        )
+        return str(exc), f"nothing was refreshed {DEBUG}"
+    if isinstance(exc, SQLAlchemyError) and (told := explain(exc, _where(args))) is not None:
+        return told
     return (
-        f"the refresh failed: {_first_line(exc)}",
-        f"nothing was refreshed (one transaction); fix the cause and run it again {debug}",
+        f"the refresh failed: {first_line(exc)}",
+        f"nothing was refreshed (one transaction); fix the cause and run it again {DEBUG}",
     )
 
 

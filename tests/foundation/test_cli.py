@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import sa_patterns
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sa_patterns.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "sa_patterns.cli", *args],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent / "tenancy",
     )
 
 
@@ -20,3 +22,29 @@ def test_version() -> None:
     assert done.returncode == 0
     assert done.stdout.splitlines() == [f"sa-patterns {sa_patterns.__version__}"]
     assert done.stderr == ""
+
+
+UNREACHABLE = "postgresql+psycopg://nobody@127.0.0.1:1/nowhere"  # nothing listens on port 1
+DEBUG = "(--debug shows the traceback)"
+
+
+def test_unreachable_server_and_missing_database_are_two_lines(pg_url: object) -> None:
+    from sqlalchemy import make_url
+
+    missing = make_url(str(pg_url)).set(database="sa_patterns_no_such_db").render_as_string(hide_password=True)
+    for command in (["doctor", "--metadata", "tenancy_models:Base.metadata"], ["refresh"]):
+        done = run(*command, "--url", UNREACHABLE)
+        assert (done.returncode, done.stdout) == (1, "")
+        lines = done.stderr.splitlines()
+        assert len(lines) == 2 and "Traceback" not in done.stderr
+        assert lines[0].startswith(f"sa-patterns {command[0]}: cannot connect to {UNREACHABLE}: ")
+        assert lines[1] == f"  check that the server is up and --url / DATABASE_URL point to it {DEBUG}"
+        done = run(*command, "--url", missing)
+        assert (done.returncode, done.stdout) == (1, "")
+        assert done.stderr.splitlines() == [
+            f'sa-patterns {command[0]}: the server at {missing} answers, but database '
+            '"sa_patterns_no_such_db" does not exist',
+            f"  create the database (createdb) or fix its name in --url / DATABASE_URL {DEBUG}",
+        ]
+        done = run("--debug", *command, "--url", UNREACHABLE)
+        assert done.returncode == 1 and "Traceback" in done.stderr and "OperationalError" in done.stderr
