@@ -9,10 +9,8 @@ import uuid
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Integer,
     MetaData,
-    SmallInteger,
     String,
     Table,
     Uuid,
@@ -45,28 +43,14 @@ _KIND_INT, _KIND_UUID, _KIND_STR = "int", "uuid", "str"
 _INT_TEXT = re.compile(r"-?[0-9]{1,19}")
 
 
-class _Int32Kind(str):
-    """The kind ``"int"`` of an ``Integer`` tenant column: equal to (and hashing like)
-    ``_KIND_INT``, so every integer tenant column shares one loader-criteria group, while
-    :func:`_coerce` refuses a tenant id beyond the column's range before any SQL."""
-
-    type_name, low, high = "Integer", -(2**31), 2**31 - 1
-
-
-class _Int16Kind(_Int32Kind):
-    type_name, low, high = "SmallInteger", -(2**15), 2**15 - 1
-
-
-#: the range of ``_KIND_INT`` itself (a ``BigInteger`` tenant column)
-_BIGINT = ("BigInteger", -(2**63), 2**63 - 1)
-_KIND_INT4, _KIND_INT2 = _Int32Kind(_KIND_INT), _Int16Kind(_KIND_INT)
+#: the range of an integer tenant id: PostgreSQL's bigint (an Integer column's smaller range is
+#: the database's to refuse on write; a read beyond it matches nothing)
+_BIGINT = (-(2**63), 2**63 - 1)
 
 
 def _kind(type_: TypeEngine[Any]) -> str:
     if isinstance(type_, Integer):
-        if isinstance(type_, BigInteger):
-            return _KIND_INT
-        return _KIND_INT2 if isinstance(type_, SmallInteger) else _KIND_INT4
+        return _KIND_INT
     if isinstance(type_, Uuid):
         return _KIND_UUID
     if isinstance(type_, String):
@@ -93,14 +77,12 @@ def _coerce(value: object, kind: str, where: str) -> TenantId:
         else:
             number = None
         if number is not None:
-            name, low, high = (
-                (kind.type_name, kind.low, kind.high) if isinstance(kind, _Int32Kind) else _BIGINT
-            )
+            low, high = _BIGINT
             if low <= number <= high:
                 return number
             raise ConfigurationError(
-                f"{where}: tenant id {value!r} is out of range for a {name} tenant column "
-                f"({low} to {high}). Pass the tenant's key in the column's type."
+                f"{where}: tenant id {value!r} is out of range for an integer tenant column "
+                f"(bigint: {low} to {high}). Pass the tenant's key in the column's type."
             )
     elif kind == _KIND_UUID:
         if isinstance(value, uuid.UUID):
