@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import URL, create_engine, make_url, text
+from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigurationError
 
@@ -24,7 +25,12 @@ __all__ = ["Server", "normalise_url", "scratch_database", "server"]
 
 def normalise_url(raw: str) -> URL:
     """``postgres://`` / ``postgresql://`` → ``postgresql+psycopg://`` (we ship psycopg 3 only)."""
-    url = make_url(raw.strip())
+    try:
+        url = make_url(raw.strip())
+    except (ArgumentError, ValueError) as exc:  # an unparsable port raises a plain ValueError
+        raise ConfigurationError(
+            f"not a database URL ({exc}): write it as postgresql://user@host:port/database."
+        ) from None
     if url.drivername in {"postgres", "postgresql"}:
         url = url.set(drivername="postgresql+psycopg")
     if not url.drivername.startswith("postgresql"):

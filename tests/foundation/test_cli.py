@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import sa_patterns
+from sa_patterns import ConfigurationError
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -48,3 +51,11 @@ def test_unreachable_server_and_missing_database_are_two_lines(pg_url: object) -
         ]
         done = run("--debug", *command, "--url", UNREACHABLE)
         assert done.returncode == 1 and "Traceback" in done.stderr and "OperationalError" in done.stderr
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://x@:::bad/db", "not a url at all"])
+def test_a_malformed_url_is_one_line(url: str) -> None:
+    from sa_patterns.database import normalise_url
+
+    with pytest.raises(ConfigurationError, match="not a database URL"):
+        normalise_url(url)
