@@ -73,5 +73,9 @@ def compose_process_revision_directives(
             and all(ops.is_empty() for ops in directives[0].upgrade_ops_list)
         ):
             directives[:] = []
+            print(
+                "  No changes: the database already matches the models (tables and the "
+                "toolkit's objects), so no revision file was written."
+            )
 
     return process_revision_directives

@@ -142,7 +142,7 @@ def test_ops_roundtrip_every_kind(engine: Engine, db_schema: str) -> None:
         conn.execute(text("DROP EXTENSION pg_trgm"))
 
 
-def test_autogenerate_script_imports_and_roundtrips(tmp_path: Path, pg_url, db_schema: str) -> None:  # type: ignore[no-untyped-def]
+def test_autogenerate_script_imports_and_roundtrips(tmp_path: Path, pg_url, db_schema: str, capsys) -> None:  # type: ignore[no-untyped-def]
     """The full command path: init, revision --autogenerate, upgrade, check, downgrade base."""
     from alembic.config import Config
     from sqlalchemy import create_engine
@@ -171,9 +171,11 @@ def test_autogenerate_script_imports_and_roundtrips(tmp_path: Path, pg_url, db_s
         import argparse
 
         cfg.cmd_opts = argparse.Namespace(autogenerate=True)
+        capsys.readouterr()
         command.revision(cfg, message="noop", autogenerate=True)
         cfg.cmd_opts = None
         assert len(list((tmp_path / "migrations" / "versions").glob("*.py"))) == 1
+        assert "no revision file was written" in capsys.readouterr().out  # said, not silent
         command.downgrade(cfg, "base")
         found = catalog_objects(admin, schema)
         left = {k: v for k, v in found.items() if v and k != "tables"}
