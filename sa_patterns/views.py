@@ -77,7 +77,7 @@ from .schema.objects import (
 from .schema.registry import _PROVIDERS, NOT_A_TABLE, provide, register, registered
 from .schema.view_catalog import read_view_graph
 from .tenancy.criteria import enroll
-from .tenancy.rls import _sql_type
+from .tenancy.rls import _sql_type, owner_rights
 from .tenancy.tables import _kind
 
 if TYPE_CHECKING:
@@ -388,15 +388,6 @@ REFRESH_SETTING = "sa_patterns.refresh"
 _REFRESHING = f"pg_catalog.current_setting({quote_literal(REFRESH_SETTING)}, true) = 'on'"
 
 
-def _owner_of(relation: str) -> str:
-    """SQL: the current role has the privileges of the owner of ``relation`` (a qualified name,
-    resolved to an OID when the policy or view is created). One catalog lookup per query."""
-    return (
-        "pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c "  # noqa: S608  (a literal)
-        f"WHERE c.oid = {quote_literal(relation)}::pg_catalog.regclass), 'USAGE')"
-    )
-
-
 def tenant_storage_name(name: str) -> str:
     """Where a tenant materialized view named ``name`` stores every tenant's rows."""
     return ident(name, "all_tenants")
@@ -417,7 +408,7 @@ def refresh_policy(table: Table) -> Policy:
         schema=table.schema,
         table=table.name,
         name=ident(table.name, "matview_refresh"),
-        using=f"{_REFRESHING} AND {_owner_of(qualified(table.schema, table.name))}",
+        using=f"{_REFRESHING} AND {owner_rights(qualified(table.schema, table.name))}",
         command="SELECT",
         roles=(OWNER,) if managed else ("CURRENT_USER",),
     )
@@ -440,7 +431,7 @@ def _tenant_filter(schema: str | None, storage: str, columns: Sequence[str], sql
         f"FROM {source} AS d\n"
         f"WHERE d.tenant_id = {tenant}\n"
         f"   OR ({admin})\n"
-        f"   OR ({_REFRESHING} AND {_owner_of(source)})"
+        f"   OR ({_REFRESHING} AND {owner_rights(source)})"
     )
 
 
