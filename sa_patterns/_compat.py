@@ -308,3 +308,9 @@ def compound_options_in_cache_key() -> bool:
 def raw_columns(select: Select[Any]) -> tuple[Any, ...]:
     """What ``select(...)`` was given: entities, columns and FROM objects, unexpanded."""
     return tuple(select._raw_columns)
+
+
+def parent_entity(element: Any) -> Any:
+    """The ORM entity an element of a SELECT (a column, an entity's table) was taken from, or
+    None for plain Core tables and columns: the ``parententity`` annotation the ORM puts on them."""
+    return element._annotations.get("parententity")

@@ -34,7 +34,7 @@ from sqlalchemy.sql.selectable import (
 )
 from sqlalchemy.sql.visitors import iterate, replacement_traverse
 
-from ._compat import explicit_froms, insert_parts, raw_columns, replace_insert
+from ._compat import explicit_froms, insert_parts, parent_entity, raw_columns, replace_insert
 from .errors import UnsupportedStatement
 
 __all__ = ["Criteria", "base_table", "scope_explicit_joins"]
@@ -169,7 +169,7 @@ def _leaf(
 def _is_plain_table(from_: Any) -> bool:
     """A table (or an alias of one) named in FROM as such, not as an ORM entity (an entity's
     table carries its ``parententity`` annotation, and loader criteria reach it)."""
-    return _is_table(from_) and "parententity" not in from_._annotations
+    return _is_table(from_) and parent_entity(from_) is None
 
 
 def base_table(from_: Any) -> Table | None:

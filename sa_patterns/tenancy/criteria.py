@@ -29,7 +29,7 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.util import find_tables
 from sqlalchemy.types import TypeDecorator
 
-from .._compat import raw_columns
+from .._compat import parent_entity, raw_columns
 from .._joins import base_table
 from ..context import (
     StatementContext,
@@ -55,7 +55,7 @@ def _selects_tenant_entity(state: ORMExecuteState) -> bool:
     if not isinstance(statement, Select):
         return bool(_tenant_entities(state))
     for element in raw_columns(statement):
-        entity = element._annotations.get("parententity")
+        entity = parent_entity(element)
         if entity is not None and _tenant_kind_of_mapper(entity.mapper) is not None:
             return True
     return False

@@ -290,3 +290,25 @@ def test_is_orphan_follows_the_unit_of_works_decision(session: Session) -> None:
     gone, kept = parent.kids
     parent.kids.remove(gone)
     assert is_orphan(inspect(gone)) and not is_orphan(inspect(kept))
+
+
+def test_parent_entity_tells_an_entitys_elements_from_plain_core() -> None:
+    """The tenant wall tells an entity named in a SELECT (its loader criteria reach it) from a
+    plain table or column (which the explicit-join scoping must handle) by the ORM's
+    ``parententity`` annotation (_compat.parent_entity), on every supported SQLAlchemy."""
+    from sqlalchemy import inspect
+
+    from sa_patterns._compat import parent_entity, raw_columns
+
+    class PBase(DeclarativeBase):
+        pass
+
+    class Thing(PBase):
+        __tablename__ = "compat_things"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    entity, column = raw_columns(select(Thing, Thing.id))
+    assert parent_entity(entity) is inspect(Thing) and parent_entity(column) is inspect(Thing)
+    table = Thing.__table__
+    assert parent_entity(table) is None and parent_entity(table.c.id) is None
+    assert parent_entity(raw_columns(select(table))[0]) is None
