@@ -1,38 +1,18 @@
-"""The owner role's connection and sessions for the views tests: DDL, migrations, hand-made
-materialized views (PostgreSQL refreshes one only for its owner) and catalog checks. The
-application's work goes through the plugin's ``connection``/``session``, the app role's."""
+"""The owner role's async session for the views tests (its sync connection and session are in
+tests/conftest.py): DDL, migrations, hand-made materialized views (PostgreSQL refreshes one only
+for its owner) and catalog checks. The application's work goes through the plugin's
+``connection``/``session``, the app role's."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import URL, Connection, Engine
+from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import Session, sessionmaker
 
 import sa_patterns
 from sa_patterns.testing.logins import RunRoles
-
-
-@pytest.fixture
-def owner_connection(owner_engine: Engine) -> Iterator[Connection]:
-    """The owner role's connection inside an outer transaction rolled back after the test."""
-    with owner_engine.connect() as conn:
-        outer = conn.begin()
-        try:
-            yield conn
-        finally:
-            if outer.is_active:
-                outer.rollback()
-
-
-@pytest.fixture
-def owner_session(owner_connection: Connection) -> Iterator[Session]:
-    """An installed session of the owner role, joined to ``owner_connection`` by savepoints."""
-    factory = sa_patterns.install(sessionmaker(bind=owner_connection, join_transaction_mode="create_savepoint"))
-    with factory() as s:
-        yield s
 
 
 @pytest.fixture
