@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tempfile
 import time
+from argparse import Namespace
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,10 +53,23 @@ def _alembic_config(directory: Path, url: URL) -> Config:
     from ..cli.init import init
 
     ini = init(directory / "migrations", metadata="sa_patterns.demo.models:Base")
-    config = Config(str(ini))
+    # quiet: Alembic's own "Generating …" lines would land among the demo's checks
+    config = Config(str(ini), cmd_opts=Namespace(quiet=True))
     config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
     config.attributes["configure_logger"] = False
     return config
+
+
+_PREVIEW_LINES = 30
+
+
+def _operation_kind(line: str) -> str:
+    """``op.create_entity(sa_patterns.schema.Function(...`` → ``Function``; ``op.create_table(`` →
+    ``create_table``: what the preview counts."""
+    call, _, rest = line.strip().removeprefix("op.").partition("(")
+    if call.endswith("_entity"):
+        return rest.split("(", 1)[0].rsplit(".", 1)[-1] or call
+    return call
 
 
 def _migrate(ctx: DemoContext, directory: Path) -> Config:
@@ -63,11 +78,16 @@ def _migrate(ctx: DemoContext, directory: Path) -> Config:
     console.rule("[bold]Migrations: alembic revision --autogenerate, upgrade head")
     command.revision(config, message="demo app", autogenerate=True)
     script = next((directory / "migrations" / "versions").glob("*.py"))
-    ops = [line.strip() for line in script.read_text().splitlines() if line.strip().startswith("op.")]
-    console.print(f"  generated {script.name}: {len(ops)} operations")
     body = script.read_text()
-    upgrade = body[body.index("def upgrade") : body.index("def downgrade")]
-    console.print(Syntax(upgrade[:4000], "python", theme="ansi_dark", line_numbers=False))
+    upgrade = body[body.index("def upgrade") : body.index("def downgrade")].splitlines()
+    kinds = Counter(_operation_kind(line) for line in upgrade if line.strip().startswith("op."))
+    console.print(f"  generated {script.name}: {sum(kinds.values())} operations")
+    console.print("  " + ", ".join(f"{kind} ×{n}" for kind, n in kinds.most_common()))
+    excerpt = "\n".join(upgrade[:_PREVIEW_LINES])
+    # wrapped, never cropped: a cropped line hides where a statement ends
+    console.print(Syntax(excerpt, "python", theme="ansi_dark", word_wrap=True))
+    if len(upgrade) > _PREVIEW_LINES:
+        console.print(f"  … {len(upgrade) - _PREVIEW_LINES} more lines in {script.name}")
     command.upgrade(config, "head")
     ctx.check(True, "upgrade head applied")
     command.check(config)  # raises if autogenerate still finds a difference
