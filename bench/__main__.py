@@ -1,5 +1,7 @@
 """``python -m bench [--only NAME ...] [--reps N] [--full] [--scale]``: run the benchmarks side by side,
-rewrite their sections of ``bench/RESULTS.md`` and redraw the ratio charts under ``docs/img/``.
+rewrite their sections of ``bench/RESULTS.md`` and of ``bench/results.json`` (the same figures,
+machine-readable, which ``tools/docs_sync.py`` quotes in docs/) and redraw the ratio charts under
+``docs/img/``.
 
 Each ``bench/bench_<name>.py`` exposes ``NAME``, ``TITLE`` and ``run(url, reps) -> Section``;
 The default sizes keep the whole run under 10 minutes; ``--full`` uses the sizes the issues
@@ -11,9 +13,11 @@ under callgrind instead of timing them (repeatable on a noisy machine).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -24,6 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "RESULTS.md"
+RESULTS_JSON = HERE / "results.json"
 IMG = ROOT / "docs" / "img"
 
 PACKAGES = [
@@ -55,6 +60,18 @@ def _update(name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)
+
+
+def _record(section: object, run: str) -> None:
+    """Store a section's tables in ``results.json`` too, so docs quote figures instead of copying
+    them by hand; keyed by section like RESULTS.md, so a partial run keeps the other sections."""
+    data = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    data[section.name] = {  # type: ignore[attr-defined]
+        "title": section.title,  # type: ignore[attr-defined]
+        "run": run,
+        "tables": [dataclasses.asdict(t) for t in section.tables],  # type: ignore[attr-defined]
+    }
+    RESULTS_JSON.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _versions() -> str:
@@ -163,6 +180,7 @@ def main() -> int:
             if chart is not None:
                 body += f"\n![{section.title}](../docs/img/{chart.name})\n"
             _update(section.name, body)
+            _record(section, stamp.strip("_\n"))
             print(section.markdown(), flush=True)
         if not args.only:  # the whole run: the default one's wall time is part of the contract
             run = "`python -m bench --full`" if args.full else "`python -m bench` (default sizes)"

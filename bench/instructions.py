@@ -20,6 +20,7 @@ Writes the section "audit_instructions" of ``bench/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import re
 import shutil
@@ -262,9 +263,10 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     section = measure(_pg_bin(args.pg_bin), args.reps)
-    from bench.__main__ import _update
+    from bench.__main__ import _record, _update
 
     _update(section.name, section.markdown())
+    _record(section, f"{datetime.date.today()}, callgrind, {args.reps} repetitions")
     print(section.markdown(), flush=True)
     return 0
 

@@ -1,10 +1,10 @@
 """Every runnable example of the docs runs against PostgreSQL, each on its own fresh database,
-and every example is shown by some page (no orphan, no page pointing at a missing file)."""
+and every example is shown by some page (no orphan, no page pointing at a missing file); the
+pages' copies are kept equal to these files by tests/docs/test_sync.py."""
 
 from __future__ import annotations
 
 import importlib.util
-import re
 import sys
 from pathlib import Path
 
@@ -14,7 +14,6 @@ from sa_patterns.database import Server, scratch_database
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 EXAMPLES = sorted((DOCS / "examples").glob("*.py"))
-SNIPPET = re.compile(r'--8<--\s+"(docs/examples/[^"]+\.py)"')
 
 
 def _load(path: Path) -> object:
@@ -34,12 +33,13 @@ def test_example_runs(path: Path, pg_server: Server) -> None:
         module.main(url)  # type: ignore[attr-defined]
 
 
-def test_every_example_is_on_a_page_and_every_snippet_exists() -> None:
+def test_every_example_is_on_a_page_and_every_shown_example_exists() -> None:
+    sync = _load(DOCS.parent / "tools" / "docs_sync.py")
     referenced = set()
     for page in DOCS.glob("*.md"):
-        for match in SNIPPET.finditer(page.read_text()):
-            target = DOCS.parent / match.group(1)
-            assert target.is_file(), f"{page.name} includes missing {match.group(1)}"
+        for match in sync.EXAMPLE.finditer(page.read_text()):  # type: ignore[attr-defined]
+            target = DOCS.parent / match["path"]
+            assert target.is_file(), f"{page.name} shows missing {match['path']}"
             referenced.add(target.resolve())
     orphans = [p.name for p in EXAMPLES if p.resolve() not in referenced]
     assert not orphans, f"examples no page shows: {orphans}"
