@@ -53,10 +53,10 @@ def _check(url: URL) -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]  # the driver's line
         raise ConfigurationError(
             f"DATABASE_URL is set but PostgreSQL at {url.render_as_string(hide_password=True)} "
-            f"does not answer ({type(exc).__name__}: {exc}). Start it, or unset DATABASE_URL to "
-            "use the embedded server."
+            f"does not answer ({reason}). Start it, or unset DATABASE_URL to use the embedded server."
         ) from exc
     finally:
         engine.dispose()

@@ -150,8 +150,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[Server]:
-    srv = server()
+def pg_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    try:
+        srv = server()
+    except ConfigurationError as exc:
+        failure = f"sa_patterns: {exc}"
+    else:
+        failure = ""
+    if failure:  # raised outside the handler: the message alone, without the chained tracebacks
+        # One message for the run, not the same connection error under every test: the run
+        # stops after this test (each xdist worker reports it once; pytest.exit would crash xdist).
+        request.session.shouldstop = "sa_patterns: no database (the error above)"
+        pytest.fail(failure, pytrace=False)
     try:
         yield srv
     finally:

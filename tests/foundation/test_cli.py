@@ -3,6 +3,7 @@ lines (what, and what to do) with the traceback behind ``--debug``."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,23 @@ def test_a_malformed_url_is_one_line(url: str) -> None:
 
     with pytest.raises(ConfigurationError, match="not a database URL"):
         normalise_url(url)
+
+
+def test_pytest_plugin_with_an_unreachable_database_is_one_error(tmp_path: Path) -> None:
+    """Five tests on a server that does not answer: the run stops on the first, with the message
+    once (per xdist worker), not the connection error repeated under every test."""
+    (tmp_path / "test_five.py").write_text(
+        "import pytest\n\n\n@pytest.mark.parametrize('n', range(5))\n"
+        "def test_needs_the_database(engine, n):\n    assert engine\n"
+    )
+    for xdist in ([], ["-n", "2"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *xdist, str(tmp_path)],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            env={**os.environ, "DATABASE_URL": UNREACHABLE},
+        )
+        out = done.stdout + done.stderr
+        assert done.returncode != 0 and "Traceback" not in out and "INTERNALERROR" not in out
+        assert out.count(f"PostgreSQL at {UNREACHABLE} does not answer") == (2 if xdist else 1), out
+        assert "Interrupted: sa_patterns: no database (the error above)" in out
+        assert len(done.stdout.splitlines()) <= 16, out
