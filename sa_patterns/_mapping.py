@@ -109,18 +109,31 @@ def refuse_sqlmodel(cls: type, mixin: str) -> None:
     The mixin's columns are not pydantic fields: pydantic cannot build a schema for a
     ``Mapped[...]`` annotation (``PydanticSchemaGenerationError`` while SQLModel defines the
     class), and a column added by a ``declared_attr`` (``tenant_id``) cannot be set on an
-    instance (pydantic refuses the attribute, so the flush could not fill it). Supporting
-    SQLModel needs declarations of its own (``Field(sa_column=...)``). Called before
+    instance (pydantic refuses the attribute, so the flush could not fill it). The counterparts
+    in :mod:`sa_patterns.sqlmodel` declare them as SQLModel fields and mark themselves with
+    ``__sa_sqlmodel_of__``; a class that has ``mixin``'s counterpart passes. Called before
     ``super().__init_subclass__()``, so the refusal comes before pydantic's error.
     """
-    if any(k.__name__ == "SQLModel" and k.__module__.startswith("sqlmodel") for k in cls.__mro__):
+    if not any(k.__name__ == "SQLModel" and k.__module__.startswith("sqlmodel") for k in cls.__mro__):
+        return
+    if any(vars(k).get("__sa_sqlmodel_of__") == mixin for k in cls.__mro__):
+        return
+    from . import sqlmodel as counterparts  # sqlmodel is importable: cls is a SQLModel
+
+    if mixin in counterparts.__all__:
         raise ConfigurationError(
-            f"{cls.__name__}: {mixin} does not support SQLModel models yet (its columns are "
-            "not pydantic fields: SQLModel can neither define nor fill them). Declare the "
-            "table model on a SQLAlchemy DeclarativeBase (class Base(DeclarativeBase)) and keep "
-            "SQLModel/pydantic classes for the API schemas, e.g. with "
-            "model_config = ConfigDict(from_attributes=True)."
+            f"{cls.__name__}: sa_patterns.{mixin} declares its columns as SQLAlchemy "
+            "Mapped[...] attributes, which SQLModel can neither define nor fill. Use its SQLModel "
+            f"counterpart, the same mixin with SQLModel fields: from sa_patterns.sqlmodel import "
+            f"{mixin} (see docs/sqlmodel.md)."
         )
+    raise ConfigurationError(
+        f"{cls.__name__}: {mixin} does not support SQLModel models (its columns are not "
+        "pydantic fields: SQLModel can neither define nor fill them, and sa_patterns.sqlmodel "
+        "has no counterpart of it). Declare the table model on a SQLAlchemy DeclarativeBase "
+        "(class Base(DeclarativeBase)) and keep SQLModel/pydantic classes for the API schemas, "
+        "e.g. with model_config = ConfigDict(from_attributes=True)."
+    )
 
 
 def secondary_refusal(column: str, harm: str, link: str, page: str) -> Check:
