@@ -90,7 +90,12 @@ def _resolve(target: object) -> type[Session] | Session:
     if isinstance(target, async_sessionmaker):
         sync_cls = target.kw.get("sync_session_class")
         if sync_cls is None or sync_cls is Session:
-            sync_cls = type("Session", (sync_cls or Session,), {})
+            # a private subclass of the class the AsyncSession class runs on (SQLModel's
+            # AsyncSession runs on SQLModel's Session, whose exec() it calls)
+            base: type[Session] = (
+                getattr(target.class_, "sync_session_class", Session) if sync_cls is None else sync_cls
+            )
+            sync_cls = type("Session", (base,), {})
             target.kw["sync_session_class"] = sync_cls
         return sync_cls
     if isinstance(target, type) and issubclass(target, AsyncSession):
