@@ -266,7 +266,9 @@ def _column(cls: type, mapper: Mapper[Any], key: str, *, text: bool) -> Column[A
             f"{cls.__name__}.{key} is not a column of {cls.__name__}'s own table; search "
             f"columns must be plain columns (use a relationship search for related tables)."
         )
-    if text and (not isinstance(column.type, String) or isinstance(column.type, Enum)):
+    # a TypeDecorator over text (SQLModel's AutoString for a str field) stores text too
+    stored = column.type.impl_instance if isinstance(column.type, TypeDecorator) else column.type
+    if text and (not isinstance(stored, String) or isinstance(stored, Enum)):
         raise ConfigurationError(
             f"{cls.__name__}.{key} is {column.type!r}; full-text search reads text columns "
             f"(String, Text, Unicode). Add a text column or a computed text column instead."
