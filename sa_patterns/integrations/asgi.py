@@ -37,14 +37,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 WS_POLICY_VIOLATION = 1008
 
 
-def _connection_factory() -> Callable[[Scope, Receive], Any]:
-    try:
-        from starlette.requests import HTTPConnection
-    except ImportError:  # a plain ASGI app: the resolver reads the scope itself
-        return lambda scope, receive: scope
-    return lambda scope, receive: HTTPConnection(scope, receive)
-
-
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
@@ -83,16 +75,15 @@ class TenantMiddleware:
         self.request_id_header = request_id_header.lower()
         self.required = required
         self._header = self.request_id_header.encode("latin-1")
-        self._connection = _connection_factory()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        check_not_scoped("TenantMiddleware")
+        check_not_scoped(type(self).__name__)
         request_id = make_request_id(_header(scope, self._header))
-        connection = self._connection(scope, receive)
+        connection = self._connect(scope, receive)
         tenant = await resolve(self.tenant, connection)
         if tenant is None and self.required:
             await self._refuse(scope, send, request_id)
@@ -104,6 +95,14 @@ class TenantMiddleware:
         method = scope.get("method", "WEBSOCKET")
         with request_scope(tenant, actor, request_id=request_id, method=method, path=scope["path"]):
             await self.app(scope, receive, send)
+
+    def _connect(self, scope: Scope, receive: Receive) -> Any:
+        """What the resolvers receive."""
+        try:
+            from starlette.requests import HTTPConnection
+        except ImportError:  # a plain ASGI app: the resolvers read the scope itself
+            return scope
+        return HTTPConnection(scope, receive)
 
     def _echo_request_id(self, send: Send, request_id: str) -> Send:
         header = (self._header, request_id.encode("latin-1"))
