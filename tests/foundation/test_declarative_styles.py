@@ -4,7 +4,8 @@
 ``registry.mapped``, ``registry.map_declaratively`` and SQLModel map it afterwards, when a set-up
 written in ``__init_subclass__`` alone found no table and silently did nothing (tenant B's rows
 inside ``tenant_scope(A)``, no audit triggers, no RLS). Each style here gets the same tenant +
-soft-delete + audited model, checked against what PostgreSQL holds.
+soft-delete + audited model, checked against what PostgreSQL holds; on SQLModel, with the
+counterparts of :mod:`sa_patterns.sqlmodel` (tests/sqlmodel runs a SQLModel app).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sqlalchemy.orm import (
 )
 
 import sa_patterns
+import sa_patterns.sqlmodel as sa_sqlmodel
 from sa_patterns import (
     Audited,
     ConfigurationError,
@@ -102,12 +104,30 @@ class ViaMapDeclaratively(SoftDeleteMixin, TenantMixin, Audited):
 
 mapper_registry.map_declaratively(ViaMapDeclaratively)
 
+sqlmodel_registry = registry(metadata=META)  # created with the other styles' tables
+
+
+class SQLModelBase(sqlmodel.SQLModel, registry=sqlmodel_registry):
+    pass
+
+
+class ViaSQLModel(
+    sa_sqlmodel.SoftDeleteMixin, sa_sqlmodel.TenantMixin, sa_sqlmodel.Audited, SQLModelBase, table=True
+):
+    __tablename__ = "ds_sqlmodel"
+    __rls__ = True
+    __table_args__ = (soft_unique("name"),)
+    id: int | None = sqlmodel.Field(default=None, primary_key=True)
+    name: str
+
+
 STYLES: dict[str, Any] = {
     "DeclarativeBase": ViaBase,
     "DeclarativeBase, mixins after the base": ViaBaseMixinsLast,
     "declarative_base()": ViaLegacy,
     "registry.mapped": ViaDecorator,
     "registry.map_declaratively": ViaMapDeclaratively,
+    "SQLModel (sa_patterns.sqlmodel)": ViaSQLModel,
 }
 style = pytest.mark.parametrize("model", list(STYLES.values()), ids=list(STYLES))
 
@@ -277,15 +297,24 @@ def test_an_imperative_mapping_is_enrolled_and_needs_its_tenant_column() -> None
 
 
 # --------------------------------------------------------------------------------------------
-# SQLModel: the mixins with Mapped[...] columns are refused; column-less ones work
+# SQLModel: the mixins with Mapped[...] columns are refused, naming their counterpart in
+# sa_patterns.sqlmodel where there is one; column-less ones work as they are
 
 
-@pytest.mark.parametrize("mixin", [TenantMixin, SoftDeleteMixin, EventMixin], ids=lambda m: m.__name__)
-def test_sqlmodel_refuses_mixins_with_columns(mixin: type) -> None:
+@pytest.mark.parametrize(
+    ("mixin", "message"),
+    [
+        (TenantMixin, r"TenantMixin declares its columns as SQLAlchemy Mapped.*from sa_patterns\.sqlmodel import TenantMixin"),
+        (SoftDeleteMixin, r"from sa_patterns\.sqlmodel import SoftDeleteMixin"),
+        (EventMixin, r"EventMixin does not support SQLModel.*no counterpart.*DeclarativeBase"),
+    ],
+    ids=lambda m: getattr(m, "__name__", "message"),
+)
+def test_sqlmodel_refuses_mixins_with_columns(mixin: type, message: str) -> None:
     class Own(sqlmodel.SQLModel, registry=registry(metadata=MetaData())):
         pass
 
-    with pytest.raises(ConfigurationError, match=rf"{mixin.__name__} does not support SQLModel.*DeclarativeBase"):
+    with pytest.raises(ConfigurationError, match=message):
 
         class Refused(mixin, Audited, Own, table=True):
             __tablename__ = "ds_sqlmodel_refused"
@@ -293,11 +322,15 @@ def test_sqlmodel_refuses_mixins_with_columns(mixin: type) -> None:
             name: str
 
 
-sqlmodel_registry = registry(metadata=META)  # created with the other styles' tables
+def test_one_counterpart_does_not_let_another_mixin_through() -> None:
+    class Own(sqlmodel.SQLModel, registry=registry(metadata=MetaData())):
+        pass
 
+    with pytest.raises(ConfigurationError, match=r"from sa_patterns\.sqlmodel import TenantMixin"):
 
-class SQLModelBase(sqlmodel.SQLModel, registry=sqlmodel_registry):
-    pass
+        class Mixed(sa_sqlmodel.SoftDeleteMixin, TenantMixin, Own, table=True):
+            __tablename__ = "ds_sqlmodel_mixed"
+            id: int | None = sqlmodel.Field(default=None, primary_key=True)
 
 
 class SQLModelNote(Audited, Versioned, SQLModelBase, table=True):
