@@ -31,6 +31,8 @@ __all__ = ["KeyContext", "Keyring", "KeyringProvider", "generate_key", "resolve_
 
 KEY_SIZE = 32
 _KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: Longer ids are named by position in messages: a 32-byte key is 43+ characters of base64.
+_SHOWN_ID_MAX = 32
 _GENERATE_HINT = (
     "Generate one with: python -c \"import sa_patterns.encryption as e; print(e.generate_key())\""
 )
@@ -54,18 +56,48 @@ class KeyContext:
     tenant: TenantId | None
 
 
+def _showable(key_id: object) -> bool:
+    return isinstance(key_id, str) and bool(_KEY_ID.match(key_id)) and len(key_id) <= _SHOWN_ID_MAX
+
+
+def _shown(key_id: object, position: int) -> str:
+    """How a message names a key: its id when that is a short, valid id, else only its position.
+
+    An id that is bytes, long or malformed may be key material passed in the wrong place (id and
+    key swapped, a base64 key where the id goes): it is never echoed, nor its repr."""
+    if _showable(key_id):
+        return repr(key_id)
+    kind = type(key_id).__name__
+    if isinstance(key_id, str):
+        size = f" of {len(key_id)} characters"
+    else:
+        size = f" of {len(key_id)} bytes" if isinstance(key_id, (bytes, bytearray)) else ""
+    return f"number {position + 1} (its id, a {kind}{size}, is not shown: it may be key material)"
+
+
 def _check_keys(keys: Mapping[str, bytes], what: str) -> dict[str, bytes]:
     checked: dict[str, bytes] = {}
-    for key_id, key in keys.items():
+    if not isinstance(keys, Mapping):
+        raise ConfigurationError(
+            f"{what}s must be a mapping of key id to key bytes, got {type(keys).__name__}."
+        )
+    for position, (key_id, key) in enumerate(keys.items()):
+        if isinstance(key_id, (bytes, bytearray)) and isinstance(key, str):
+            raise ConfigurationError(
+                f"{what} {_shown(key_id, position)}: the id and the key look swapped (the id is "
+                f"bytes, the key is a str). Write {{key_id: key_bytes}}, e.g. {{'k1': key}}."
+            )
         if not isinstance(key_id, str) or not _KEY_ID.match(key_id):
             raise ConfigurationError(
-                f"{what} id {key_id!r} is invalid: use 1-64 characters from A-Z a-z 0-9 . _ -"
+                f"{what} {_shown(key_id, position)} has an invalid id: use 1-64 characters from "
+                "A-Z a-z 0-9 . _ -"
             )
         if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_SIZE:
             size = len(key) if isinstance(key, (bytes, bytearray, str)) else type(key).__name__
             raise ConfigurationError(
-                f"{what} {key_id!r} must be exactly {KEY_SIZE} random bytes (AES-256), got "
-                f"{size}. Pass raw bytes (base64 only in environment variables). {_GENERATE_HINT}"
+                f"{what} {_shown(key_id, position)} must be exactly {KEY_SIZE} random bytes "
+                f"(AES-256), got {size}. Pass raw bytes (base64 only in environment variables). "
+                f"{_GENERATE_HINT}"
             )
         checked[key_id] = bytes(key)
     return checked
@@ -75,8 +107,9 @@ def _pick_active(ids: list[str], active: str | None, what: str) -> str | None:
     if active is None:
         return ids[0] if ids else None
     if active not in ids:
+        shown = _shown(active, 0) if _showable(active) else "(not shown: it may be key material)"
         raise ConfigurationError(
-            f"the active {what} {active!r} is not in the keyring (it holds {sorted(ids)})."
+            f"the active {what} {shown} is not in the keyring (it holds {sorted(ids)})."
         )
     return active
 
@@ -200,7 +233,8 @@ def _parse(raw: str, name: str) -> dict[str, bytes]:
             keys[key_id.strip()] = base64.b64decode(encoded.strip(), validate=True)
         except (binascii.Error, ValueError):
             raise ConfigurationError(
-                f"{name}: the key of {key_id.strip()!r} is not valid base64. {_GENERATE_HINT}"
+                f"{name}: the key of entry {_shown(key_id.strip(), position)} is not valid "
+                f"base64 (entries are 'key_id:base64key'). {_GENERATE_HINT}"
             ) from None
     return keys
 
