@@ -49,7 +49,7 @@ def tests_sqlalchemy_20(session: nox.Session, spec: str) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "sa_patterns", "tests", "bench")
+    session.run("ruff", "check", "sa_patterns", "tests", "bench", "tools")
 
 
 @nox.session
@@ -62,6 +62,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
+    session.run("python", "tools/docs_sync.py", "--check")  # inline examples and bench figures
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
 
 

@@ -2,12 +2,13 @@
 
 Pages carry their example code inline, so they read right on GitHub too, and the files under
 docs/examples stay what the test suite runs: ``<!-- example: docs/examples/x.py -->``, a fenced
-copy of the file, ``<!-- /example -->``. Performance figures are quoted from the last bench run
+copy of the file, ``<!-- /example -->``; a pymdownx.snippets include of an example (no longer
+rendered) is turned into that form. Performance figures are quoted from the last bench run
 (``bench/results.json``, written by ``python -m bench`` with RESULTS.md), never typed:
 ``<!-- bench: SECTION/TABLE/CASE -->1.87×<!-- /bench -->``. TABLE and CASE are the slugs of a
 table title and of a case name (lower case, "-" between words), or a prefix of one that ends
-where a word does; ``:median`` after CASE quotes the median instead of the ratio. tests/docs fails when a page
-differs from what this script writes.
+where a word does; ``:median`` after CASE quotes the median instead of the ratio. tests/docs
+fails when a page differs from what this script writes.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.harness import Row  # noqa: E402  (figures formatted as RESULTS.md shows them)
+
 RESULTS = ROOT / "bench" / "results.json"
 COMMAND = "python tools/docs_sync.py"
 EXAMPLE = re.compile(r"(?P<open><!-- example: (?P<path>\S+) -->\n).*?(?P<close><!-- /example -->)", re.S)
+SNIPPET = re.compile(r'^```python\n--8<-- "(docs/examples/[^"]+\.py)"\n```$', re.M)
 FIGURE = re.compile(r"(?P<open><!-- bench: (?P<key>[^ :]+)(?::(?P<field>\w+))? -->).*?(?P<close><!-- /bench -->)", re.S)
 
 
@@ -35,6 +40,7 @@ def with_examples(text: str) -> str:
         fence = "`" * max(3, 1 + max((len(r) for r in re.findall("`+", code)), default=0))
         return f"{m['open']}{fence}python\n{code.rstrip()}\n{fence}\n{m['close']}"
 
+    text = SNIPPET.sub(r"<!-- example: \1 -->\n```python\n```\n<!-- /example -->", text)
     return EXAMPLE.sub(fill, text)
 
 
@@ -53,9 +59,6 @@ def _pick(items: list[Any], want: str, slug: Any, what: str) -> Any:
 
 
 def figure(results: dict[str, Any], key: str, field: str | None = None) -> str:
-    sys.path.insert(0, str(ROOT))
-    from bench.harness import Row
-
     section_name, table_key, case_key = key.split("/")
     if section_name not in results:
         raise KeyError(f"section {section_name!r} is not in {RESULTS.name}: {sorted(results)}")

@@ -75,3 +75,12 @@ def test_an_ambiguous_or_unknown_figure_key_is_an_error(key: str) -> None:
 def test_a_figure_opening_a_line_is_refused() -> None:
     with pytest.raises(ValueError, match="starts a line"):
         sync.with_figures("text\n  <!-- bench: s/append-1/eventstore -->0.50×<!-- /bench -->", RESULTS)
+
+
+def test_a_snippets_include_becomes_an_inline_example() -> None:
+    page = 'Usage:\n\n```python\n--8<-- "docs/examples/seeding.py"\n```\n\nMore.\n'
+    code = (DOCS / "examples" / "seeding.py").read_text().rstrip()
+    assert sync.with_examples(page) == (
+        f"Usage:\n\n<!-- example: docs/examples/seeding.py -->\n```python\n{code}\n```\n"
+        "<!-- /example -->\n\nMore.\n"
+    )
