@@ -2,8 +2,11 @@
 writers) against a plain INSERT of the same rows, and the load time of a 10,000-event
 aggregate with and without a snapshot.
 
-The plain table has the same columns but none of the event table's guarantees (no unique
-version key, no gap-free foreign key, no triggers): it is the floor, not a competitor. The
+"plain INSERT" is a Core ``insert()`` of the same rows executed through a SQLAlchemy Session,
+one ``sessionmaker.begin()`` transaction per event or per 100 events (then one multi-row
+``INSERT ... RETURNING``, insertmanyvalues), into a table with the same columns but none of the
+event table's guarantees (no unique version key, no gap-free foreign key, no triggers): it is
+the floor, not a competitor, and not a raw driver INSERT. The
 "advisory-lock serialised" case is the alternative ordering design (one global lock held from
 append to commit); it shows why the store orders catch-up by transaction id instead.
 """

@@ -3,7 +3,8 @@
 A benchmark module (``bench/bench_<name>.py``) exposes ``NAME``, ``TITLE`` and
 ``run(url: sqlalchemy.URL, reps: int) -> Section``. ``python -m bench`` runs them all and
 rewrites each module's section of ``bench/RESULTS.md`` (between ``<!-- bench:NAME -->``
-markers), so modules never overwrite each other's figures.
+markers), so modules never overwrite each other's figures, and stores the same tables in
+``bench/results.json``, from which ``tools/docs_sync.py`` quotes figures in docs/.
 """
 
 from __future__ import annotations
