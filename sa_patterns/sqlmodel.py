@@ -102,12 +102,35 @@ def tenant_field(sa_type: type[TypeEngine[Any]] | TypeEngine[Any] = BigInteger) 
     return Field(default=None, sa_type=sa_type, nullable=False, index=True)
 
 
+class _Counterpart(SQLModel):
+    """What the counterparts share: their fields come last, as the mixins' columns do.
+
+    SQLModel makes a table's columns in the order of the pydantic fields, which lists inherited
+    fields first; a ``DeclarativeBase`` model lists the mixins' columns after its own. The
+    audit and history functions name the columns in table order, so a model moved to SQLModel
+    would see them rewritten by autogenerate: the inherited counterpart fields are moved after
+    the others (in the mixins' order) before SQLModel reads them. Validation and serialization
+    keep pydantic's order; only the list of fields is reordered.
+    """
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kw: Any) -> None:
+        super().__pydantic_init_subclass__(**kw)
+        own = vars(cls).get("__annotations__", {})
+        fields = cls.__pydantic_fields__
+        for base in cls.__mro__:
+            for name in vars(base).get("__sa_sqlmodel_fields__", ()):
+                if name in fields and name not in own:
+                    fields[name] = fields.pop(name)
+
+
 with _redeclaring():
 
-    class TenantMixin(_tenancy.TenantMixin, SQLModel):
+    class TenantMixin(_tenancy.TenantMixin, _Counterpart):
         """:class:`sa_patterns.TenantMixin` with ``tenant_id`` as a SQLModel field (``bigint``)."""
 
         __sa_sqlmodel_of__ = "TenantMixin"
+        __sa_sqlmodel_fields__ = ("tenant_id",)
 
         tenant_id: int | None = tenant_field()
 
@@ -121,11 +144,12 @@ with _redeclaring():
                 )
             super().__init_subclass__(**kw)
 
-    class SoftDeleteMixin(_soft_delete.SoftDeleteMixin, SQLModel):
+    class SoftDeleteMixin(_soft_delete.SoftDeleteMixin, _Counterpart):
         """:class:`sa_patterns.SoftDeleteMixin` with ``deleted_at``, ``deleted_by`` and
         ``delete_batch`` as SQLModel fields (the same columns)."""
 
         __sa_sqlmodel_of__ = "SoftDeleteMixin"
+        __sa_sqlmodel_fields__ = ("deleted_at", "deleted_by", "delete_batch")
 
         deleted_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
         deleted_by: str | None = Field(default=None, sa_type=Text)
