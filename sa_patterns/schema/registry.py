@@ -64,15 +64,23 @@ def _execute(connection: Connection, statements: Iterable[str]) -> None:
 def create_all(connection: Connection, metadata: MetaData) -> None:
     """``metadata.create_all`` plus the registered objects, each in its place in the order.
 
-    Handy for tests and scripts; applications use migrations (``alembic revision
-    --autogenerate``), which emit the same statements.
+    Like ``metadata.create_all`` it skips what exists, so a second call is a no-op and a call on
+    a partly built schema completes it; it does not alter an object that differs. Handy for
+    tests and scripts; applications use migrations (``alembic revision --autogenerate``), which
+    emit the same statements and bring changed objects up to date.
     """
+    from .catalog import read_catalog  # the catalog reads every kind: imported when used
+
+    tables = [t for t in metadata.sorted_tables if is_real_table(t)]
     entities = registered(metadata)
-    for entity in entities:
+    schemas = {None, *(t.schema for t in tables), *(getattr(e, "schema", None) for e in entities)}
+    existing = read_catalog(connection, tables, schemas)
+    missing = [e for e in entities if e.key() not in existing]
+    for entity in missing:
         if entity.order <= 0:
             _execute(connection, entity.create_statements())
-    metadata.create_all(connection, tables=[t for t in metadata.sorted_tables if is_real_table(t)])
-    for entity in entities:
+    metadata.create_all(connection, tables=tables)
+    for entity in missing:
         if entity.order > 0:
             _execute(connection, entity.create_statements())
 
