@@ -68,12 +68,12 @@ _COLUMNS_SQL = text(
         SELECT c.conkey AS keys FROM pg_catalog.pg_constraint c
          WHERE c.conrelid = t.oid AND c.conname = :name
         UNION ALL
-        SELECT i.indkey::int2[] FROM pg_catalog.pg_index i
+        SELECT (i.indkey::int2[])[0:i.indnkeyatts - 1] FROM pg_catalog.pg_index i
           JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
          WHERE i.indrelid = t.oid AND ic.relname = :name
            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c2
                             WHERE c2.conrelid = t.oid AND c2.conname = :name)
-    ) k ON true
+    ) k ON NOT (0 = ANY (k.keys))  -- an expression (attnum 0) in the key: no column list at all
     JOIN LATERAL unnest(k.keys) WITH ORDINALITY AS u(attnum, pos) ON true
     JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = u.attnum
     WHERE t.relname = :table AND (CAST(:schema AS text) IS NULL OR n.nspname = :schema)
