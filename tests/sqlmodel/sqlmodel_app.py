@@ -6,17 +6,24 @@ comes from the request (``session.info["tenant_id"]``, which wins over any scope
 No ``from __future__ import annotations``: SQLModel reads relationship annotations at runtime.
 """
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, Uuid
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
-import sa_patterns
 from sa_patterns import EncryptedString, Keyring, soft_unique, tenant_foreign_key, tenant_unique
-from sa_patterns.sqlmodel import Audited, Searchable, SoftDeleteMixin, TenantMixin, Versioned
+from sa_patterns.sqlmodel import (
+    Audited,
+    Searchable,
+    SoftDeleteMixin,
+    TenantMixin,
+    Versioned,
+    tenant_field,
+)
 
 KEYRING = Keyring({"k1": bytes(range(32))}, active="k1")
 
@@ -66,6 +73,15 @@ class Article(Searchable, TenantMixin, Base, table=True):
     body: str
 
 
+class Note(TenantMixin, Base, table=True):
+    """A model whose tenants are UUIDs: the field redeclared with tenant_field(Uuid)."""
+
+    __tablename__ = "sqm_notes"
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: uuid.UUID | None = tenant_field(Uuid)
+    body: str
+
+
 metadata = Base.metadata
 
 
@@ -82,9 +98,10 @@ def make_app(sessions: Callable[[], Session]) -> FastAPI:
 
     @app.post("/items", response_model=ItemPublic)
     def create_item(payload: ItemCreate, db: Db) -> Item:
-        item = Item.model_validate(payload)
+        item = Item.model_validate(payload)  # tenant_id: filled at flush from the request's
         db.add(item)
-        db.flush()
+        db.commit()
+        db.refresh(item)
         return item
 
     @app.get("/items", response_model=list[ItemPublic])
@@ -104,7 +121,7 @@ def make_app(sessions: Callable[[], Session]) -> FastAPI:
         if item is None:
             raise HTTPException(404)
         db.delete(item)  # a soft delete
-        db.flush()
+        db.commit()
 
     @app.get("/search", response_model=list[int])
     def search(q: str, db: Db) -> list[int]:
@@ -113,4 +130,4 @@ def make_app(sessions: Callable[[], Session]) -> FastAPI:
     return app
 
 
-__all__ = ["Article", "Item", "ItemCreate", "ItemPublic", "Project", "make_app", "metadata", "sa_patterns"]
+__all__ = ["Article", "Item", "ItemCreate", "ItemPublic", "Note", "Project", "make_app", "metadata"]

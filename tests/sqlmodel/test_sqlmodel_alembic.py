@@ -12,7 +12,7 @@ import pytest
 from alembic.autogenerate import compare_metadata, produce_migrations
 from alembic.migration import MigrationContext
 from alembic.operations import Operations, ops
-from sqlalchemy import Engine, MetaData, text
+from sqlalchemy import Engine, MetaData, Uuid, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlmodel_app import KEYRING
 from sqlmodel_app import metadata as app_metadata
@@ -64,6 +64,12 @@ def twin() -> MetaData:
         id: Mapped[int] = mapped_column(primary_key=True)
         title: Mapped[str]
         body: Mapped[str]
+
+    class Note(TenantMixin, Base):  # the app's Note declares tenant_id itself, before body
+        __tablename__ = "sqm_notes"
+        __tenant_type__ = Uuid
+        id: Mapped[int] = mapped_column(primary_key=True)
+        body: Mapped[str] = mapped_column(sort_order=1)
 
     return Base.metadata
 
@@ -119,7 +125,7 @@ def test_autogenerate_round_trip(owner_engine: Engine, db_schema: str) -> None:
             "SELECT c.relname, relrowsecurity, relforcerowsecurity FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = :s AND relkind = 'r' "
             "AND relname LIKE 'sqm_%'"
-        ) == {(t, True, True) for t in ("sqm_projects", "sqm_items", "sqm_items_history", "sqm_articles")}
+        ) == {(t, True, True) for t in ("sqm_projects", "sqm_items", "sqm_items_history", "sqm_articles", "sqm_notes")}
         assert {
             ("sqm_items", "sqm_items_audit_ins"), ("sqm_items", "sqm_items_history_ins"),
             ("sqm_projects", "sqm_projects_audit_del"),
