@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException
-from sqlalchemy import MetaData, Uuid
+from sqlalchemy import LargeBinary, MetaData, Uuid
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
@@ -25,7 +25,7 @@ from sa_patterns.sqlmodel import (
     tenant_field,
 )
 
-KEYRING = Keyring({"k1": bytes(range(32))}, active="k1")
+KEYRING = Keyring({"k1": bytes(range(32))}, active="k1", index_keys={"i1": bytes(range(32, 64))})
 
 
 class Base(SQLModel, registry=registry(metadata=MetaData())):
@@ -71,6 +71,17 @@ class Article(Searchable, TenantMixin, Base, table=True):
     id: int | None = Field(default=None, primary_key=True)
     title: str
     body: str
+
+
+class Contact(TenantMixin, Base, table=True):
+    """An encrypted field with a blind index: equality search without decrypting. The digest
+    column is declared as a field: the flush sets it on the instance, which pydantic allows
+    for fields only."""
+
+    __tablename__ = "sqm_contacts"
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(sa_type=EncryptedString(keyring=KEYRING, blind_index=True))
+    email_bidx: bytes | None = Field(default=None, sa_type=LargeBinary, index=True)
 
 
 class Note(TenantMixin, Base, table=True):
@@ -130,4 +141,4 @@ def make_app(sessions: Callable[[], Session]) -> FastAPI:
     return app
 
 
-__all__ = ["Article", "Item", "ItemCreate", "ItemPublic", "Note", "Project", "make_app", "metadata"]
+__all__ = ["Article", "Contact", "Item", "ItemCreate", "ItemPublic", "Note", "Project", "make_app", "metadata"]

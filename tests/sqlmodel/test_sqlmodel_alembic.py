@@ -12,7 +12,7 @@ import pytest
 from alembic.autogenerate import compare_metadata, produce_migrations
 from alembic.migration import MigrationContext
 from alembic.operations import Operations, ops
-from sqlalchemy import Engine, MetaData, Uuid, text
+from sqlalchemy import Engine, LargeBinary, MetaData, Uuid, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlmodel_app import KEYRING
 from sqlmodel_app import metadata as app_metadata
@@ -64,6 +64,12 @@ def twin() -> MetaData:
         id: Mapped[int] = mapped_column(primary_key=True)
         title: Mapped[str]
         body: Mapped[str]
+
+    class Contact(TenantMixin, Base):
+        __tablename__ = "sqm_contacts"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        email: Mapped[str] = mapped_column(EncryptedString(keyring=KEYRING, blind_index=True))
+        email_bidx: Mapped[bytes | None] = mapped_column(LargeBinary, index=True)
 
     class Note(TenantMixin, Base):  # the app's Note declares tenant_id itself, before body
         __tablename__ = "sqm_notes"
@@ -125,7 +131,7 @@ def test_autogenerate_round_trip(owner_engine: Engine, db_schema: str) -> None:
             "SELECT c.relname, relrowsecurity, relforcerowsecurity FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = :s AND relkind = 'r' "
             "AND relname LIKE 'sqm_%'"
-        ) == {(t, True, True) for t in ("sqm_projects", "sqm_items", "sqm_items_history", "sqm_articles", "sqm_notes")}
+        ) == {(t, True, True) for t in ("sqm_projects", "sqm_items", "sqm_items_history", "sqm_articles", "sqm_notes", "sqm_contacts")}
         assert {
             ("sqm_items", "sqm_items_audit_ins"), ("sqm_items", "sqm_items_history_ins"),
             ("sqm_projects", "sqm_projects_audit_del"),

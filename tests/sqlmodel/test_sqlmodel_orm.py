@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import Session, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from sqlmodel_app import Article, Item, ItemCreate, Project
+from sqlmodel_app import Article, Contact, Item, ItemCreate, Project
 
 import sa_patterns
 from sa_patterns import TenantRequired, TenantViolation
@@ -142,6 +142,18 @@ def test_search_through_session_exec(db: Session) -> None:
         found = db.exec(Article.search("postgresql")).all()
         assert [a.title for a in found] == ["PostgreSQL tuning"]
         assert db.exec(Article.search("tuning", prefix=True, sort=False)).one().title == "PostgreSQL tuning"
+
+
+def test_blind_index_equality_through_session_exec(db: Session, superuser_sql: SQL) -> None:
+    for tenant in (1, 2):
+        with sa_patterns.tenant_scope(tenant):
+            db.add_all([Contact(email="ann@example.com"), Contact(email=f"t{tenant}@example.com")])
+            db.flush()
+    with sa_patterns.tenant_scope(2):
+        found = db.exec(select(Contact).where(Contact.email == "ann@example.com")).all()
+        assert [(c.email, c.tenant_id) for c in found] == [("ann@example.com", 2)]
+    held = superuser_sql("SELECT count(DISTINCT email_bidx), count(*) FILTER (WHERE email_bidx IS NULL) FROM sqm_contacts")
+    assert held == [(3, 0)]  # ann's two rows share a digest; every row has one
 
 
 async def test_async_session(async_db: AsyncSession, async_connection: AsyncConnection) -> None:
