@@ -60,6 +60,7 @@ from .schema import (
     register,
 )
 from .schema.access import manage_access, set_privileges
+from .schema.sql_text import wrap
 from .tenancy import is_tenant_table
 
 __all__ = [
@@ -507,7 +508,7 @@ def audit_objects(table: Table, log: Table, exclude: Collection[str] = ()) -> li
     fn = ident(table.name, "audit")
     call = f"{qualified(table.schema, fn)}()"
     function = Function(
-        table.schema, fn, returns="trigger", body=_function_body(table, log, exclude)
+        table.schema, fn, returns="trigger", body=wrap(_function_body(table, log, exclude))
     )
     triggers = [
         Trigger(

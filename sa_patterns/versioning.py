@@ -47,6 +47,7 @@ from .context import ALL_TENANTS_SETTING
 from .encryption.types import EncryptedType
 from .errors import ConfigurationError, NotFound
 from .schema import Entity, Function, Trigger, ident, qualified, quote, quote_literal, register
+from .schema.sql_text import wrap
 from .tenancy import scope_copies
 from .tenancy.rls import owner_rights
 
@@ -199,7 +200,7 @@ def history_objects(table: Table, history: Table) -> list[Entity]:
     fn = ident(table.name, "history")
     call = f"{qualified(table.schema, fn)}()"
     return [
-        Function(table.schema, fn, returns="trigger", body=_history_body(table, history)),
+        Function(table.schema, fn, returns="trigger", body=wrap(_history_body(table, history))),
         *[
             Trigger(
                 table.schema,

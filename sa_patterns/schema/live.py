@@ -7,10 +7,11 @@ added beside ours, ``ALTER VIEW ... SET (security_invoker = false)``, a dropped 
 invisible there. :func:`drifts` reads what PostgreSQL really holds and lists each difference
 as a :class:`Drift`: what is wrong, in a sentence, and the object operation that repairs it.
 
-Nothing is normalised by us. Each declared object is created again, under a throwaway name,
-inside a SAVEPOINT that is always rolled back: functions in ``pg_temp``, triggers and policies on
-``CREATE TEMP TABLE probe (LIKE <table>)``, matview indexes on a temporary copy of the view's
-columns. The probes and the live objects are then read back by the same catalog queries and
+Nothing is normalised by us but a function body's layout (:func:`~.sql_text.layout_free`:
+PostgreSQL keeps a body as given, and one laid out by an older release is the same code). Each
+declared object is created again, under a throwaway name, inside a SAVEPOINT that is always
+rolled back: functions in ``pg_temp``, triggers and policies on ``CREATE TEMP TABLE probe (LIKE
+<table>)``, matview indexes on a temporary copy of the view's columns. The probes and the live objects are then read back by the same catalog queries and
 compared field by field (``pg_get_expr`` of policy expressions, ``pg_proc`` columns, ``tgtype``
 ...). That needs only the ``TEMP`` privilege, so the doctor's app-role connection can do it, and
 it leaves nothing behind. Every read is one query for all objects of a kind.
@@ -40,6 +41,7 @@ from .objects import (
     qualified,
     quote,
 )
+from .sql_text import layout_free
 
 __all__ = ["Drift", "drifts"]
 
@@ -713,7 +715,7 @@ def _shown(expression: str | None) -> str:
 def _function_aspects(live: tuple[Any, ...], declared: tuple[Any, ...], *, settings: bool = True) -> list[str]:
     body, secdef, config, language, result, volatile, strict, leakproof, parallel = range(9)
     aspects = []
-    if str(live[body]).rstrip() != str(declared[body]).rstrip():
+    if layout_free(str(live[body])) != layout_free(str(declared[body])):  # see Function.same_definition
         aspects.append("its body")
     if live[secdef] != declared[secdef]:
         aspects.append("SECURITY DEFINER" if live[secdef] else "SECURITY INVOKER")

@@ -10,7 +10,9 @@ and never changes meaning when the library changes.
 
 Change detection needs no text normalisation: every object we create is stamped with
 ``COMMENT ON ... IS 'sa_patterns:<json spec>'``. The catalog reader rebuilds the object from that
-comment, so comparing is comparing specs, and a drop can be reversed exactly.
+comment, so comparing is comparing specs, and a drop can be reversed exactly. A function's body
+is compared without its layout (:func:`~.sql_text.layout_free`), since bodies are laid out for
+reading and PostgreSQL keeps the text it was given.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from sqlalchemy.dialects import postgresql
 
 from ..roles import resolve_role
+from .sql_text import layout_free
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -284,6 +287,14 @@ class Function(Entity):
 
     def drop_sql(self) -> list[str]:
         return [f"DROP FUNCTION IF EXISTS {self.signature()}"]
+
+    def same_definition(self, other: Entity) -> bool:
+        """Bodies are compared without their layout: PostgreSQL keeps a body verbatim, and one
+        laid out otherwise (a database migrated before :func:`~.sql_text.wrap`) is the same code."""
+        if type(other) is not type(self):
+            return False
+        mine, theirs = self.spec(), other.spec()
+        return layout_free(str(mine.pop("body"))) == layout_free(str(theirs.pop("body"))) and mine == theirs
 
     def replace_sql(self, old: Entity) -> list[str]:
         assert isinstance(old, Function)
