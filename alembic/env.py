@@ -22,6 +22,7 @@ def run_migrations_offline() -> None:
         target_metadata=metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
+        compare_server_default=True,
         **sa_patterns.alembic.configure_kwargs(),
     )
     with context.begin_transaction():
@@ -32,6 +33,7 @@ def do_run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
+        compare_server_default=True,
         **sa_patterns.alembic.configure_kwargs(),
     )
     with context.begin_transaction():

@@ -24,6 +24,7 @@ def run_migrations_offline() -> None:
         target_metadata=metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
+        compare_server_default=True,
         **sa_patterns.alembic.configure_kwargs(),
     )
     with context.begin_transaction():
@@ -34,6 +35,7 @@ def do_run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
+        compare_server_default=True,
         **sa_patterns.alembic.configure_kwargs(),
     )
     with context.begin_transaction():

@@ -1,9 +1,11 @@
 """Alembic integration: ``import sa_patterns.alembic`` in ``env.py``, then
-``context.configure(..., **sa_patterns.alembic.configure_kwargs())``.
+``context.configure(..., **sa_patterns.alembic.configure_kwargs())`` in **both** of its
+``configure()`` calls (offline and online).
 
 Importing this package registers the ``create_entity``/``drop_entity``/``replace_entity``
-operations and the ``sa_patterns`` autogenerate plugin, once. It is the toolkit's only
-registration side effect, and only ``env.py`` triggers it.
+operations, the ``sa_patterns`` autogenerate plugin, and one global comparator that makes a
+script import the toolkit's column types even where ``configure()`` lacks our ``render_item``.
+It is the toolkit's only registration side effect, and only ``env.py`` triggers it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from alembic.runtime.plugins import Plugin
+from alembic.util import DispatchPriority
 
 from . import compare, hooks, schedule  # noqa: F401  (schedule registers its ops on import)
 from .ops import CreateEntityOp, DropEntityOp, ReplaceEntityOp
@@ -21,10 +24,13 @@ __all__ = ["CreateEntityOp", "DropEntityOp", "ReplaceEntityOp", "configure_kwarg
 PLUGIN_NAME = "sa_patterns"
 
 def _setup_once() -> None:
+    from alembic.autogenerate import comparators
     from alembic.runtime import plugins
 
     if PLUGIN_NAME not in plugins._all_plugins:
         Plugin.setup_plugin_from_module(compare, PLUGIN_NAME)
+        # global, not in the plugin: it must run whatever autogenerate_plugins the env names
+        comparators.dispatch_for("schema", priority=DispatchPriority.FIRST)(hooks.ensure_imports)
 
 
 _setup_once()
@@ -38,22 +44,27 @@ def configure_kwargs(
     autogenerate_plugins: list[str] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Keyword arguments for ``context.configure()`` that wire the toolkit in.
+    """Keyword arguments for ``context.configure()`` that wire the toolkit in: its hooks and
+    its autogenerate plugin, nothing else.
 
-    Pass your own ``include_object``, ``render_item`` or ``process_revision_directives`` here
-    and they are composed with ours (yours decides first) instead of being replaced.
+    No option you may pass yourself comes back (``compare_type`` is on by Alembic's default,
+    ``compare_server_default`` is yours to choose), so
+    ``context.configure(connection=conn, compare_type=True, **configure_kwargs())`` cannot
+    clash. Your own ``include_object``, ``render_item`` or ``process_revision_directives``
+    given here are chained with ours (yours decides first), your ``autogenerate_plugins`` get
+    ours added, and any other ``configure()`` argument given here is passed through, so
+    ``context.configure(**configure_kwargs(connection=conn, compare_type=True, ...))`` works
+    too.
     """
     plugins = list(autogenerate_plugins or ["alembic.autogenerate.*"])
     if PLUGIN_NAME not in plugins:
         plugins.append(PLUGIN_NAME)
     return {
+        **extra,
         "autogenerate_plugins": plugins,
         "include_object": hooks.compose_include_object(include_object),
         "render_item": hooks.compose_render_item(render_item),
         "process_revision_directives": hooks.compose_process_revision_directives(
             process_revision_directives
         ),
-        "compare_type": True,
-        "compare_server_default": True,
-        **extra,
     }

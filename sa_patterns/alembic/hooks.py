@@ -4,15 +4,22 @@ process_revision_directives."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
+
+from alembic.util import PriorityDispatchResult
+from sqlalchemy import Computed
 
 from ..schema.registry import NOT_A_TABLE
+from .render import WIDTH, pieces
 
 __all__ = [
     "compose_include_object",
     "compose_process_revision_directives",
     "compose_render_item",
+    "ensure_imports",
 ]
+
+_OURS = "_sa_patterns_render_item"
 
 
 def compose_include_object(user: Callable[..., bool] | None) -> Callable[..., bool]:
@@ -41,6 +48,9 @@ def compose_include_object(user: Callable[..., bool] | None) -> Callable[..., bo
 
 
 def compose_render_item(user: Callable[..., Any] | None) -> Callable[..., Any]:
+    if getattr(user, _OURS, False):
+        return user  # type: ignore[return-value]  # already chained with ours
+
     def render_item(type_: str, obj: Any, autogen_context: Any) -> Any:
         if user is not None:
             rendered = user(type_, obj, autogen_context)
@@ -51,9 +61,34 @@ def compose_render_item(user: Callable[..., Any] | None) -> Callable[..., Any]:
         if type_ == "type" and type(obj).__module__.startswith("sa_patterns"):
             autogen_context.imports.add("import sa_patterns")
             return f"sa_patterns.{obj!r}"
+        if type_ == "server_default" and isinstance(obj, Computed):
+            return _computed(obj, autogen_context)
         return False
 
+    setattr(render_item, _OURS, True)
     return render_item
+
+
+def _computed(computed: Computed, autogen_context: Any) -> str | Literal[False]:
+    """A long generation expression (a search vector's runs past 200 characters) as string
+    pieces on lines of their own; a short one is left to Alembic."""
+    sql = str(autogen_context.migration_context.impl.render_ddl_sql_expr(computed.sqltext))
+    if len(sql) <= 60:
+        return False
+    prefix = autogen_context.opts.get("sqlalchemy_module_prefix", "sa.") or ""
+    lines = "".join(f"\n        {part!r}" for part in pieces(sql, WIDTH - 20))
+    persisted = "" if computed.persisted is None else f"\n        persisted={computed.persisted!r},"
+    return f"{prefix}Computed({lines},{persisted}\n    )"
+
+
+def ensure_imports(autogen_context: Any, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
+    """Chain our ``render_item`` into this autogenerate run when ``configure()`` lacks it (an
+    ``env.py`` whose other ``configure()`` call was edited): the script then imports
+    ``sa_patterns`` for the toolkit's column types instead of failing with ``NameError`` at
+    upgrade. The toolkit's own operations import what they use in any case."""
+    opts = autogen_context.opts
+    opts["render_item"] = compose_render_item(opts.get("render_item"))
+    return PriorityDispatchResult.CONTINUE
 
 
 def compose_process_revision_directives(

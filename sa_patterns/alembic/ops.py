@@ -21,6 +21,7 @@ from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import DDL
 
 from ..schema.objects import Entity
+from .render import comment_lines, entity_call
 
 __all__ = ["CreateEntityOp", "DropEntityOp", "RepairUndoOp", "ReplaceEntityOp"]
 
@@ -107,10 +108,6 @@ def _why(repair: str | None) -> tuple[str, ...]:
     return (repair,) if repair else ()
 
 
-def _comment(text: str) -> str:
-    return " ".join(text.split())  # one line, whatever the message holds
-
-
 @Operations.implementation_for(CreateEntityOp)
 def _create(operations: Operations, operation: CreateEntityOp) -> None:
     _run(operations, operation.entity.create_statements())
@@ -131,18 +128,19 @@ def _nothing(operations: Operations, operation: RepairUndoOp) -> None:
     return None
 
 
-def render_entity(autogen_context: AutogenContext, entity: Entity) -> str:
-    """The constructor call for ``entity``, importing the public module its class lives in
-    (``sa_patterns.schema`` for the core kinds, a pattern's module for its own kinds)."""
+def render_entity(autogen_context: AutogenContext, entity: Entity, indent: int = 0) -> str:
+    """The constructor call for ``entity``, one argument per line (:mod:`.render`), importing
+    the public module its class lives in (``sa_patterns.schema`` for the core kinds, a
+    pattern's module for its own kinds)."""
     module = type(entity).__module__
     if module.startswith("sa_patterns.schema."):
         module = "sa_patterns.schema"
     autogen_context.imports.add(f"import {module}")
-    return f"{module}.{entity!r}"
+    return entity_call(entity, module, autogen_context.imports, indent)
 
 
 def _repaired(repair: str | None, call: str) -> list[str]:
-    return [f"# sa_patterns repairs a drift: {_comment(repair)}", call] if repair else [call]
+    return [*comment_lines(repair, "sa_patterns repairs a drift: "), call] if repair else [call]
 
 
 @renderers.dispatch_for(CreateEntityOp)
@@ -157,11 +155,12 @@ def _render_drop(autogen_context: AutogenContext, op: DropEntityOp) -> list[str]
 
 @renderers.dispatch_for(ReplaceEntityOp)
 def _render_replace(autogen_context: AutogenContext, op: ReplaceEntityOp) -> list[str]:
-    new = render_entity(autogen_context, op.entity)
-    old = render_entity(autogen_context, op.old)
+    new = render_entity(autogen_context, op.entity, 4)
+    old = render_entity(autogen_context, op.old, 4)
     return _repaired(op.repair, f"op.replace_entity(\n    {new},\n    old={old},\n)")
 
 
 @renderers.dispatch_for(RepairUndoOp)
-def _render_undo(autogen_context: AutogenContext, op: RepairUndoOp) -> str:
-    return f"pass  # nothing to undo, the upgrade repaired a drift: {_comment(op.repair)}"
+def _render_undo(autogen_context: AutogenContext, op: RepairUndoOp) -> list[str]:
+    return ["pass  # nothing to undo, the upgrade repaired a drift:",
+            *comment_lines(op.repair, "  ")]
