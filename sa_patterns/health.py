@@ -27,6 +27,7 @@ __all__ = [
     "check_partitions",
     "check_toolkit_objects",
     "check_tsvector_indexes",
+    "duration",
 ]
 
 
@@ -186,11 +187,28 @@ _TSVECTOR_WITHOUT_GIN = text(
 )
 
 
+def _copies(metadata: MetaData) -> set[Table]:
+    """Tables the toolkit keeps as copies of others (a ``Versioned`` model's history): their
+    columns repeat the model's, but no search runs on them, so no index is asked for."""
+    from .errors import ConfigurationError
+    from .versioning import history_table
+
+    found = set()
+    for table in metadata.tables.values():
+        try:
+            found.add(history_table(table))
+        except ConfigurationError:  # not Versioned
+            continue
+    return found
+
+
 def check_tsvector_indexes(ctx: _Context) -> list[str]:
-    """A tsvector column without a GIN index makes every search a sequential scan."""
+    """A tsvector column without a GIN index makes every search a sequential scan. Only columns
+    searched are checked: a history table's copy of a search vector is not."""
     problems = []
+    copies = _copies(ctx.metadata)
     for table in _tables(ctx.metadata):
-        if _oid(ctx.connection, table) is None:
+        if table in copies or _oid(ctx.connection, table) is None:
             continue
         for (name,) in ctx.connection.execute(_TSVECTOR_WITHOUT_GIN, {"t": qualified(table.schema, table.name)}):
             problems.append(
@@ -262,7 +280,18 @@ def check_matview_freshness(ctx: _Context) -> list[str]:
             problems.append(f"materialized view {name}: no refresh recorded; refresh it with sa-patterns refresh.")
         elif float(age) > max_age:
             problems.append(
-                f"materialized view {name} was last refreshed {float(age) / 3600:.1f} h ago "
-                f"(limit {max_age / 3600:.1f} h); schedule sa-patterns refresh (or pg_cron)."
+                f"materialized view {name} was last refreshed {duration(float(age))} ago "
+                f"(limit {duration(max_age)}); schedule sa-patterns refresh (or pg_cron)."
             )
     return problems
+
+
+def duration(seconds: float) -> str:
+    """An age in the unit that reads best: ``42 s``, ``12.5 min``, ``3.0 h``, ``2.5 d``."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"

@@ -21,7 +21,7 @@ from .._spec import load_metadata, load_object
 from ..database import normalise_url
 from ..errors import ConfigurationError
 
-__all__ = ["CHECKS", "DoctorContext", "add_parser", "run_checks"]
+__all__ = ["CHECKS", "OPTIONAL", "DoctorContext", "add_parser", "run_checks", "skipped"]
 
 
 @dataclass
@@ -49,6 +49,22 @@ CHECKS: list[tuple[str, str]] = [
 ]
 
 
+#: checks that run only when an option is given: check name -> (option, the flag that gives it)
+OPTIONAL: dict[str, tuple[str, str]] = {
+    "materialized views fresh": ("matview_max_age", "--matview-max-age"),
+}
+
+
+def skipped(ctx: DoctorContext) -> dict[str, str]:
+    """The checks that do not run with ``ctx.options``, each with why (reported as skipped,
+    never as ok)."""
+    return {
+        name: f"skipped: give {flag} (e.g. {flag} 6h) to check"
+        for name, (option, flag) in OPTIONAL.items()
+        if ctx.options.get(option) is None
+    }
+
+
 def parse_age(text: str) -> float:
     """``"90"`` (seconds), ``"30m"``, ``"6h"`` or ``"2d"`` → seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -66,9 +82,14 @@ def check_rls(ctx: DoctorContext) -> list[str]:
 
 
 def run_checks(ctx: DoctorContext) -> list[tuple[str, list[str]]]:
-    """Each check's name and problems, in :data:`CHECKS` order."""
-    results = []
+    """Each check's name and problems, in :data:`CHECKS` order (none for a check
+    :func:`skipped`: it does not run)."""
+    results: list[tuple[str, list[str]]] = []
+    not_run = skipped(ctx)
     for name, spec in CHECKS:
+        if name in not_run:
+            results.append((name, []))
+            continue
         fn: Check = load_object(spec, what="doctor check")
         results.append((name, list(fn(ctx))))
     return results
@@ -85,12 +106,14 @@ def _run(args: argparse.Namespace) -> int:
             options = {"app_role": args.app_role}
             if args.matview_max_age:
                 options["matview_max_age"] = parse_age(args.matview_max_age)
-            results = run_checks(DoctorContext(conn, metadata, options))
+            ctx = DoctorContext(conn, metadata, options)
+            results = run_checks(ctx)
     finally:
         engine.dispose()
+    not_run = skipped(ctx)
     if args.format == "json":
-        payload = {"ok": not any(p for _, p in results), "checks": [{"check": n, "problems": p} for n, p in results]}
-        print(json.dumps(payload, indent=2))
+        checks = [{"check": n, "problems": p, "skipped": not_run.get(n)} for n, p in results]
+        print(json.dumps({"ok": not any(p for _, p in results), "checks": checks}, indent=2))
     else:
         from rich.console import Console
         from rich.table import Table
@@ -99,7 +122,10 @@ def _run(args: argparse.Namespace) -> int:
         table.add_column("check")
         table.add_column("result")
         for name, problems in results:
-            table.add_row(name, "\n".join(f"[red]✗[/] {p}" for p in problems) or "[green]ok[/]")
+            if name in not_run:
+                table.add_row(name, f"[yellow]{not_run[name]}[/]")
+            else:
+                table.add_row(name, "\n".join(f"[red]✗[/] {p}" for p in problems) or "[green]ok[/]")
         Console().print(table)
     return 1 if any(problems for _, problems in results) else 0
 
