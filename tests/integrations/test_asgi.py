@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+from asgi_driver import talk, websocket
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
 from starlette.background import BackgroundTasks
@@ -80,28 +81,6 @@ async def test_starlette_background_tasks_run_as_their_request_tenant(
         rid = row.body.removeprefix("bg ")
         assert row.tenant_id == by_request[rid] and row.request["request_id"] == rid
         assert row.request["method"] == "POST" and row.request["path"] == "/later"
-
-
-async def talk(app: Starlette, scope: dict[str, Any], messages: list[dict[str, Any]]) -> list[Any]:
-    """Run ``app`` on one ASGI connection fed ``messages``; what it sent back."""
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    for message in messages:
-        inbox.put_nowait(message)
-    sent: list[Any] = []
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    await app(scope, inbox.get, send)
-    return sent
-
-
-def websocket(host: str) -> dict[str, Any]:
-    return {
-        "type": "websocket", "asgi": {"version": "3.0"}, "scheme": "ws", "path": "/live",
-        "raw_path": b"/live", "root_path": "", "query_string": b"", "subprotocols": [],
-        "headers": [(b"host", host.encode())], "server": (host, 80), "client": ("127.0.0.1", 5000),
-    }
 
 
 async def test_websocket_is_scoped_for_its_whole_life(async_sessions: Any, tenants: tuple[int, ...]) -> None:

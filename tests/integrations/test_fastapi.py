@@ -13,7 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import BackgroundTasks, FastAPI
+from asgi_driver import talk, websocket
+from fastapi import BackgroundTasks, FastAPI, WebSocket
 from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -106,6 +107,13 @@ def build_app(
         async with async_sessions.begin() as s:
             s.add(Note(body=f"boom {request_id()}"))
             raise RuntimeError("the endpoint failed")
+
+    @app.websocket("/live")
+    async def live(ws: WebSocket) -> None:
+        await ws.accept()
+        while await ws.receive_text() != "bye":
+            await ws.send_json({"tenant": current_tenant(), "notes": await read_notes(async_sessions)})
+        await ws.close()
 
     @app.get("/ping")
     async def ping() -> dict[str, Any]:
@@ -275,3 +283,21 @@ def test_dependency_refuses_a_fastapi_that_ends_it_before_the_response(
     monkeypatch.setattr(fastapi, "__version__", "0.117.1")
     with pytest.raises(ConfigurationError, match=r"FastAPI >= 0\.118"):
         tenant_dependency(tenant=tenant_header)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_websocket_is_scoped_and_refused_without_tenant(
+    mode: str, sessions: Any, async_sessions: Any, tenants: tuple[int, ...]
+) -> None:
+    app = build_app(mode, sessions, async_sessions)
+    sent = await talk(app, websocket(headers=as_tenant(tenants[2])), [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": "one"},
+        {"type": "websocket.receive", "text": "bye"},
+    ])
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    reply = json.loads(sent[1]["text"])
+    assert reply["tenant"] == tenants[2] and {row[0] for row in reply["notes"]} == {tenants[2]}
+    refused = await talk(app, websocket(), [{"type": "websocket.connect"}])
+    assert [(m["type"], m["code"]) for m in refused] == [("websocket.close", 1008)]
+    assert current_tenant() is None

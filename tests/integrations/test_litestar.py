@@ -10,7 +10,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Litestar, Response, get, post
+from asgi_driver import talk, websocket
+from litestar import Litestar, Response, WebSocket, get, post, websocket_listener
 from litestar.background_tasks import BackgroundTask, BackgroundTasks
 from litestar.connection import ASGIConnection
 from litestar.response import Stream
@@ -93,8 +94,12 @@ def build_app(sessions: sessionmaker[Session], async_sessions: async_sessionmake
             await s.execute(text("SELECT 1"))
         return {"tenant": current_tenant(), "actor": current_actor()}
 
+    @websocket_listener("/live")
+    async def live(data: str, socket: WebSocket[Any, Any, Any]) -> dict[str, Any]:
+        return {"tenant": current_tenant(), "notes": await read_notes(async_sessions)}
+
     return Litestar(
-        route_handlers=[notes, notes_sync, later, stream, boom, ping],
+        route_handlers=[notes, notes_sync, later, stream, boom, ping, live],
         plugins=[TenantPlugin(tenant=tenant_header, actor=user_header)],
         debug=False,
     )
@@ -195,3 +200,20 @@ async def test_a_scope_leaked_into_the_worker_is_refused(
     sent.clear()
     await app(scope, receive, send)  # type: ignore[arg-type]
     assert sent[0]["status"] == 200 and statements  # the same request, on a clean task
+
+
+async def test_websocket_is_scoped_and_refused_without_tenant(
+    sessions: Any, async_sessions: Any, tenants: tuple[int, ...]
+) -> None:
+    app = build_app(sessions, async_sessions)
+    sent = await talk(app, websocket(headers=as_tenant(tenants[2])), [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": "one"},
+        {"type": "websocket.disconnect", "code": 1000},
+    ])
+    assert [m["type"] for m in sent][:2] == ["websocket.accept", "websocket.send"]
+    reply = json.loads(sent[1].get("text") or sent[1]["bytes"])
+    assert reply["tenant"] == tenants[2] and {row[0] for row in reply["notes"]} == {tenants[2]}
+    refused = await talk(app, websocket(), [{"type": "websocket.connect"}])
+    assert [(m["type"], m["code"]) for m in refused] == [("websocket.close", 1008)]
+    assert current_tenant() is None
