@@ -30,6 +30,7 @@ SQLModel takes the column's type from the field.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,7 +117,7 @@ class _Counterpart(SQLModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kw: Any) -> None:
         super().__pydantic_init_subclass__(**kw)
-        own = vars(cls).get("__annotations__", {})
+        own = inspect.get_annotations(cls)
         fields = cls.__pydantic_fields__
         for base in cls.__mro__:
             for name in vars(base).get("__sa_sqlmodel_fields__", ()):

@@ -5,19 +5,23 @@ and the error without the sqlmodel package. A UUID tenant is also filled at flus
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import uuid
 
 import pytest
 from sqlalchemy import BigInteger, DateTime, MetaData, Text, Uuid
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel.sql.expression import SelectOfScalar
 from sqlmodel_app import Article, Item, ItemCreate, Note, Project
 
 import sa_patterns
 from sa_patterns import ConfigurationError
-from sa_patterns.sqlmodel import TenantMixin
+from sa_patterns.search import Searchable as CoreSearchable
+from sa_patterns.sqlmodel import Searchable, TenantMixin
 from sa_patterns.testing.plugin import SQL
 
 
@@ -42,6 +46,28 @@ def test_each_table_gets_its_own_columns_of_the_mixins_types() -> None:
     assert [c.name for c in projects] == ["id", "name", "deleted_at", "deleted_by", "delete_batch", "tenant_id"]
     assert Item.__sa_tenant_kind__ == "int" and Note.__sa_tenant_kind__ == "uuid"
     assert isinstance(Note.__table__.c.tenant_id.type, Uuid)  # type: ignore[attr-defined]
+
+
+def test_search_is_the_core_search_as_a_sqlmodel_select() -> None:
+    class Own(SQLModel, registry=registry(metadata=MetaData())):
+        pass
+
+    class Page(Searchable, Own, table=True):
+        __tablename__ = "sqm_pages"
+        __searchable__ = {"title": "A", "body": "B"}
+        __search_trigram__ = ("title",)
+        id: int | None = Field(default=None, primary_key=True)
+        title: str
+        body: str
+
+    def shape(stmt: object) -> str:  # the SQL, each bound parameter a "?"
+        return re.sub(r"%\(\w+\)s", "?", str(stmt.compile(dialect=postgresql.dialect())))  # type: ignore[attr-defined]
+
+    core = CoreSearchable.search.__func__  # type: ignore[attr-defined]
+    for options in ({}, {"prefix": True}, {"fuzzy": True}, {"sort": False}, {"config": "simple"}):
+        ours = Page.search("postgres tuning", **options)
+        assert isinstance(ours, SelectOfScalar)
+        assert shape(ours) == shape(core(Page, "postgres tuning", **options)), options
 
 
 def test_tenant_type_is_refused_naming_tenant_field() -> None:
