@@ -15,6 +15,7 @@ from sqlalchemy.engine import Result
 from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.sql import ClauseElement, ColumnElement, Select
 from sqlalchemy.sql.lambdas import StatementLambdaElement
+from sqlalchemy.sql.schema import ColumnElementColumnDefault
 from sqlalchemy.sql.selectable import FromGrouping, Join
 from sqlalchemy.sql.visitors import iterate, replacement_traverse
 
@@ -28,6 +29,8 @@ __all__ = [
     "explicit_froms",
     "insert_parts",
     "is_orphan",
+    "per_row_update_default",
+    "prefetch_update_default",
     "raw_columns",
     "replace_insert",
     "update_values",
@@ -314,3 +317,37 @@ def parent_entity(element: Any) -> Any:
     """The ORM entity an element of a SELECT (a column, an entity's table) was taken from, or
     None for plain Core tables and columns: the ``parententity`` annotation the ORM puts on them."""
     return element._annotations.get("parententity")
+
+
+
+class _PerRowDefault(ColumnElementColumnDefault):
+    """See :func:`per_row_update_default`."""
+
+    is_callable = True
+
+    def __new__(cls, *args: Any, **kw: Any) -> Any:
+        return object.__new__(cls)
+
+    def _copy(self) -> _PerRowDefault:
+        copy: _PerRowDefault = _PerRowDefault(self.arg, for_update=self.for_update)
+        return copy
+
+
+def per_row_update_default(element: Any) -> Any:
+    """A column ``onupdate`` that is rendered like a SQL expression default (``element`` is
+    compiled into each UPDATE that does not set the column) and, when that compilation called
+    :func:`prefetch_update_default`, is *called* per row with the execution context like a Python
+    default. ``element`` is a ``ColumnElement`` with ``__call__(context)``.
+
+    Blind indexes use it: a SQL default alone cannot hash in Python, a Python default alone is
+    sent with every UPDATE (the stored index would be overwritten when the plaintext is not
+    set). SQLAlchemy reads ``is_clause_element`` when compiling and ``is_callable`` when
+    executing (``_onupdate_description_tuple``), on 2.0.30 and 2.1 alike.
+    """
+    return _PerRowDefault(element, for_update=True)
+
+
+def prefetch_update_default(compiler: Any, column: Any) -> None:
+    """Mark ``column``'s ``onupdate`` (see :func:`per_row_update_default`) to be computed in
+    Python for every row of the UPDATE being compiled."""
+    compiler.update_prefetch.append(column)
