@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql.dml import Insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from .encryption.blind_index import encrypted_type
 from .errors import ConfigurationError, ConflictError, InvalidData, TenantViolation
 from .soft_delete import SoftDeleteMixin
 from .tenancy import is_tenant_table
@@ -115,6 +116,7 @@ def _plan(
                 "insert_many(on_conflict='update') has no column to update: pass update=[...] or "
                 "use on_conflict='ignore'."
             )
+        columns += _blind_indexes(columns, table_columns)
         excluded = stmt.excluded
         stmt = stmt.on_conflict_do_update(
             index_elements=arbiter,
@@ -127,6 +129,19 @@ def _plan(
     if size < 1:
         raise ConfigurationError("insert_many(chunk_size=...) must be >= 1.")
     return stmt, clean, size
+
+
+def _blind_indexes(columns: Sequence[str], table_columns: Mapping[str, Column[Any]]) -> list[str]:
+    """The blind-index companions of the encrypted columns an upsert sets: ``ON CONFLICT DO
+    UPDATE`` runs no column ``onupdate``, so ``EXCLUDED`` (hashed by the INSERT) is copied too."""
+    by_name = {col.name: key for key, col in table_columns.items()}
+    extra: list[str] = []
+    for key in columns:
+        type_ = encrypted_type(table_columns[key].type)
+        companion = type_.blind_index_name if type_ is not None and type_.blind_index else None
+        if companion in by_name and by_name[companion] not in columns and by_name[companion] not in extra:
+            extra.append(by_name[companion])
+    return extra
 
 
 def _check_duplicates(model: type[Any], rows: Sequence[Mapping[str, Any]], target: Sequence[str]) -> None:

@@ -7,11 +7,14 @@ lookup hashes the searched value under every index key of the keyring (one while
 rotation is running) and compares hashes: ``Model.email == "x"`` becomes
 ``email_bidx IN (:h1, ...)``.
 
-The companion column is filled by the ORM flush and ORM bulk UPDATE by primary key (listeners
-that :func:`sa_patterns.install` attaches), by any ``INSERT`` that carries the plaintext (a
-column default), and by :func:`sa_patterns.encryption.rotation.rotate_keys` for rebuilds. A
-Core ``UPDATE`` (or ``update(Model).values(...)``) of the plaintext must set it itself with
-:func:`blind_index_value`.
+The companion column keeps itself current, whatever writes the row: its ``default`` hashes the
+plaintext of an ``INSERT``, and its ``onupdate`` hashes the plaintext of an ``UPDATE`` that sets
+the column without setting the index (a flush, installed or not, sync or async; ORM bulk UPDATE
+by primary key or by criteria; a Core ``update().values()`` or executemany). Only the database
+can compute a SQL expression, and it has no index key: an ``UPDATE`` that sets the column from
+one (``.values(email=Other.col)``) is refused when compiled, unless it sets the index itself.
+``ON CONFLICT DO UPDATE`` has no ``onupdate``: :func:`sa_patterns.insert_many` adds the index to
+its ``SET`` list, a hand-written upsert must (``SET email_bidx = excluded.email_bidx``).
 """
 
 from __future__ import annotations
@@ -19,23 +22,22 @@ from __future__ import annotations
 import unicodedata
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from sqlalchemy import Column, LargeBinary, Table, inspect
-from sqlalchemy.engine import Result
+from sqlalchemy import Column, ColumnDefault, LargeBinary, Table, bindparam, inspect
 from sqlalchemy.engine.default import DefaultExecutionContext
-from sqlalchemy.orm import Mapper, ORMExecuteState, Session, UOWTransaction
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Mapper, Session, UOWTransaction
 from sqlalchemy.sql import ColumnElement, false, operators, true
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter, Null
 
-from .._compat import add_parameters
+from .._compat import per_row_update_default, prefetch_update_default, update_values
 from ..errors import ConfigurationError
 from ..pattern import Pattern
 from ..schema import ident
 
-if TYPE_CHECKING:
-    from .types import EncryptedType
-
-__all__ = ["NORMALIZERS", "PATTERN", "blind_eq", "blind_index_value"]
+__all__ = ["NORMALIZERS", "PATTERN", "IndexedType", "blind_eq", "blind_index_value", "encrypted_type"]
 
 #: Named normalisations (applied in the order given) for ``normalize=``.
 NORMALIZERS: dict[str, Callable[[str], str]] = {
@@ -72,9 +74,32 @@ def apply_normalize(spec: tuple[str, ...] | Callable[[str], str] | None, value: 
     return value
 
 
-def add_companion(table: Table, column: Column[Any], type_: EncryptedType[Any]) -> None:
+class IndexedType(Protocol):
+    """What this module needs of an encrypted column type (:class:`~.types.EncryptedType`),
+    named here so that the types depend on blind indexes and not the other way round."""
+
+    blind_index: bool
+    blind_index_name: str | None
+
+    @property
+    def where(self) -> str: ...
+
+    def blind_index_value(self, value: Any) -> bytes | None: ...
+
+    def blind_index_values(self, value: Any) -> list[bytes]: ...
+
+    def check(self) -> None: ...
+
+
+def encrypted_type(type_: Any) -> IndexedType | None:
+    """``type_`` when it is one of the encrypted column types, else None."""
+    return type_ if getattr(type_, "__sa_encrypted__", False) else None
+
+
+def add_companion(table: Table, column: Column[Any], type_: IndexedType) -> None:
     """Add ``<column>_bidx`` and its index to ``table`` unless the model declares it (through
-    :func:`~sa_patterns.schema.ident`: a long column name is cut with a hash, never refused)."""
+    :func:`~sa_patterns.schema.ident`: a long column name is cut with a hash, never refused).
+    Either way the companion keeps itself current (see the module docstring)."""
     name = type_.blind_index_name or ident(column.name, "bidx")
     type_.blind_index_name = name
     if name in table.c:
@@ -85,25 +110,87 @@ def add_companion(table: Table, column: Column[Any], type_: EncryptedType[Any]) 
                 f"(LargeBinary), not {companion.type!r}."
             )
         companion.info[INFO_KEY] = column.name
-        return
+    else:
+        companion = Column(name, LargeBinary(), nullable=True, index=True, info={INFO_KEY: column.name})
+        table.append_column(companion)
+    if companion.default is None:
+        _insert_default(column, type_)._set_parent(companion)
+    if companion.onupdate is None:
+        per_row_update_default(_OnUpdate(column, companion, type_))._set_parent(companion)
 
+
+def _insert_default(column: Column[Any], type_: IndexedType) -> Any:
     def insert_default(context: DefaultExecutionContext) -> bytes | None:
-        # Core INSERTs carry the plaintext: hash it (the ORM flush has set it already).
+        # an INSERT carries the plaintext (or leaves it NULL): hash it
         params = context.get_current_parameters()  # type: ignore[no-untyped-call]
         return type_.blind_index_value(params.get(column.key))
 
-    companion = Column(
-        name,
-        LargeBinary(),
-        nullable=True,
-        default=insert_default,
-        index=True,
-        info={INFO_KEY: column.name},
-    )
-    table.append_column(companion)
+    return ColumnDefault(insert_default)
 
 
-def _companion(type_: EncryptedType[Any], expr: ColumnElement[Any]) -> ColumnElement[Any]:
+class _OnUpdate(ColumnElement[bytes]):
+    """The companion's value in an UPDATE that does not set it: compiled per statement (the
+    stored index, or a parameter when the plaintext is set), called per row for the hash."""
+
+    __visit_name__ = "sa_patterns_blind_index_update"
+    inherit_cache = False  # a column default, never part of a statement's cache key
+
+    def __init__(self, plain: Column[Any], companion: Column[Any], type_: IndexedType) -> None:
+        self.plain, self.companion, self.type_ = plain, companion, type_
+        self.type = LargeBinary()
+
+    def __call__(self, context: DefaultExecutionContext) -> bytes | None:
+        params = context.get_current_parameters()  # type: ignore[no-untyped-call]
+        for key in (self.plain.key, f"{self.plain.table.name}_{self.plain.key}"):
+            if key in params:
+                return self.type_.blind_index_value(params[key])
+        raise ConfigurationError(  # fail closed: never a stale index
+            f"{self.type_.where} is written without its value among the statement's "
+            f"parameters, so its blind index {self.companion.name} cannot be computed. Give "
+            f"{self.companion.name} in the same statement (blind_index_value())."
+        )
+
+
+_NOT_SET = object()
+
+
+def _plaintext_in(compiler: SQLCompiler, plain: Column[Any]) -> Any:
+    """How the UPDATE being compiled sets ``plain``: its ``.values()`` expression, ``None`` when
+    it comes from the execution parameters, :data:`_NOT_SET` when it is not set."""
+    names = {plain.key, plain.name}
+    for values in update_values(compiler.statement):
+        for key, value in values.items():
+            if (key if isinstance(key, str) else getattr(key, "key", None)) in names:
+                return value
+            if getattr(key, "name", None) in names and getattr(key, "table", None) is plain.table:
+                return value
+    if names.intersection(compiler.column_keys or ()):
+        return None
+    return _NOT_SET
+
+
+@compiles(_OnUpdate)
+def _compile_on_update(element: _OnUpdate, compiler: SQLCompiler, **kw: Any) -> str:
+    source = _plaintext_in(compiler, element.plain)
+    if source is _NOT_SET:
+        # the plaintext does not change: keep the stored index (``SET x_bidx = x_bidx``)
+        return compiler.process(element.companion, **kw)
+    if isinstance(source, Null):
+        return compiler.process(source, **kw)
+    if source is not None and not isinstance(source, BindParameter):
+        raise ConfigurationError(
+            f"{element.type_.where} is set from a SQL expression here, and its blind index "
+            f"{element.companion.name} is an HMAC computed in Python with a key the database "
+            f"never sees: it would go stale. Set {element.plain.key} from a Python value, or set "
+            f"{element.companion.name} in the same statement "
+            "(sa_patterns.encryption.blind_index_value())."
+        )
+    prefetch_update_default(compiler, element.companion)
+    param = bindparam(element.companion.key, type_=element.companion.type, required=False)
+    return compiler.process(param, **kw)
+
+
+def _companion(type_: IndexedType, expr: ColumnElement[Any]) -> ColumnElement[Any]:
     table = getattr(expr, "table", None)
     name = type_.blind_index_name
     if not type_.blind_index or name is None:
@@ -122,9 +209,7 @@ def _companion(type_: EncryptedType[Any], expr: ColumnElement[Any]) -> ColumnEle
     return companion
 
 
-def compare(
-    type_: EncryptedType[Any], expr: ColumnElement[Any], op: Any, value: Any
-) -> ColumnElement[Any]:
+def compare(type_: IndexedType, expr: ColumnElement[Any], op: Any, value: Any) -> ColumnElement[Any]:
     """The blind-index form of ``expr <op> value`` (eq, ne, in_, not_in)."""
     companion = _companion(type_, expr)
     if op in (operators.in_op, operators.not_in_op):
@@ -139,107 +224,59 @@ def compare(
     return clause
 
 
+def _expression(attribute: Any) -> Any:
+    return attribute.__clause_element__() if hasattr(attribute, "__clause_element__") else attribute
+
+
 def blind_eq(attribute: Any, value: Any) -> ColumnElement[Any]:
     """``blind_eq(Customer.email, "x")``: the explicit spelling of ``Customer.email == "x"``."""
-    expr = attribute.__clause_element__() if hasattr(attribute, "__clause_element__") else attribute
-    type_ = expr.type
-    from .types import EncryptedType
-
-    if not isinstance(type_, EncryptedType):
-        raise ConfigurationError(f"blind_eq() needs an encrypted column, got {expr} ({type_!r}).")
+    expr = _expression(attribute)
+    type_ = encrypted_type(expr.type)
+    if type_ is None:
+        raise ConfigurationError(f"blind_eq() needs an encrypted column, got {expr} ({expr.type!r}).")
     return compare(type_, expr, operators.eq, value)
 
 
 def blind_index_value(attribute: Any, value: Any) -> bytes | None:
-    """What the companion column holds for ``value`` (for Core UPDATEs of the plaintext)."""
-    expr = attribute.__clause_element__() if hasattr(attribute, "__clause_element__") else attribute
-    from .types import EncryptedType
-
-    if not isinstance(expr.type, EncryptedType) or not expr.type.blind_index:
+    """What the companion column holds for ``value``: for an UPDATE that sets the column from a
+    SQL expression, or a hand-written ``ON CONFLICT DO UPDATE``."""
+    expr = _expression(attribute)
+    type_ = encrypted_type(expr.type)
+    if type_ is None or not type_.blind_index:
         raise ConfigurationError(f"{expr} has no blind index.")
-    return expr.type.blind_index_value(value)
+    return type_.blind_index_value(value)
 
 
-_Plan = tuple[list[tuple[str, str, "EncryptedType[Any]"]], list["EncryptedType[Any]"]]
-_plans: weakref.WeakKeyDictionary[Mapper[Any], _Plan] = weakref.WeakKeyDictionary()
+_checks: weakref.WeakKeyDictionary[type, list[IndexedType]] = weakref.WeakKeyDictionary()
 
 
-def _plan(mapper: Mapper[Any]) -> _Plan:
-    """Per mapper: (attribute, companion attribute, type) for each blind-indexed column, and
-    every encrypted column type (whose keyring the flush resolves first)."""
-    plan = _plans.get(mapper)
-    if plan is None:
-        from .types import EncryptedType
-
-        indexed: list[tuple[str, str, EncryptedType[Any]]] = []
-        encrypted: list[EncryptedType[Any]] = []
-        for prop in mapper.column_attrs:
-            col = prop.columns[0]
-            type_ = col.type
-            if isinstance(type_, EncryptedType) and isinstance(col, Column):
-                encrypted.append(type_)
-                if type_.blind_index:
-                    companion = _companion(type_, col)
-                    indexed.append((prop.key, mapper.get_property_by_column(companion).key, type_))
-        plan = _plans[mapper] = (indexed, encrypted)
-    return plan
-
-
-_class_plans: weakref.WeakKeyDictionary[type, _Plan] = weakref.WeakKeyDictionary()
-
-
-def _class_plan(cls: type) -> _Plan:
+def _encrypted_of(cls: type) -> list[IndexedType]:
     # One dict lookup per flushed object: objects of models without encrypted columns (most
     # of them) skip the inspect() below.
-    plan = _class_plans.get(cls)
-    if plan is None:
-        plan = _class_plans[cls] = _plan(inspect(cls))
-    return plan
+    found = _checks.get(cls)
+    if found is None:
+        mapper: Mapper[Any] = inspect(cls)
+        found = _checks[cls] = [
+            t
+            for prop in mapper.column_attrs
+            if (t := encrypted_type(prop.columns[0].type)) is not None
+            and isinstance(prop.columns[0], Column)
+        ]
+    return found
 
 
 def _before_flush(session: Session, flush_context: UOWTransaction, instances: object) -> None:
-    checked: set[Mapper[Any]] = set()
+    """Resolve keyrings before any SQL: a missing key is a ConfigurationError here, not a
+    StatementError wrapped around the first INSERT (blind indexes need no hook: see above)."""
+    checked: set[type] = set()
     for obj in (*session.new, *session.dirty):
-        indexed, encrypted = _class_plan(type(obj))
-        if not encrypted:
+        cls = type(obj)
+        if cls in checked:
             continue
-        state = inspect(obj)
-        if state.mapper not in checked:
-            # Resolve keyrings before any SQL: a missing key is a ConfigurationError here,
-            # not a StatementError wrapped around the first INSERT.
-            for type_ in encrypted:
-                type_.check()
-            checked.add(state.mapper)
-        for key, companion_key, type_ in indexed:
-            attr = state.attrs[key]
-            if obj in session.new or attr.history.has_changes():
-                setattr(obj, companion_key, type_.blind_index_value(attr.value))
+        checked.add(cls)
+        for type_ in _encrypted_of(cls):
+            type_.check()
 
 
-def _do_orm_execute(state: ORMExecuteState) -> Result[Any] | None:
-    """ORM bulk UPDATE by primary key (``session.execute(update(Model), [{...}, ...])``)
-    bypasses the flush: add the companion value to every parameter set that changes a
-    blind-indexed attribute."""
-    if not state.is_update or not isinstance(state.parameters, list):
-        return None
-    mapper = state.bind_mapper
-    if mapper is None:
-        return None
-    indexed, _ = _plan(mapper)
-    if not indexed or not any(key in p for p in state.parameters for key, _, _ in indexed):
-        return None
-    rows = []
-    for params in state.parameters:
-        row = dict(params)
-        for key, companion_key, type_ in indexed:
-            if key in row and companion_key not in row:
-                row[companion_key] = type_.blind_index_value(row[key])
-        rows.append(row)
-    return add_parameters(state, rows)
-
-
-#: Composed by :func:`sa_patterns.install`: keep blind indexes current on every ORM flush and
-#: ORM bulk UPDATE by primary key.
-PATTERN = Pattern(
-    "blind_index", listeners=(("before_flush", _before_flush), ("do_orm_execute", _do_orm_execute))
-)
+#: Composed by :func:`sa_patterns.install`: the keyring check before a flush's first statement.
+PATTERN = Pattern("blind_index", listeners=(("before_flush", _before_flush),))

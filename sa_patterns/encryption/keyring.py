@@ -22,12 +22,21 @@ from typing import TYPE_CHECKING, TypeAlias
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import ConfigurationError, KeyNotFound
-from .envelope import header
+from .sealer import header
 
 if TYPE_CHECKING:
     from ..context import TenantId
+    from .sealer import Sealer
 
-__all__ = ["KeyContext", "Keyring", "KeyringProvider", "generate_key", "resolve_provider"]
+__all__ = [
+    "DEFAULT_ENV",
+    "KeyContext",
+    "KeySource",
+    "Keyring",
+    "KeyringProvider",
+    "generate_key",
+    "resolve_provider",
+]
 
 KEY_SIZE = 32
 _KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -274,3 +283,87 @@ def resolve_provider(
             f"argument (per-tenant keyrings); {provider!r} takes {len(required)}."
         )
     return None, None
+
+
+#: Where a keyring comes from when a column names none.
+DEFAULT_ENV = "SA_PATTERNS_KEYS"
+_PER_CONTEXT_CACHE = 128
+
+
+class KeySource:
+    """What an encrypted column holds instead of keys: its provider, resolved on demand, and the
+    :class:`~.sealer.Sealer` of each place it serves.
+
+    A fixed or deferred keyring gives one sealer per place, kept in a one-item list the column's
+    processors read (``cell[0]``); :meth:`reset` empties them all. A per-context provider is
+    asked for every value, and the sealers of the keyrings it returns are kept by identity.
+    Shared by a type and the copies SQLAlchemy makes of it.
+    """
+
+    __slots__ = ("_cells", "_fixed", "_per_context", "_seen", "provider")
+
+    def __init__(self, provider: KeyringProvider | None) -> None:
+        self.provider = provider
+        self._fixed: Keyring | None = None
+        self._per_context: Callable[[KeyContext], Keyring] | None = None
+        if provider is not None:
+            self._fixed, self._per_context = resolve_provider(provider)
+        self._cells: dict[bytes, list[Sealer | None]] = {}
+        self._seen: dict[tuple[int, bytes], tuple[Keyring, Sealer]] = {}
+
+    @property
+    def per_context(self) -> bool:
+        return self._per_context is not None
+
+    def cell(self, place: bytes) -> list[Sealer | None]:
+        """The cached sealer of ``place`` (``[None]`` until first use or after :meth:`reset`)."""
+        return self._cells.setdefault(place, [None])
+
+    def keyring(self, table: str, column: str) -> Keyring:
+        """The keyring for a value of ``table.column`` now; :class:`ConfigurationError` if none."""
+        if self._fixed is not None:
+            return self._fixed
+        if self._per_context is not None:
+            from ..context import current_tenant
+
+            ring = self._per_context(KeyContext(table, column, current_tenant()))
+        elif self.provider is None:
+            ring = Keyring.from_env(DEFAULT_ENV)
+        else:
+            ring = self.provider()  # type: ignore[call-arg,operator]
+        if not isinstance(ring, Keyring):
+            raise ConfigurationError(
+                f"the keyring provider of {table}.{column} returned {type(ring).__name__}, not a "
+                "sa_patterns.Keyring."
+            )
+        if self._per_context is None:
+            self._fixed = ring  # a deferred provider is resolved once
+        return ring
+
+    def sealer(self, place: bytes, table: str, column: str) -> Sealer:
+        """The sealer for ``place`` under the keyring of the moment (cached when it can be)."""
+        from .sealer import Sealer
+
+        ring = self.keyring(table, column)
+        if self._per_context is None:
+            cell = self.cell(place)
+            sealer = cell[0]
+            if sealer is None or sealer.ring is not ring:
+                sealer = cell[0] = Sealer(ring, place)
+            return sealer
+        seen = self._seen.get((id(ring), place))
+        if seen is not None and seen[0] is ring:
+            return seen[1]
+        if len(self._seen) >= _PER_CONTEXT_CACHE:
+            self._seen.clear()
+        sealer = Sealer(ring, place)
+        self._seen[(id(ring), place)] = (ring, sealer)
+        return sealer
+
+    def reset(self) -> None:
+        """Forget a deferred provider's keyring and every cached sealer."""
+        if not isinstance(self.provider, Keyring):
+            self._fixed = None
+        for cell in self._cells.values():
+            cell[0] = None
+        self._seen.clear()

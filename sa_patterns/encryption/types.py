@@ -15,17 +15,16 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Column, LargeBinary, Table, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement, ColumnElement, operators
 from sqlalchemy.types import TypeDecorator
 
-from ..context import current_tenant
 from ..errors import ConfigurationError, DecryptionError, KeyNotFound
 from . import blind_index as _bidx
-from .envelope import NONCE_SIZE, EnvelopeError, binding, key_id_of, open_envelope
-from .keyring import KeyContext, Keyring, KeyringProvider, resolve_provider
+from .keyring import DEFAULT_ENV as DEFAULT_ENV
+from .keyring import Keyring, KeyringProvider, KeySource
+from .sealer import EnvelopeError, Sealer, Unauthentic, UnknownKey, binding
 from .serializers import BUILTIN, Serializer, resolve_serializer
 
 if TYPE_CHECKING:
@@ -34,8 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["EncryptedBytes", "EncryptedJSON", "EncryptedString", "EncryptedType", "EncryptedValue"]
 
 _T = TypeVar("_T")
-DEFAULT_ENV = "SA_PATTERNS_KEYS"
 _BLIND_OPS = {operators.eq, operators.ne, operators.in_op, operators.not_in_op}
+_NO_PLACE = binding("?", "?")
 
 
 class EncryptedType(TypeDecorator[_T]):
@@ -54,10 +53,15 @@ class EncryptedType(TypeDecorator[_T]):
 
     ``bind_to="table.column"`` pins the associated data to a place, so values stay readable
     after the table or column is renamed (the binding defaults to the current names).
+
+    The type holds no key: a :class:`~.keyring.KeySource` (the provider) and the place it
+    encrypts for; the :class:`~.sealer.Sealer` it gets from them owns the envelope format.
     """
 
     impl = LargeBinary
     cache_ok = True
+    #: recognised by :mod:`.blind_index` and the start-up check without importing this module
+    __sa_encrypted__ = True
 
     def __init__(
         self,
@@ -84,14 +88,12 @@ class EncryptedType(TypeDecorator[_T]):
                 "normalize= only shapes the blind index; add blind_index=True (the stored value "
                 "is always the exact value)."
             )
-        # One mutable cell shared with the dialect-level copies SQLAlchemy makes of this type,
-        # so a deferred provider is resolved (and reset) once for all of them.
-        self._ring: list[Any] = [None, None]  # [keyring, _Fast for it and this column]
-        self._per_context: Callable[[KeyContext], Keyring] | None = None
-        if keyring is not None:
-            self._ring[0], self._per_context = resolve_provider(keyring)
+        #: the provider, shared with the copies SQLAlchemy makes of this type (one resolution)
+        self._keys = KeySource(keyring)
         self._where: tuple[str, str] | None = None
-        self._aads: dict[str, bytes] = {}
+        #: the associated data's place, and the sealer cell the processors read for it
+        self._place = _NO_PLACE
+        self._cell: list[Sealer | None] = [None]
         #: the place keyring providers are asked for, when not this column's (a copy's)
         self._key_place: tuple[str, str] | None = None
 
@@ -105,7 +107,8 @@ class EncryptedType(TypeDecorator[_T]):
         twin.bind_to = self.bind_to or self.where
         twin.blind_index, twin.blind_index_name = False, None
         twin._key_place = self._key_place or self._where
-        twin._where, twin._aads, twin._ring = None, {}, [self._ring[0], None]
+        twin._where = None
+        twin._set_place()
         return twin
 
     # -- what the value is -------------------------------------------------------------
@@ -143,8 +146,7 @@ class EncryptedType(TypeDecorator[_T]):
                 "its ciphertexts to its column)."
             )
         self._where = (table.name, column.name)
-        self._aads = {}
-        self._ring = [self._ring[0], None]  # the fast path's AAD belongs to this column
+        self._set_place()
         if self.blind_index:
             # Add the companion once the Table is complete, so a migration that lists
             # ``<column>_bidx`` itself (as autogenerate writes it) is not given a second one.
@@ -154,6 +156,11 @@ class EncryptedType(TypeDecorator[_T]):
                 lambda table, _metadata: _bidx.add_companion(table, column, self),
                 once=True,
             )
+
+    def _set_place(self) -> None:
+        place = self.bind_to.split(".") if self.bind_to else self._where
+        self._place = binding(*place) if place else _NO_PLACE
+        self._cell = self._keys.cell(self._place)
 
     @property
     def where(self) -> str:
@@ -165,95 +172,73 @@ class EncryptedType(TypeDecorator[_T]):
             )
         return f"{self._where[0]}.{self._where[1]}"
 
-    def _aad(self, key_id: str, ring: Keyring) -> bytes:
-        aad = self._aads.get(key_id)
-        if aad is None:
-            self.where  # noqa: B018  (raises a ConfigurationError when unattached)
-            assert self._where is not None
-            place = tuple(self.bind_to.split(".")) if self.bind_to else self._where
-            aad = self._aads[key_id] = ring.header(key_id) + binding(*place)
-        return aad
-
     # -- keys ----------------------------------------------------------------------------
     def resolve_keyring(self) -> Keyring:
         """The keyring for the current context; :class:`ConfigurationError` if there is none."""
-        fixed: Keyring | None = self._ring[0]
-        if fixed is not None:
-            return fixed
-        if self._per_context is not None:
-            where = self._key_place or self._where or ("?", "?")
-            ring = self._per_context(KeyContext(where[0], where[1], current_tenant()))
-        else:
-            provider = self.keyring
-            ring = Keyring.from_env(DEFAULT_ENV) if provider is None else provider()  # type: ignore[call-arg,operator]
-        if not isinstance(ring, Keyring):
-            raise ConfigurationError(
-                f"the keyring provider of {self._where and '.'.join(self._where)} returned "
-                f"{type(ring).__name__}, not a sa_patterns.Keyring."
-            )
-        if self._per_context is None:
-            self._ring[0] = ring  # a deferred provider is resolved once
-        return ring
+        where = self._key_place or self._where or ("?", "?")
+        return self._keys.keyring(*where)
 
     def reset_keyring(self) -> None:
         """Forget a deferred provider's keyring so the next value calls the provider again."""
-        if not isinstance(self.keyring, Keyring):
-            self._ring[0] = None
-        self._ring[1] = None
+        self._keys.reset()
 
-    def _make_fast(self) -> _Fast | None:
-        if self._per_context is not None:
-            return None  # per-tenant keyrings change with the context: no cache
-        fast = self._ring[1] = _Fast(self.resolve_keyring(), self)
-        return fast
+    def _sealer(self, ring: Keyring | None = None) -> Sealer:
+        if ring is not None:
+            return Sealer(ring, self._place)
+        self.where  # noqa: B018  (raises a ConfigurationError when unattached)
+        where = self._key_place or self._where or ("?", "?")
+        return self._keys.sealer(self._place, *where)
+
+    def _cached_sealer(self) -> Sealer:
+        """The hot path's sealer: cached unless keyrings are per context."""
+        cell = self._cell
+        sealer = cell[0]
+        if sealer is None:
+            sealer = self._sealer()
+        return sealer
 
     def check(self) -> None:
         """Resolve the keyring now (start-up), so a missing or bad key fails before any row."""
-        if self._per_context is not None:
+        if self._keys.per_context:
             return  # per-tenant keyrings exist only inside a tenant's context
         ring = self.resolve_keyring()
         if self.blind_index and ring.active_index is None:
             ring.mac(b"")  # raises the ConfigurationError that explains index keys
 
-    # -- the hot path ------------------------------------------------------------------
+    # -- sealing -----------------------------------------------------------------------
     def seal(self, plaintext: bytes, ring: Keyring | None = None) -> bytes:
         """Encrypt serialized bytes with the active key (rotation calls this directly)."""
-        ring = ring or self._ring[0] or self.resolve_keyring()
-        key_id = ring.active
-        aad = self._aads.get(key_id) or self._aad(key_id, ring)
-        nonce = os.urandom(NONCE_SIZE)
-        aead: AESGCM = ring._aeads[key_id]
-        return ring._headers[key_id] + nonce + aead.encrypt(nonce, plaintext, aad)
+        return self._sealer(ring).seal(plaintext)
+
+    def _names(self) -> dict[str, Any]:
+        """``table=``/``column=`` for the errors that name this column."""
+        return {"table": self._where[0] if self._where else None,
+                "column": self._where[1] if self._where else None}
 
     def open(self, value: bytes, ring: Keyring | None = None) -> bytes:
         """Authenticate and decrypt a stored envelope to serialized bytes."""
         try:
-            key_id, start = key_id_of(value)
+            sealer = self._sealer(ring)
+            return sealer.open(value)
+        except UnknownKey as exc:
+            held = sorted(sealer.ring.key_ids)
+            raise KeyNotFound(
+                f"{self.where} holds a value sealed with key id {exc.key_id!r}, which the keyring "
+                f"does not hold ({held}). Put the retired key back into the keyring (read-only), "
+                "then run sa-patterns rotate-keys.",
+                key_id=exc.key_id,
+                **self._names(),
+            ) from None
+        except Unauthentic as exc:
+            raise DecryptionError(
+                f"{self.where}: {exc}. The value is refused rather than returned as garbage.",
+                **self._names(),
+            ) from None
         except EnvelopeError as exc:
             raise DecryptionError(
                 f"{self.where} holds a value that is not a sa_patterns envelope ({exc}). Was it "
                 "written by other code, or truncated?",
-                table=self._where[0] if self._where else None,
-                column=self._where[1] if self._where else None,
-            ) from None
-        ring = ring or self._ring[0] or self.resolve_keyring()
-        aead = ring._aeads.get(key_id)
-        if aead is None:
-            raise KeyNotFound(
-                f"{self.where} holds a value sealed with key id {key_id!r}, which the keyring "
-                f"does not hold ({sorted(ring.key_ids)}). Put the retired key back into the "
-                "keyring (read-only), then run sa-patterns rotate-keys.",
-                key_id=key_id,
-                table=self._where[0] if self._where else None,
-                column=self._where[1] if self._where else None,
-            )
-        try:
-            return open_envelope(aead, value, start, self._aads.get(key_id) or self._aad(key_id, ring))
-        except EnvelopeError as exc:
-            raise DecryptionError(
-                f"{self.where}: {exc}. The value is refused rather than returned as garbage.",
-                table=self._where[0] if self._where else None,
-                column=self._where[1] if self._where else None,
+                **self._names(),
             ) from None
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
@@ -275,16 +260,16 @@ class EncryptedType(TypeDecorator[_T]):
             raise DecryptionError(
                 f"{self.where}: the value decrypted but does not parse as "
                 f"{type(self).__name__} ({exc}); was the column's type changed?",
-                table=self._where[0] if self._where else None,
-                column=self._where[1] if self._where else None,
+                **self._names(),
             ) from None
 
     # The processors SQLAlchemy calls per value: the same logic as process_bind_param /
-    # process_result_value, with lookups hoisted into the closure (measured in bench/).
+    # process_result_value, with the sealer's pieces inlined into the closure (measured in
+    # bench/). A per-context keyring has no cached sealer: the cell stays empty.
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
         impl = self.impl_instance.bind_processor(dialect)
-        cell, fast_dumps, dumps, urandom, make_fast, seal = (
-            self._ring, self._fast_dumps(), self._dumps, os.urandom, self._make_fast, self.seal
+        cell, fast_dumps, dumps, urandom, sealer_of = (
+            self._cell, self._fast_dumps(), self._dumps, os.urandom, self._cached_sealer
         )
 
         def process(value: Any) -> Any:
@@ -294,13 +279,9 @@ class EncryptedType(TypeDecorator[_T]):
                 data = fast_dumps(value)
             except (TypeError, AttributeError):
                 data = dumps(value)  # raises the error that names the column
-            fast: _Fast | None = cell[1] or make_fast()
-            if fast is None:
-                sealed = seal(data)
-            else:
-                prefix, aead, aad = fast.sealing
-                nonce = urandom(12)
-                sealed = prefix + nonce + aead.encrypt(nonce, data, aad)
+            prefix, aead, aad = (cell[0] or sealer_of()).sealing
+            nonce = urandom(12)
+            sealed = prefix + nonce + aead.encrypt(nonce, data, aad)
             return impl(sealed) if impl is not None else sealed
 
         return process
@@ -311,24 +292,23 @@ class EncryptedType(TypeDecorator[_T]):
     def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
         if self.impl_instance.result_processor(dialect, coltype) is not None:
             return super().result_processor(dialect, coltype)
-        cell, loads, make_fast, checked = (
-            self._ring, self._fast_loads(), self._make_fast, self.process_result_value
+        cell, loads, sealer_of, checked = (
+            self._cell, self._fast_loads(), self._cached_sealer, self.process_result_value
         )
 
         def process(value: Any) -> Any:
             if value is None:
                 return None
-            fast: _Fast | None = cell[1] or make_fast()
-            if fast is not None:
-                prefix, start, aead, aad = fast.active
-                try:
-                    if value[:start] == prefix:  # sealed by the active key: the usual case
-                        return loads(aead.decrypt(value[start : start + 12], value[start + 12 :], aad))
-                    aead, aad, start = fast.openers[value[2 : 2 + value[1]]]
-                    if value[0] == 1:
-                        return loads(aead.decrypt(value[start : start + 12], value[start + 12 :], aad))
-                except (KeyError, IndexError, InvalidTag, ValueError, TypeError):
-                    pass  # the checked path says precisely what is wrong
+            try:
+                sealer = cell[0] or sealer_of()
+                prefix, start, aead, aad = sealer.active
+                if value[:start] == prefix:  # sealed by the active key: the usual case
+                    return loads(aead.decrypt(value[start : start + 12], value[start + 12 :], aad))
+                aead, aad, start = sealer.openers[value[2 : 2 + value[1]]]
+                if value[0] == 1:
+                    return loads(aead.decrypt(value[start : start + 12], value[start + 12 :], aad))
+            except (KeyError, IndexError, InvalidTag, ValueError, TypeError):
+                pass  # the checked path says precisely what is wrong
             return checked(value, dialect)
 
         return process
@@ -368,23 +348,6 @@ class EncryptedType(TypeDecorator[_T]):
             ):
                 return _bidx.compare(type_, self.expr, op, other[0])
             return super().operate(op, *other, **kwargs)
-
-
-class _Fast:
-    """Per column and keyring: everything the hot path needs, looked up once."""
-
-    __slots__ = ("aad", "active", "aead", "openers", "prefix", "sealing")
-
-    def __init__(self, ring: Keyring, type_: EncryptedType[Any]) -> None:
-        self.prefix = ring.header(ring.active)
-        self.aead = ring.aead(ring.active)
-        self.aad = type_._aad(ring.active, ring)
-        self.active = (self.prefix, len(self.prefix), self.aead, self.aad)
-        self.sealing = (self.prefix, self.aead, self.aad)
-        self.openers = {
-            key_id.encode("ascii"): (ring.aead(key_id), type_._aad(key_id, ring), 2 + len(key_id))
-            for key_id in ring.key_ids
-        }
 
 
 class EncryptedString(EncryptedType[str]):

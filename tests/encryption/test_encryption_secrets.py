@@ -53,7 +53,7 @@ def forms(key: bytes) -> list[str]:
 def assert_clean(text_: str, *keys: bytes) -> None:
     for key in keys or (K1, K2, K3, I1):
         for form in forms(key):
-            assert form not in text_, f"key material ({form[:6]}...) in: {text_[:300]}"
+            assert form not in text_, f"key material at offset {text_.find(form)} of the text"
 
 
 def raised(fn: Callable[[], Any]) -> BaseException:

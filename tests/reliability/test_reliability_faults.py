@@ -19,8 +19,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 import sa_patterns
 from sa_patterns import Audited, EncryptedString, Keyring, MaterializedView
 from sa_patterns.encryption import generate_key
-from sa_patterns.encryption.envelope import key_id_of
 from sa_patterns.encryption.rotation import rotate_keys
+from sa_patterns.encryption.sealer import key_id_of
 from sa_patterns.transactions import transaction
 
 ROWS = 60_000
