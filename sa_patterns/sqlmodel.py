@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
 from sqlalchemy import BigInteger, DateTime, String, Text, Uuid, func, literal
@@ -114,6 +114,11 @@ class _Counterpart(SQLModel):
     keep pydantic's order; only the list of fields is reordered.
     """
 
+    #: the mixin this class stands for (``refuse_sqlmodel`` lets a class with it through)
+    __sa_sqlmodel_of__: ClassVar[str]
+    #: the fields it declares for that mixin's columns
+    __sa_sqlmodel_fields__: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     def __pydantic_init_subclass__(cls, **kw: Any) -> None:
         super().__pydantic_init_subclass__(**kw)
@@ -131,7 +136,7 @@ with _redeclaring():
         """:class:`sa_patterns.TenantMixin` with ``tenant_id`` as a SQLModel field (``bigint``)."""
 
         __sa_sqlmodel_of__ = "TenantMixin"
-        __sa_sqlmodel_fields__ = ("tenant_id",)
+        __sa_sqlmodel_fields__: ClassVar[tuple[str, ...]] = ("tenant_id",)
 
         tenant_id: int | None = tenant_field()
 
@@ -150,7 +155,7 @@ with _redeclaring():
         ``delete_batch`` as SQLModel fields (the same columns)."""
 
         __sa_sqlmodel_of__ = "SoftDeleteMixin"
-        __sa_sqlmodel_fields__ = ("deleted_at", "deleted_by", "delete_batch")
+        __sa_sqlmodel_fields__: ClassVar[tuple[str, ...]] = ("deleted_at", "deleted_by", "delete_batch")
 
         deleted_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
         deleted_by: str | None = Field(default=None, sa_type=Text)
