@@ -75,6 +75,7 @@ from .schema.objects import (
     quote_literal,
 )
 from .schema.registry import _PROVIDERS, NOT_A_TABLE, provide, register, registered
+from .schema.sql_text import wrap
 from .schema.view_catalog import read_view_graph
 from .tenancy.criteria import enroll
 from .tenancy.rls import _sql_type, owner_rights
@@ -108,7 +109,9 @@ _DropView: Any = getattr(_sa_ddl, "DropView", None)
 def compile_definition(
     select: SelectBase, name: str, schema: str | None = None, *, materialized: bool = False
 ) -> str:
-    """The SQL text of a view's query, values rendered as literals (DDL takes no parameters).
+    """The SQL text of a view's query, values rendered as literals (DDL takes no parameters),
+    laid out for a migration's reader (:func:`~sa_patterns.schema.sql_text.wrap`; views are
+    compared as PostgreSQL prints them, so the layout is never a diff).
 
     On SQLAlchemy 2.1 it is what ``CreateView`` compiles after ``AS``; on 2.0 the same select
     compiled with ``literal_binds`` (which is what ``CreateView`` does internally).
@@ -117,8 +120,8 @@ def compile_definition(
         ddl = str(_CreateView(select, name, schema=schema, materialized=materialized).compile(dialect=_PG))
         header = f"CREATE {'MATERIALIZED ' if materialized else ''}VIEW {qualified(schema, name)} AS "
         if ddl.startswith(header):
-            return ddl[len(header) :].strip()
-    return str(select.compile(dialect=_PG, compile_kwargs={"literal_binds": True})).strip()
+            return wrap(ddl[len(header) :].strip())
+    return wrap(str(select.compile(dialect=_PG, compile_kwargs={"literal_binds": True})).strip())
 
 
 def _read_only(cls: type) -> ReadOnlyError:

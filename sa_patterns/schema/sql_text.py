@@ -73,10 +73,11 @@ def _code(sql: str) -> list[bool]:
 
 def wrap(sql: str, width: int = WIDTH) -> str:
     """``sql`` with each line longer than ``width`` broken where whitespace is free (after a
-    comma when one is near the limit); continuation lines are indented four more spaces.
+    comma when one is near the limit), continuation lines indented four more spaces, and
+    trailing spaces dropped (a migration's text block cannot hold them).
 
-    Idempotent, and the code is unchanged: only a space outside literals and comments becomes
-    a line break.
+    Idempotent, and the code is unchanged: only whitespace outside literals and comments is
+    touched.
     """
     mask = _code(sql)
     out: list[str] = []
@@ -88,6 +89,10 @@ def wrap(sql: str, width: int = WIDTH) -> str:
 
 
 def _wrap_line(line: str, mask: list[bool], width: int) -> str:
+    end = len(line)
+    while end and line[end - 1] in " \t" and mask[end - 1]:  # trailing layout goes
+        end -= 1
+    line = line[:end]
     if len(line) <= width:
         return line
     indent = len(line) - len(line.lstrip(" "))

@@ -51,3 +51,11 @@ def test_layout_free_tells_layout_from_code() -> None:
     assert layout_free(BODY.replace("upper(", "lower(")) != layout_free(BODY)
     assert layout_free("RETURN a -- b\n+ c") != layout_free("RETURN a -- b + c")  # the comment ends
     assert layout_free("SELECT a b") != layout_free("SELECT ab")
+
+
+def test_trailing_spaces_go_but_not_inside_a_string(connection: Connection) -> None:
+    """SQLAlchemy ends a view's select list with a space; a migration's text block cannot keep
+    one, so wrap() drops it, never inside a string."""
+    sql = "SELECT 'a  \n  b' AS x, 1 AS y \nFROM (SELECT 1) AS t   "
+    assert wrap(sql) == "SELECT 'a  \n  b' AS x, 1 AS y\nFROM (SELECT 1) AS t"
+    assert connection.execute(text(wrap(sql))).one() == ("a  \n  b", 1)
