@@ -52,6 +52,7 @@ def _run(args: argparse.Namespace) -> int:
     ini = init(args.directory, metadata=args.metadata, use_async=args.use_async)
     print(f"wrote {args.directory}/ and {ini}. Next:")
     print("  sa-patterns roles --url <a superuser URL>   # once: owner, app and admin roles")
+    print("  export DATABASE_URL=<the owner role's URL>  # env.py reads it (alembic.ini has none)")
     print("  alembic revision --autogenerate -m init     # as the owner role: tables, RLS, grants")
     print("  alembic upgrade head                        # then the app connects as the app role")
     return 0

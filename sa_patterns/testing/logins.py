@@ -123,8 +123,10 @@ def drop_owned(database: URL, names: RoleNames) -> None:
     try:
         with engine.begin() as conn:
             present = list(conn.execute(_EXISTS, {"names": list(_three(names))}).scalars())
-            if present:
-                conn.exec_driver_sql("DROP OWNED BY " + ", ".join(quote(r) for r in present))
+            # one statement per role: "DROP OWNED BY a, b" fails with "could not find tuple for
+            # default ACL" when a's default privileges grant to b (the owner's ones to the app)
+            for role in present:
+                conn.exec_driver_sql("DROP OWNED BY " + quote(role))
     finally:
         engine.dispose()
 

@@ -80,3 +80,19 @@ def test_pytest_plugin_with_an_unreachable_database_is_one_error(tmp_path: Path)
         assert out.count(f"PostgreSQL at {UNREACHABLE} does not answer") == (2 if xdist else 1), out
         assert "Interrupted: sa_patterns: no database (the error above)" in out
         assert len(done.stdout.splitlines()) <= 16, out
+
+
+def test_init_prints_the_next_steps_with_the_owner_url(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sa_patterns.cli", "init", str(tmp_path / "migrations"), "--metadata", "m:Base"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    steps = [line.split("#")[0].strip() for line in done.stdout.splitlines()[1:]]
+    assert steps == [
+        "sa-patterns roles --url <a superuser URL>",
+        "export DATABASE_URL=<the owner role's URL>",
+        "alembic revision --autogenerate -m init",
+        "alembic upgrade head",
+    ]
+    assert (tmp_path / "migrations" / "env.py").exists()
