@@ -1,5 +1,6 @@
-"""The SQLModel tests run as the plugin's app role on the schema the toolkit builds from the
-SQLModel app's metadata as the owner role; sessions are SQLModel's own (``session.exec``)."""
+"""The SQLModel tests run as the plugin's app role on the schema the toolkit builds from
+``SQLModel.metadata`` (the app's tables; other tests declare SQLModel models on registries of
+their own) as the owner role; sessions are SQLModel's own (``session.exec``)."""
 
 from __future__ import annotations
 

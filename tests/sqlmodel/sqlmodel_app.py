@@ -1,5 +1,6 @@
 """A small FastAPI app on SQLModel, as the issue's users write one (imported by the tests, never
-collected): table models with the toolkit's mixins from ``sa_patterns.sqlmodel``, the API
+collected): table models in ``SQLModel.metadata`` (SQLModel's default registry, where an app's
+tables are) with the toolkit's mixins from ``sa_patterns.sqlmodel``, the API
 schemas that leave ``tenant_id`` out, and endpoints on an installed SQLModel session whose tenant
 comes from the request (``session.info["tenant_id"]``, which wins over any scope).
 
@@ -11,8 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException
-from sqlalchemy import LargeBinary, MetaData, Uuid
-from sqlalchemy.orm import registry
+from sqlalchemy import LargeBinary, Uuid
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
 from sa_patterns import EncryptedString, Keyring, soft_unique, tenant_foreign_key, tenant_unique
@@ -28,11 +28,7 @@ from sa_patterns.sqlmodel import (
 KEYRING = Keyring({"k1": bytes(range(32))}, active="k1", index_keys={"i1": bytes(range(32, 64))})
 
 
-class Base(SQLModel, registry=registry(metadata=MetaData())):
-    """The app's own registry, so the test's tables are this app's alone."""
-
-
-class Project(SoftDeleteMixin, TenantMixin, Audited, Base, table=True):
+class Project(SoftDeleteMixin, TenantMixin, Audited, SQLModel, table=True):
     __tablename__ = "sqm_projects"
     __table_args__ = (tenant_unique("id"), soft_unique("name"))
     id: int | None = Field(default=None, primary_key=True)
@@ -48,7 +44,7 @@ class ItemBase(SQLModel):
     project_id: int
 
 
-class Item(SoftDeleteMixin, TenantMixin, Audited, Versioned, ItemBase, Base, table=True):
+class Item(SoftDeleteMixin, TenantMixin, Audited, Versioned, ItemBase, table=True):
     __tablename__ = "sqm_items"
     __table_args__ = (tenant_foreign_key("project_id", "sqm_projects.id"),)
     id: int | None = Field(default=None, primary_key=True)
@@ -65,7 +61,7 @@ class ItemPublic(ItemBase):
     id: int
 
 
-class Article(Searchable, TenantMixin, Base, table=True):
+class Article(Searchable, TenantMixin, SQLModel, table=True):
     __tablename__ = "sqm_articles"
     __searchable__ = {"title": "A", "body": "B"}
     id: int | None = Field(default=None, primary_key=True)
@@ -73,7 +69,7 @@ class Article(Searchable, TenantMixin, Base, table=True):
     body: str
 
 
-class Contact(TenantMixin, Base, table=True):
+class Contact(TenantMixin, SQLModel, table=True):
     """An encrypted field with a blind index: equality search without decrypting. The digest
     column is declared as a field: the flush sets it on the instance, which pydantic allows
     for fields only."""
@@ -84,7 +80,7 @@ class Contact(TenantMixin, Base, table=True):
     email_bidx: bytes | None = Field(default=None, sa_type=LargeBinary, index=True)
 
 
-class Note(TenantMixin, Base, table=True):
+class Note(TenantMixin, SQLModel, table=True):
     """A model whose tenants are UUIDs: the field redeclared with tenant_field(Uuid)."""
 
     __tablename__ = "sqm_notes"
@@ -93,7 +89,7 @@ class Note(TenantMixin, Base, table=True):
     body: str
 
 
-metadata = Base.metadata
+metadata = SQLModel.metadata  # as a real app: the tables of every table=True model
 
 
 def make_app(sessions: Callable[[], Session]) -> FastAPI:

@@ -1,4 +1,4 @@
-"""Alembic autogenerate over the SQLModel app's metadata, as the owner role: it writes the DDL
+"""Alembic autogenerate over ``SQLModel.metadata`` (the app's tables), as the owner role: it writes the DDL
 the same models on a ``DeclarativeBase`` get (compared as the SQL an offline migration
 emits), the upgrade builds the toolkit's objects (checked in the catalog), a second
 autogenerate finds nothing, and the downgrade leaves nothing behind."""
@@ -6,13 +6,16 @@ autogenerate finds nothing, and the downgrade leaves nothing behind."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata, produce_migrations
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.operations import Operations, ops
-from sqlalchemy import Engine, LargeBinary, MetaData, Uuid, text
+from sqlalchemy import URL, Engine, LargeBinary, MetaData, Uuid, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlmodel_app import KEYRING
 from sqlmodel_app import metadata as app_metadata
@@ -29,6 +32,8 @@ from sa_patterns import (
     tenant_foreign_key,
     tenant_unique,
 )
+from sa_patterns.cli.init import init
+from sa_patterns.testing.logins import RunRoles
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +168,43 @@ def test_autogenerate_round_trip(owner_engine: Engine, db_schema: str) -> None:
             "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE nspname = :s"
         ), {"s": db_schema}).all()
         assert left == []
+
+
+def test_the_cli_round_trip_with_the_documented_template_import(
+    tmp_path: Path, pg_url: URL, db_schema: str, db_roles: RunRoles
+) -> None:
+    """``sa-patterns init``'s environment on SQLModel.metadata, with ``import sqlmodel`` added
+    to script.py.mako as docs/sqlmodel.md says: revision --autogenerate, upgrade, check (no
+    diff), downgrade to base, as the owner in a schema of its own."""
+    schema = f"{db_schema}_cli"
+    owner_url = db_roles.url(pg_url, db_roles.owner)
+    owner = create_engine(owner_url)
+    with owner.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
+    url = owner_url.update_query_dict({"options": f"-csearch_path={schema}"})
+    cfg = Config(str(init(tmp_path / "migrations", metadata="unused:unused")))
+    template = tmp_path / "migrations" / "script.py.mako"
+    template.write_text(template.read_text().replace("import sqlalchemy as sa\n", "import sqlalchemy as sa\nimport sqlmodel\n"))
+    cfg.attributes["target_metadata"] = app_metadata
+    cfg.attributes["configure_logger"] = False
+    cfg.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
+    try:
+        command.revision(cfg, message="init", autogenerate=True)
+        script = next((tmp_path / "migrations" / "versions").glob("*.py")).read_text()
+        assert "sqlmodel.sql.sqltypes.AutoString()" in script and "\nimport sqlmodel\n" in script
+        command.upgrade(cfg, "head")
+        command.check(cfg)
+        with owner.connect() as conn:
+            assert conn.scalar(text(
+                "SELECT count(*) FROM pg_policies WHERE schemaname = :s AND tablename = 'sqm_items'"
+            ), {"s": schema}) == 3
+        command.downgrade(cfg, "base")
+        with owner.connect() as conn:
+            assert set(conn.scalars(text(
+                "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE nspname = :s AND relkind IN ('r', 'p')"
+            ), {"s": schema})) == {"alembic_version"}
+    finally:
+        with owner.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        owner.dispose()
