@@ -315,6 +315,11 @@ class KeySource:
     def per_context(self) -> bool:
         return self._per_context is not None
 
+    @property
+    def resolved(self) -> Keyring | None:
+        """The fixed or already resolved deferred keyring (None for per-context providers)."""
+        return self._fixed
+
     def cell(self, place: bytes) -> list[Sealer | None]:
         """The cached sealer of ``place`` (``[None]`` until first use or after :meth:`reset`)."""
         return self._cells.setdefault(place, [None])

@@ -183,7 +183,12 @@ class EncryptedType(TypeDecorator[_T]):
         self._keys.reset()
 
     def _sealer(self, ring: Keyring | None = None) -> Sealer:
-        if ring is not None:
+        if ring is not None:  # rotation and tests pass the keyring explicitly
+            cached = self._cell[0]
+            if cached is not None and cached.ring is ring:
+                return cached
+            if self._keys.resolved is ring:
+                return self._cached_sealer()
             return Sealer(ring, self._place)
         self.where  # noqa: B018  (raises a ConfigurationError when unattached)
         where = self._key_place or self._where or ("?", "?")
