@@ -59,7 +59,7 @@ def load_keys(environ: dict[str, str]) -> None:
 def main(url: URL) -> None:
     engine = create_engine(url)
     Base.metadata.create_all(engine)
-    Session = sa_patterns.install(sessionmaker(engine))  # keeps blind indexes current on flush
+    Session = sa_patterns.install(sessionmaker(engine))  # blind indexes stay current either way
     load_keys(env)
     check_keys(Base.metadata)  # at start-up: a missing or malformed key fails here, not at row 1
 
