@@ -261,7 +261,8 @@ def run(url: URL, reps: int) -> Section:
         + " (sqlalchemy-utils stores base64 text).",
         "The blind-index variant also computes one HMAC-SHA256 per value and maintains a b-tree "
         "index on the extra bytea column; its micro figures equal the plain type's (the index "
-        "value is computed at flush, not in the bind processor).",
+        "value is computed by the companion column's default as the row is written, not in the "
+        "bind processor).",
         "sqlalchemy-utils re-derives its key with SHA-256 for every value; it runs unchanged on "
         "SQLAlchemy 2.1 in this venv.",
         f"Load average when the run ended: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
