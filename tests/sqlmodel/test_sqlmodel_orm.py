@@ -16,6 +16,7 @@ import sa_patterns
 from sa_patterns import TenantRequired, TenantViolation
 from sa_patterns.context import TENANT_SETTING
 from sa_patterns.testing.plugin import SQL
+from sa_patterns.versioning import revert
 
 
 def seed(db: Session) -> None:
@@ -120,16 +121,20 @@ def test_writes_are_audited_and_versioned(db: Session, superuser_sql: SQL, db_sc
         db.flush()
         item.name = "second"
         db.flush()
+        revert(db, item, 1)  # sets the fields back through the model: an ordinary UPDATE
+        db.flush()
         db.delete(item)
         db.flush()
-        assert [v.values["name"] for v in sa_patterns.history(db, item)] == ["first", "second", "second"]
+        versions = sa_patterns.history(db, item)
+        assert [v.values["name"] for v in versions] == ["first", "second", "first", "first"]
+        assert [v.values["deleted_at"] is None for v in versions] == [True, True, True, False]
     logged = superuser_sql(
         "SELECT operation, tenant_id, actor_id, new_row->>'name' FROM audit_log "
         "WHERE table_name = :t ORDER BY id", t=f"{db_schema}.sqm_items",
     )
     assert [tuple(r) for r in logged] == [
         ("INSERT", "3", "alice", "first"), ("UPDATE", "3", "alice", "second"),
-        ("SOFT_DELETE", "3", "alice", None),
+        ("UPDATE", "3", "alice", "first"), ("SOFT_DELETE", "3", "alice", None),
     ]
 
 
