@@ -141,7 +141,8 @@ class _OnUpdate(ColumnElement[bytes]):
 
     def __call__(self, context: DefaultExecutionContext) -> bytes | None:
         params = context.get_current_parameters()  # type: ignore[no-untyped-call]
-        for key in (self.plain.key, f"{self.plain.table.name}_{self.plain.key}"):
+        named = _param_names.get(context.compiled, {}).get(self.companion)
+        for key in (named, self.plain.key, f"{self.plain.table.name}_{self.plain.key}"):
             if key in params:
                 return self.type_.blind_index_value(params[key])
         raise ConfigurationError(  # fail closed: never a stale index
@@ -152,6 +153,9 @@ class _OnUpdate(ColumnElement[bytes]):
 
 
 _NOT_SET = object()
+#: per compiled UPDATE: companion column -> the parameter holding its plaintext, when the
+#: statement names it (``.values(email=bindparam("new_email"))``)
+_param_names: weakref.WeakKeyDictionary[Any, dict[Column[Any], str]] = weakref.WeakKeyDictionary()
 
 
 def _plaintext_in(compiler: SQLCompiler, plain: Column[Any]) -> Any:
@@ -185,6 +189,8 @@ def _compile_on_update(element: _OnUpdate, compiler: SQLCompiler, **kw: Any) -> 
             f"{element.companion.name} in the same statement "
             "(sa_patterns.encryption.blind_index_value())."
         )
+    if isinstance(source, BindParameter) and not source.unique:
+        _param_names.setdefault(compiler, {})[element.companion] = source.key
     prefetch_update_default(compiler, element.companion)
     param = bindparam(element.companion.key, type_=element.companion.type, required=False)
     return compiler.process(param, **kw)

@@ -1,8 +1,10 @@
 """Column types that encrypt in Python before a value reaches PostgreSQL.
 
-Each type stores its envelope (:mod:`.envelope`) in ``bytea``. The associated data binds the
-value to ``table.column``; the type learns both names when its column is attached to a table,
-so a type instance belongs to one column (the ORM copies it for mixin columns).
+Each type stores an envelope (:mod:`.sealer`, the one owner of the format) in ``bytea``. The
+associated data binds the value to ``table.column``; the type learns both names when its column
+is attached to a table, so a type instance belongs to one column (the ORM copies it for mixin
+columns). A type holds no key: its :class:`~.keyring.KeySource` resolves the keyring, and the
+sealer built from it seals and opens.
 
 ``repr()`` is a constructor call without the keyring, because Alembic writes ``repr(type)`` into
 migrations: a migration creates a ``bytea`` column and never needs, or sees, a key.

@@ -118,10 +118,16 @@ def test_core_update_and_executemany(connection: Connection, sql: Any) -> None:
     )
     assert_indexed(sql, connection, 6, "s@x.io", "r@x.io")
     assert_indexed(sql, connection, 7, "t@x.io", "q@x.io")
+    connection.execute(
+        update(table).where(table.c.id == bindparam("b_id")).values(email=bindparam("new_email")),
+        [{"b_id": 6, "new_email": "s2@x.io"}, {"b_id": 7, "new_email": "t2@x.io"}],
+    )
+    assert_indexed(sql, connection, 6, "s2@x.io", "s@x.io")
+    assert_indexed(sql, connection, 7, "t2@x.io", "t@x.io")
     connection.execute(update(table).where(table.c.id == 7).values(email=null()))
     assert stored(sql, 7) is None
     connection.execute(update(table).where(table.c.id == 6).values(name="n"))
-    assert stored(sql, 6) == mac("s@x.io")
+    assert stored(sql, 6) == mac("s2@x.io")
 
 
 def test_an_update_from_a_sql_expression_is_refused_unless_it_sets_the_index(connection: Connection, sql: Any) -> None:
