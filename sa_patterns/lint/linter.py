@@ -56,11 +56,11 @@ class Finding:
 
 @dataclass
 class _Chunk:
-    """A revision's SQL as one file for squawk; ``lines[i]`` is the statement on line ``i``."""
+    """A revision's SQL as one file for squawk."""
 
     rendered: RevisionSQL
     file: Path
-    lines: list[int | None]
+    lines: list[int]  # the statement (index into rendered.statements) on each line; -1: ours
 
 
 def load_config(ini: str | os.PathLike[str] | Config) -> Config:
@@ -112,19 +112,19 @@ def _chunk(rendered: RevisionSQL, folder: Path, index: int) -> _Chunk:
     """BEGIN/COMMIT around the revision when Alembic runs it in a transaction, so squawk sees
     an autocommit_block()'s COMMIT ... BEGIN as the transactions they are."""
     text: list[str] = []
-    lines: list[int | None] = []
+    lines: list[int] = []
 
-    def add(sql: str, line: int | None) -> None:
+    def add(sql: str, index: int) -> None:
         for part in f"{sql}\n".splitlines():
             text.append(part)
-            lines.append(line)
+            lines.append(index)
 
     if rendered.in_transaction:
-        add("BEGIN;", None)
-    for statement in rendered.statements:
-        add(statement.sql, statement.line)
+        add("BEGIN;", -1)
+    for index, statement in enumerate(rendered.statements):
+        add(statement.sql, index)
     if rendered.in_transaction:
-        add("COMMIT;", None)
+        add("COMMIT;", -1)
     file = folder / f"{index:04d}_{rendered.script.revision}_{rendered.direction}.sql"
     file.write_text("\n".join(text) + "\n")
     return _Chunk(rendered, file, lines)
@@ -148,14 +148,8 @@ class _Raw:
 
 
 def _statement_at(chunk: _Chunk, line: int) -> int:
-    """The statement on ``line`` (0-based) of the chunk file."""
-    offset = 1 if chunk.rendered.in_transaction else 0
-    for index, statement in enumerate(chunk.rendered.statements):
-        count = len(f"{statement.sql}\n".splitlines())
-        if offset <= line < offset + count:
-            return index
-        offset += count
-    return -1
+    """The statement on ``line`` (0-based, as squawk reports it) of the chunk's file."""
+    return chunk.lines[line] if 0 <= line < len(chunk.lines) else -1
 
 
 def lint_migrations(
@@ -275,7 +269,9 @@ def _finding(
     created, timeout = _context(raw.chunk, raw.statement) if statement else (set(), False)
     size = sizes.get(table) if table else None
     kind = described.kind
-    if kind == "advice":
+    if raw.rule == "not-linted":
+        severity, why = "advice", raw.message.splitlines()[0] if raw.message else ""
+    elif kind == "advice":
         severity = "advice"
     elif table and _key(table) in created:
         severity, why = "advice", "the table is created in this revision"

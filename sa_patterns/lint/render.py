@@ -108,8 +108,10 @@ def _run(
     config: Config, scripts: Sequence[Script], direction: Direction, lower: str | None, upper: str
 ) -> tuple[_Recorder, str | None]:
     recorder = _Recorder([str(s.path) for s in scripts])
+    saved = config.output_buffer, config.attributes.get("configure_logger")
     config.output_buffer = recorder
-    config.attributes.setdefault("configure_logger", False)  # honoured by sa-patterns' env.py
+    config.attributes["configure_logger"] = False  # honoured by sa-patterns' env.py
+    error = None
     with _quiet():
         try:
             if direction == "upgrade":
@@ -117,8 +119,14 @@ def _run(
             else:
                 command.downgrade(config, f"{upper}:{lower or 'base'}", sql=True)
         except Exception as exc:  # user code in env.py or a revision: report it, lint the rest
-            return recorder, f"{type(exc).__name__}: {exc}"
-    return recorder, None
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            config.output_buffer = saved[0]
+            if saved[1] is None:
+                config.attributes.pop("configure_logger", None)
+            else:
+                config.attributes["configure_logger"] = saved[1]
+    return recorder, error
 
 
 def _split(recorder: _Recorder, scripts: Sequence[Script], direction: Direction) -> list[RevisionSQL]:

@@ -255,3 +255,27 @@ def test_a_lock_timeout_set_in_env_py_holds_for_every_revision(project: Path) ->
     assert set(blocking(report, "b2")) == {
         ("require-concurrent-index-creation", 11), ("adding-field-with-default", 12), ("changing-column-type", 13),
     }
+
+
+READS = '''
+def upgrade():
+    count = op.get_bind().execute(sa.text("SELECT count(*) FROM accounts")).scalar()
+    op.execute(f"COMMENT ON TABLE accounts IS '{count} rows'")
+
+
+def downgrade():
+    pass
+'''
+
+
+def test_a_revision_that_cannot_render_offline_hides_no_other(project: Path) -> None:
+    (project / "migrations" / "versions" / "e5_step.py").write_text(HEADER.format(rev="e5", down="c3") + READS)
+    status, report, stderr = lint(project, "--revision", "a1:e5")
+    assert status == 1, stderr
+    assert set(blocking(report, "b2")) == {
+        ("require-lock-timeout", 11), ("require-concurrent-index-creation", 11),
+        ("adding-field-with-default", 12), ("changing-column-type", 13),
+    }
+    (unrendered,) = [f for f in report["findings"] if f["revision"] == "e5"]
+    assert (unrendered["rule"], unrendered["severity"], unrendered["line"]) == ("not-linted", "advice", None)
+    assert unrendered["message"].startswith("AttributeError")
