@@ -85,8 +85,9 @@ def _string(value: str, indent: int, imports: set[str]) -> str:
 def pieces(value: str, room: int) -> list[str]:
     """``value`` cut at spaces into pieces of about ``room`` characters (joined, the same
     string: each space stays at the end of its piece)."""
-    return textwrap.wrap(value, room, drop_whitespace=False, break_long_words=False,
-                         break_on_hyphens=False, replace_whitespace=False) or [value]
+    parts = textwrap.wrap(value, room, drop_whitespace=False, break_long_words=False,
+                          break_on_hyphens=False, replace_whitespace=False, expand_tabs=False)
+    return parts if "".join(parts) == value else [value]
 
 
 def _pieces(parts: list[str], indent: int) -> str:

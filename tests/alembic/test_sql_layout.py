@@ -4,8 +4,16 @@ is what bodies are compared by, equal across layouts and different across code."
 
 from __future__ import annotations
 
+from typing import Any
+
+from alembic.autogenerate import render_python_code
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from alembic.operations.ops import UpgradeOps
 from sqlalchemy import Connection, text
 
+import sa_patterns.alembic  # noqa: F401  (registers the operations and their renderers)
+from sa_patterns.alembic.ops import CreateEntityOp
 from sa_patterns.schema import Function
 from sa_patterns.schema.sql_text import layout_free, wrap
 
@@ -59,3 +67,28 @@ def test_trailing_spaces_go_but_not_inside_a_string(connection: Connection) -> N
     sql = "SELECT 'a  \n  b' AS x, 1 AS y \nFROM (SELECT 1) AS t   "
     assert wrap(sql) == "SELECT 'a  \n  b' AS x, 1 AS y\nFROM (SELECT 1) AS t"
     assert connection.execute(text(wrap(sql))).one() == ("a  \n  b", 1)
+
+
+BODIES = {
+    "rendered_block": "BEGIN\n  RETURN 'a string\n  over two lines';\nEND;",
+    "rendered_trailing": "BEGIN   \n  RETURN 'ends in spaces   ';\nEND;",  # a text block would lose them
+    "rendered_indented": "  BEGIN\n    RETURN E'a\\\\tb';\n  END;",  # a backslash, no line at column 0
+}
+
+
+def test_the_rendered_migration_gives_each_body_back_exactly(connection: Connection) -> None:
+    """Through Alembic's own rendering (which indents every line and strips trailing spaces):
+    a text block where it is exact, ``'...\\n'`` pieces where it would not be; run for real."""
+    functions = [Function(None, name, returns="text", body=body) for name, body in BODIES.items()]
+    code = render_python_code(UpgradeOps([CreateEntityOp(f) for f in functions]))
+    assert code.count('body=textwrap.dedent("""\\') == 1
+    script = "import textwrap\nimport sa_patterns.schema\n\n\ndef upgrade(op):\n    " + code
+    namespace: dict[str, Any] = {}
+    exec(compile(script, "migration", "exec"), namespace)  # the rendered migration, run
+    namespace["upgrade"](Operations(MigrationContext.configure(connection)))
+    stored = dict(connection.execute(text(
+        "SELECT proname, prosrc FROM pg_proc WHERE proname LIKE 'rendered\\_%' "
+        "AND pronamespace = CAST(current_schema() AS regnamespace)")).all())
+    assert stored == {name: "\n" + body + "\n" for name, body in BODIES.items()}
+    assert connection.execute(text("SELECT rendered_trailing(), rendered_indented()")).one() == (
+        "ends in spaces   ", "a\\tb")
