@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException
-from sqlalchemy import LargeBinary, Uuid
+from sqlalchemy import Uuid
 from sqlmodel import Field, Relationship, Session, SQLModel, select
 
 from sa_patterns import EncryptedString, Keyring, soft_unique, tenant_foreign_key, tenant_unique
@@ -71,13 +71,11 @@ class Article(Searchable, TenantMixin, SQLModel, table=True):
 
 class Contact(TenantMixin, SQLModel, table=True):
     """An encrypted field with a blind index: equality search without decrypting. The digest
-    column is declared as a field: the flush sets it on the instance, which pydantic allows
-    for fields only."""
+    column (``email_bidx``) is added to the table, not a field: the column keeps it current."""
 
     __tablename__ = "sqm_contacts"
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(sa_type=EncryptedString(keyring=KEYRING, blind_index=True))
-    email_bidx: bytes | None = Field(default=None, sa_type=LargeBinary, index=True)
 
 
 class Note(TenantMixin, SQLModel, table=True):

@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata, produce_migrations
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.operations import Operations, ops
-from sqlalchemy import URL, Engine, LargeBinary, MetaData, Uuid, create_engine, text
+from sqlalchemy import URL, Engine, MetaData, Uuid, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlmodel_app import KEYRING
 from sqlmodel_app import metadata as app_metadata
@@ -74,7 +74,6 @@ def twin() -> MetaData:
         __tablename__ = "sqm_contacts"
         id: Mapped[int] = mapped_column(primary_key=True)
         email: Mapped[str] = mapped_column(EncryptedString(keyring=KEYRING, blind_index=True))
-        email_bidx: Mapped[bytes | None] = mapped_column(LargeBinary, index=True)
 
     class Note(TenantMixin, Base):  # the app's Note declares tenant_id itself, before body
         __tablename__ = "sqm_notes"

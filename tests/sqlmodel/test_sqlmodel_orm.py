@@ -157,8 +157,12 @@ def test_blind_index_equality_through_session_exec(db: Session, superuser_sql: S
     with sa_patterns.tenant_scope(2):
         found = db.exec(select(Contact).where(Contact.email == "ann@example.com")).all()
         assert [(c.email, c.tenant_id) for c in found] == [("ann@example.com", 2)]
+        found[0].email = "bob@example.com"  # the digest follows the change
+        db.flush()
+        assert db.exec(select(Contact.id).where(Contact.email == "ann@example.com")).all() == []
+        assert db.exec(select(Contact.id).where(Contact.email == "bob@example.com")).all() == [found[0].id]
     held = superuser_sql("SELECT count(DISTINCT email_bidx), count(*) FILTER (WHERE email_bidx IS NULL) FROM sqm_contacts")
-    assert held == [(3, 0)]  # ann's two rows share a digest; every row has one
+    assert held == [(4, 0)]  # ann, t1, t2, bob: one digest each; every row has one
 
 
 async def test_async_session(async_db: AsyncSession, async_connection: AsyncConnection) -> None:
