@@ -112,7 +112,10 @@ def _run(args: argparse.Namespace) -> int:
         engine.dispose()
     not_run = skipped(ctx)
     if args.format == "json":
-        checks = [{"check": n, "problems": p, "skipped": not_run.get(n)} for n, p in results]
+        checks = [
+            {"check": n, "problems": p, **({"skipped": not_run[n]} if n in not_run else {})}
+            for n, p in results
+        ]
         print(json.dumps({"ok": not any(p for _, p in results), "checks": checks}, indent=2))
     else:
         from rich.console import Console
