@@ -128,7 +128,7 @@ def _nothing(operations: Operations, operation: RepairUndoOp) -> None:
     return None
 
 
-def render_entity(autogen_context: AutogenContext, entity: Entity, indent: int = 0) -> str:
+def render_entity(autogen_context: AutogenContext, entity: Entity, indent: int = 0, lead: int = 0) -> str:
     """The constructor call for ``entity``, one argument per line (:mod:`.render`), importing
     the public module its class lives in (``sa_patterns.schema`` for the core kinds, a
     pattern's module for its own kinds)."""
@@ -136,7 +136,7 @@ def render_entity(autogen_context: AutogenContext, entity: Entity, indent: int =
     if module.startswith("sa_patterns.schema."):
         module = "sa_patterns.schema"
     autogen_context.imports.add(f"import {module}")
-    return entity_call(entity, module, autogen_context.imports, indent)
+    return entity_call(entity, module, autogen_context.imports, indent, lead)
 
 
 def _repaired(repair: str | None, call: str) -> list[str]:
@@ -145,18 +145,20 @@ def _repaired(repair: str | None, call: str) -> list[str]:
 
 @renderers.dispatch_for(CreateEntityOp)
 def _render_create(autogen_context: AutogenContext, op: CreateEntityOp) -> list[str]:
-    return _repaired(op.repair, f"op.create_entity({render_entity(autogen_context, op.entity)})")
+    call = render_entity(autogen_context, op.entity, lead=len("op.create_entity("))
+    return _repaired(op.repair, f"op.create_entity({call})")
 
 
 @renderers.dispatch_for(DropEntityOp)
 def _render_drop(autogen_context: AutogenContext, op: DropEntityOp) -> list[str]:
-    return _repaired(op.repair, f"op.drop_entity({render_entity(autogen_context, op.entity)})")
+    call = render_entity(autogen_context, op.entity, lead=len("op.drop_entity("))
+    return _repaired(op.repair, f"op.drop_entity({call})")
 
 
 @renderers.dispatch_for(ReplaceEntityOp)
 def _render_replace(autogen_context: AutogenContext, op: ReplaceEntityOp) -> list[str]:
     new = render_entity(autogen_context, op.entity, 4)
-    old = render_entity(autogen_context, op.old, 4)
+    old = render_entity(autogen_context, op.old, 4, lead=len("old="))
     return _repaired(op.repair, f"op.replace_entity(\n    {new},\n    old={old},\n)")
 
 

@@ -22,17 +22,19 @@ __all__ = ["WIDTH", "comment_lines", "entity_call", "pieces"]
 WIDTH = 100
 
 
-def entity_call(entity: Entity, module: str, imports: set[str], indent: int = 0) -> str:
+def entity_call(entity: Entity, module: str, imports: set[str], indent: int = 0, lead: int = 0) -> str:
     """``module.Kind(field=value, ...)`` on one line when it fits; else the leading short
     fields (the object's name) on the first line and the others one per line below, the closing
-    parenthesis at ``indent``."""
+    parenthesis at ``indent``. ``lead``: the length of what precedes the call on its first line
+    (``op.create_entity(``)."""
     name = f"{module}.{type(entity).__name__}("
     fields = [(f.name, getattr(entity, f.name)) for f in dataclasses.fields(entity) if f.init]
     whole = name + ", ".join(f"{k}={v!r}" for k, v in fields) + ")"
-    if indent + len(whole) <= WIDTH - 20 and "\n" not in whole:
+    room = WIDTH - indent - lead - 1  # the op's closing parenthesis or a comma follows
+    if len(whole) <= room and "\n" not in whole:
         return whole
     first, rest = name, fields
-    while rest and _short(rest[0][1]) and indent + len(first) + len(f"{rest[0][0]}={rest[0][1]!r}, ") <= WIDTH - 20:
+    while rest and _short(rest[0][1]) and len(first) + len(f"{rest[0][0]}={rest[0][1]!r},") <= room:
         first += f"{rest[0][0]}={rest[0][1]!r}, "
         rest = rest[1:]
     pad = " " * (indent + 4)
