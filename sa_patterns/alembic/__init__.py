@@ -23,11 +23,21 @@ __all__ = ["CreateEntityOp", "DropEntityOp", "ReplaceEntityOp", "configure_kwarg
 
 PLUGIN_NAME = "sa_patterns"
 
+def _lint_written_revision(path: str, options: Any) -> None:
+    """The ``sa_patterns_lint`` post-write hook; the linter is imported only when it runs."""
+    from ..lint.hook import lint_written_revision
+
+    lint_written_revision(path, options)
+
+
 def _setup_once() -> None:
     from alembic.autogenerate import comparators
     from alembic.runtime import plugins
+    from alembic.script import write_hooks
 
     if PLUGIN_NAME not in plugins._all_plugins:
+        # alembic.ini's `type = sa_patterns_lint` works once env.py imports this package
+        write_hooks.register("sa_patterns_lint")(_lint_written_revision)
         Plugin.setup_plugin_from_module(compare, PLUGIN_NAME)
         # global, not in the plugin: it must run whatever autogenerate_plugins the env names
         comparators.dispatch_for("schema", priority=DispatchPriority.FIRST)(hooks.ensure_imports)
