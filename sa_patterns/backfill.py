@@ -54,6 +54,7 @@ from sqlalchemy import (
     cast,
     func,
     insert,
+    literal,
     select,
     text,
     tuple_,
@@ -85,6 +86,7 @@ __all__ = [
     "backfill_status",
     "remaining_rows",
     "run_backfill",
+    "version_one",
 ]
 
 #: Name of the table holding each backfill's progress (created on demand).
@@ -655,3 +657,31 @@ def _one_batch(
         )
     )
     return upto_text, count
+
+
+def version_one(model: Any, *, name: str | None = None) -> Backfill:
+    """Version 1 in the history table for every row of a ``Versioned`` model that has no current
+    version (rows from before it was versioned), in batches: what
+    :func:`sa_patterns.versioning.backfill` does in one statement."""
+    from .versioning import history_table
+
+    table = model if isinstance(model, Table) else model.__table__
+    hist = history_table(table)
+    pk = list(table.primary_key.columns)
+    current = select(literal(1)).where(*[hist.c[c.name] == c for c in pk], hist.c.valid_to.is_(None))
+    names = [c.name for c in table.columns]
+
+    def action(conn: Connection, batch: Batch) -> int:
+        versions = (
+            select(func.coalesce(func.max(hist.c.version), 0) + 1)
+            .where(*[hist.c[c.name] == c for c in pk])
+            .scalar_subquery()
+        )
+        rows = select(*table.columns, versions, func.clock_timestamp()).where(batch.condition)
+        result = conn.execute(
+            insert(hist).from_select([*names, "version", "valid_from"], rows)
+            .execution_options(preserve_rowcount=True)
+        )
+        return int(result.rowcount)
+
+    return Backfill(name or f"{table.name}.version_one", table, action=action, where=~current.exists())

@@ -24,7 +24,7 @@ from backfill_app import FILL, FILL_IN_PYTHON, doubled, items, metadata, pairs
 from sqlalchemy import URL, Connection, Engine, MetaData, Table, create_engine, insert, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from sa_patterns import EncryptedString, Keyring
+from sa_patterns import EncryptedString, Keyring, Versioned, actor_scope, all_tenants, tenant_scope
 from sa_patterns.backfill import (
     Backfill,
     BackfillError,
@@ -33,6 +33,7 @@ from sa_patterns.backfill import (
     backfill_status,
     remaining_rows,
     run_backfill,
+    version_one,
 )
 from sa_patterns.errors import ConfigurationError
 from sa_patterns.testing.logins import RunRoles
@@ -52,6 +53,12 @@ class Customer(EncBase):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     email_plain: Mapped[str | None]
     email: Mapped[str | None] = mapped_column(EncryptedString(RING, blind_index=True))
+
+
+class Doc(Versioned, EncBase):
+    __tablename__ = "bf_docs"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    title: Mapped[str]
 
 
 @pytest.fixture(scope="module")
@@ -445,3 +452,69 @@ def test_encrypting_a_plaintext_column_goes_through_the_models_type(owner_engine
         assert (sealed is None) == (plain is None) == (bidx is None)
         if plain is not None:
             assert plain.encode() not in bytes(sealed)
+
+
+def test_version_one_in_batches_for_rows_from_before_versioning(owner_engine: Engine) -> None:
+    with owner_engine.begin() as conn:
+        conn.execute(text("TRUNCATE bf_docs, bf_docs_history"))
+        conn.execute(insert(Doc), [{"id": 1, "title": "versioned already"}])
+        # rows written while the trigger was off, as before Versioned was added
+        conn.execute(text("ALTER TABLE bf_docs DISABLE TRIGGER bf_docs_history_ins"))
+        conn.execute(text("INSERT INTO bf_docs (id, title) SELECT g, 'old ' || g FROM generate_series(2, 100) g"))
+        conn.execute(text("ALTER TABLE bf_docs ENABLE TRIGGER bf_docs_history_ins"))
+    fill = version_one(Doc)
+    first = run_backfill(owner_engine, fill, batch_size=7, max_batches=2)
+    assert first.rows == 14 and not first.finished
+    rest = run_backfill(owner_engine, fill, batch_size=30)
+    assert rest.finished and rest.rows == 99 - 14
+    with owner_engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT d.id, count(h.*), min(h.version), bool_and(h.valid_to IS NULL), bool_and(h.title = d.title) "
+            "FROM bf_docs d LEFT JOIN bf_docs_history h ON h.id = d.id GROUP BY d.id ORDER BY d.id")).all()
+    assert [tuple(r) for r in rows] == [(i, 1, 1, True, True) for i in range(1, 101)]
+    assert run_backfill(owner_engine, fill, restart=True).rows == 0  # idempotent from scratch too
+
+
+def test_statement_timeout_stops_the_run_and_says_to_use_smaller_batches(owner_engine: Engine) -> None:
+    seed(owner_engine, 30)
+
+    def slow(conn: Connection, batch: Batch) -> int:
+        conn.execute(text("SELECT pg_sleep(2)"))
+        return len(batch.keys)
+
+    with pytest.raises(BackfillError, match="exceeded statement_timeout; run it again with a smaller batch size"):
+        run_backfill(owner_engine, Backfill("bf_slow", items, action=slow), statement_timeout=0.05)
+    assert state(owner_engine, "bf_slow") == (None, 0, 0, False)
+
+
+def test_each_batch_carries_the_scope_and_its_timeouts(owner_engine: Engine) -> None:
+    """Tenant, actor and all_tenants() reach each batch as the session sends them (a forced
+    row-level security policy lets the owner through inside all_tenants())."""
+    seed(owner_engine, 10)
+    seen: list[tuple[str, ...]] = []
+
+    def look(conn: Connection, batch: Batch) -> int:
+        seen.append(tuple(conn.execute(text(
+            "SELECT coalesce(current_setting('app.tenant_id', true), ''), "
+            "coalesce(current_setting('app.actor_id', true), ''), "
+            "coalesce(current_setting('app.all_tenants', true), ''), current_setting('lock_timeout'), "
+            "current_setting('statement_timeout')")).one()))
+        return len(batch.keys)
+
+    with tenant_scope(7), actor_scope("migrator"):
+        run_backfill(owner_engine, Backfill("bf_scope_t", items, action=look), batch_size=10, lock_timeout=2)
+    with all_tenants():
+        run_backfill(owner_engine, Backfill("bf_scope_all", items, action=look), statement_timeout=30)
+    assert seen == [("7", "migrator", "", "2s", "0"), ("", "", "on", "500ms", "30s")]
+    with owner_engine.connect() as conn:  # SET LOCAL: nothing outlives the batch's transaction
+        assert conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one() == "0"
+
+
+def test_a_key_must_be_unique_and_not_null() -> None:
+    with pytest.raises(ConfigurationError, match="must be not-null columns covering the primary key or a unique"):
+        Backfill("bf_bad", items, values={"filled": 1}, key=["val"])
+    with pytest.raises(ConfigurationError, match="exactly one of values=, rows=, action="):
+        Backfill("bf_bad", items)
+    with pytest.raises(ConfigurationError, match="bf_items has no column 'nope'"):
+        Backfill("bf_bad", items, values={"nope": 1})
+    assert Backfill("bf_ok", pairs, values={"done": 1}, key=["code", "region"])._plan.key == [pairs.c.code, pairs.c.region]
