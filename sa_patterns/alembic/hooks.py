@@ -63,6 +63,12 @@ def compose_render_item(user: Callable[..., Any] | None) -> Callable[..., Any]:
             return f"sa_patterns.{obj!r}"
         if type_ == "server_default" and isinstance(obj, Computed):
             return _computed(obj, autogen_context)
+        if type_ == "type" and autogen_context.opts.get("user_module_prefix") is None:
+            # Alembic renders another library's type by its full module path (SQLModel's
+            # str columns: sqlmodel.sql.sqltypes.AutoString()) but imports nothing for it
+            module = type(obj).__module__
+            if module.split(".")[0] not in {"sqlalchemy", "builtins", "__main__"}:
+                autogen_context.imports.add(f"import {module}")
         return False
 
     setattr(render_item, _OURS, True)
