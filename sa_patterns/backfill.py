@@ -8,10 +8,12 @@ batch is one short transaction:
 1. ``SET LOCAL lock_timeout`` (and ``statement_timeout`` if asked): a batch that meets a row held
    by a long transaction gives up quickly instead of holding its own rows meanwhile, and is
    retried with backoff (:class:`BackfillError` after ``retries`` tries);
-2. the next keys after the last committed one, among the rows ``where`` says still need work,
-   locked ``FOR NO KEY UPDATE`` (the lock an ``UPDATE`` of non-key columns takes anyway);
-3. the work on those rows: SQL assignments, a Python function per batch (work SQL cannot do,
-   such as encrypting through the model's type), or a statement of the caller's;
+2. the next ``batch_size`` keys after the last committed one, among the rows ``where`` says
+   still need work;
+3. the work on those rows: SQL assignments (one ``UPDATE`` of the key range, which locks its
+   rows), or a Python function per batch (work SQL cannot do, such as encrypting through the
+   model's type) or a statement of the caller's, on rows first locked ``FOR NO KEY UPDATE``
+   (the lock an ``UPDATE`` of non-key columns takes anyway);
 4. the state row in ``sa_patterns_backfill`` advanced in the **same** transaction.
 
 So a batch is committed whole with its progress or not at all: an interrupted run (an exception,
@@ -315,6 +317,18 @@ class _Plan:
             .with_for_update(key_share=True, of=self.table)
         )
 
+    def upper(self, last: Sequence[str] | None, size: int) -> Any:
+        """The last key of the next batch (and its text), read without locking: for ``values``,
+        whose ``UPDATE`` locks its rows itself (locking them first would write every row twice)."""
+        conds = [c for c in (self.after(last), self.where) if c is not None]
+        inner = select(*self.key).where(*conds).order_by(*self.key).limit(size).subquery()
+        cols = [inner.c[c.name] for c in self.key]
+        return (
+            select(*cols, *[cast(c, Text).label(f"_bf_text{i}") for i, c in enumerate(cols)])
+            .order_by(*[c.desc() for c in cols])
+            .limit(1)
+        )
+
     def batch_condition(self, last: Sequence[str] | None, upto: tuple[Any, ...]) -> ColumnElement[bool]:
         upper = self.key[0] <= upto[0] if len(self.key) == 1 else tuple_(*self.key) <= tuple_(
             *[bindparam(None, v, type_=c.type) for c, v in zip(self.key, upto, strict=True)]
@@ -604,19 +618,26 @@ def _one_batch(
             f"backfill {backfill.name!r} was moved by another run ({held} batches recorded, this "
             f"run expected {batches}); let one run finish, then check --status."
         )
-    found = conn.execute(plan.next_keys(last, size)).mappings().all()
-    if not found:
-        return None
     n = len(plan.key)
-    keys = tuple(tuple(r[c.name] for c in plan.key) for r in found)
-    upto_text = tuple(str(found[-1][f"_bf_text{i}"]) for i in range(n))
-    condition = plan.batch_condition(last, keys[-1])
     if backfill.values is not None:
+        top = conn.execute(plan.upper(last, size)).mappings().first()
+        if top is None:
+            return None
+        upto_text = tuple(str(top[f"_bf_text{i}"]) for i in range(n))
+        condition = plan.batch_condition(last, tuple(top[c.name] for c in plan.key))
         count = int(conn.execute(
             update(plan.table).where(condition).values(dict(plan.values))
             .execution_options(preserve_rowcount=True)
         ).rowcount)
-    elif backfill.rows is not None:
+        _advance(conn, state, backfill.name, upto_text, count)
+        return upto_text, count
+    found = conn.execute(plan.next_keys(last, size)).mappings().all()
+    if not found:
+        return None
+    keys = tuple(tuple(r[c.name] for c in plan.key) for r in found)
+    upto_text = tuple(str(found[-1][f"_bf_text{i}"]) for i in range(n))
+    condition = plan.batch_condition(last, keys[-1])
+    if backfill.rows is not None:
         new = list(backfill.rows(found))
         if len(new) != len(found):
             raise ConfigurationError(
@@ -648,15 +669,19 @@ def _one_batch(
         assert backfill.action is not None
         result = backfill.action(conn, Batch(keys, condition, tuple(found)))
         count = len(found) if result is None else int(result)
+    _advance(conn, state, backfill.name, upto_text, count)
+    return upto_text, count
+
+
+def _advance(conn: Connection, state: Table, name: str, upto: tuple[str, ...], count: int) -> None:
     conn.execute(
-        update(state).where(state.c.name == backfill.name).values(
-            last_key=bindparam("last", list(upto_text), type_=JSONB),
+        update(state).where(state.c.name == name).values(
+            last_key=bindparam("last", list(upto), type_=JSONB),
             rows_done=state.c.rows_done + count,
             batches=state.c.batches + 1,
             updated_at=func.now(),
         )
     )
-    return upto_text, count
 
 
 def version_one(model: Any, *, name: str | None = None) -> Backfill:
