@@ -12,6 +12,9 @@ and replaces after them (a trigger needs its table), extensions first of all (an
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations.ops import DropTableOp, MigrateOperation, ModifyTableOps, UpgradeOps
 from alembic.runtime.plugins import Plugin
@@ -109,7 +112,28 @@ def compare_entities(
     last: list[MigrateOperation] = [DropEntityOp(e) for e in changes.drop if isinstance(e, Extension)]
     upgrade_ops.ops[:0] = first + before
     upgrade_ops.ops.extend(after + last)
+    _log(first + before + after + last)
     return PriorityDispatchResult.CONTINUE
+
+
+# a child of Alembic's logger: shown where its "Detected added table" lines are
+_LOG = logging.getLogger("alembic.autogenerate.sa_patterns")
+
+
+def _log(ops: list[MigrateOperation]) -> None:
+    """What autogenerate found beside the tables, as Alembic says it for tables: creations
+    counted by kind (a new model brings dozens of grants), changes, removals and repairs of hand
+    edits one by one."""
+    ours = [op for op in ops if isinstance(op, CreateEntityOp | DropEntityOp | ReplaceEntityOp)]
+    created = Counter(op.entity.kind for op in ours if isinstance(op, CreateEntityOp) and not op.repair)
+    if created:
+        kinds = ", ".join(f"{kind} ×{n}" for kind, n in sorted(created.items()))
+        _LOG.info("Detected added sa_patterns objects: %s", kinds)
+    for op in ours:
+        if isinstance(op, CreateEntityOp) and not op.repair:
+            continue
+        verb = "removed" if isinstance(op, DropEntityOp) else "changed"
+        _LOG.info("Detected %s %s%s", verb, op.entity.describe(), f" ({op.repair})" if op.repair else "")
 
 
 def _policed(autogen_context: AutogenContext) -> list[tuple[str | None, str]]:
