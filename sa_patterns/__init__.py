@@ -19,6 +19,7 @@ from .encryption import EncryptedType as EncryptedType
 from .encryption import EncryptedValue as EncryptedValue
 from .encryption import Keyring as Keyring
 from .encryption import blind_eq as blind_eq
+from .encryption import check_keys as check_keys
 from .errors import ConcurrencyConflict as ConcurrencyConflict
 from .errors import ConfigurationError as ConfigurationError
 from .errors import ConflictError as ConflictError
@@ -139,6 +140,7 @@ __all__ = [
     "as_of",
     "audit_entries",
     "blind_eq",
+    "check_keys",
     "count_queries",
     "create_all",
     "current_actor",
