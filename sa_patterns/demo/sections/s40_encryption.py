@@ -7,8 +7,9 @@ import datetime as dt
 
 from sqlalchemy import select, text
 
+from ...encryption import check_keys
 from ...encryption.rotation import rotate_keys
-from ...errors import DecryptionError
+from ...errors import ConfigurationError, DecryptionError
 from ..models.encryption import EncCustomer, demo_keyring, use_keyring
 from ..runner import DemoContext
 
@@ -29,7 +30,16 @@ def _key_ids(ctx: DemoContext) -> list[str]:
 
 
 def run(ctx: DemoContext) -> None:
+    use_keyring(demo_keyring("demo-k1", index=()))  # no index key: the blind index cannot work
+    try:
+        check_keys(EncCustomer)
+    except ConfigurationError as exc:
+        ctx.show("check_keys at start-up, index keys missing", str(exc).splitlines()[-1].strip())
+        ctx.check(True, "a keyring misconfiguration fails at start-up, naming the column")
+    else:
+        ctx.check(False, "a keyring misconfiguration fails at start-up, naming the column")
     use_keyring(demo_keyring("demo-k1"))  # DEMO ONLY keys, derived from a public seed
+    check_keys(EncCustomer)
     with ctx.Session.begin() as s:
         s.add_all([
             EncCustomer(name=n, email=e, tax_id=t, profile=p, birthday=b) for n, e, t, p, b in CUSTOMERS
