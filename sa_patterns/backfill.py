@@ -33,6 +33,7 @@ and from a shell: ``sa-patterns backfill app.migrations.fills:FILL_TENANT`` (pro
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -65,6 +66,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import ColumnElement, coercions, roles
 
 from .context import (
@@ -88,6 +90,7 @@ __all__ = [
     "backfill_status",
     "remaining_rows",
     "run_backfill",
+    "run_backfill_async",
     "version_one",
 ]
 
@@ -470,6 +473,140 @@ def _connection(bind: Engine | Connection) -> Iterator[tuple[Connection, bool]]:
         bind.rollback()
 
 
+class _Run:
+    """One run's state, advanced one step at a time by :func:`run_backfill` (sleeping with
+    ``time.sleep``) or :func:`run_backfill_async` (``asyncio.sleep``, the loop stays free)."""
+
+    def __init__(
+        self,
+        backfill: Backfill,
+        *,
+        batch_size: int,
+        lock_timeout: float,
+        statement_timeout: float | None,
+        pause: float,
+        retries: int,
+        backoff: float,
+        restart: bool,
+        max_batches: int | None,
+        progress: Callable[[Progress], None] | None,
+        state_schema: str | None,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigurationError("batch_size must be at least 1.")
+        if retries < 0 or backoff < 0 or pause < 0 or lock_timeout <= 0:
+            raise ConfigurationError("retries, backoff and pause must be >= 0 and lock_timeout > 0.")
+        self.backfill, self.plan = backfill, backfill._plan
+        self.batch_size, self.pause, self.retries, self.backoff = batch_size, pause, retries, backoff
+        self.restart, self.max_batches, self.progress = restart, max_batches, progress
+        self.state = _state_table(state_schema)
+        self.settings = _settings(lock_timeout, statement_timeout)
+        self.report = BackfillReport(backfill.name, self.plan.table.name)
+        self.started = time.perf_counter()
+        self.last: tuple[str, ...] | None = None
+        self.done = self.batches = self.attempt = self.pid = 0
+
+    def open(self, conn: Connection, explicit: bool) -> bool:
+        """Read (or reset) the recorded progress; False when the backfill is already finished."""
+        name, state, table = self.backfill.name, self.state, self.plan.table
+        _ensure_state(conn, explicit, state)
+        with _transaction(conn, explicit):
+            current = _read_state(conn, state, name)
+            if current is not None and current.table_name != table.name:
+                raise BackfillError(
+                    f"backfill {name!r} is recorded for table {current.table_name!r}, not "
+                    f"{table.name!r}: backfill names must be unique."
+                )
+            if current is None or self.restart:
+                values = {"table_name": table.name, "last_key": None, "rows_done": 0, "batches": 0,
+                          "started_at": func.now(), "updated_at": func.now(), "finished_at": None}
+                if current is None:
+                    conn.execute(insert(state).values(name=name, **values))
+                else:
+                    conn.execute(update(state).where(state.c.name == name).values(**values))
+                current = _read_state(conn, state, name)
+                assert current is not None
+        if current.finished_at is not None:
+            self.report.already_finished = self.report.finished = True
+            self.report.rows_total = current.rows_done
+            return False
+        with _transaction(conn, explicit):
+            _set_local(conn, self.settings)
+            remaining = int(conn.execute(self.plan.remaining(current.last_key)).scalar_one())
+            self.pid = int(conn.execute(select(func.pg_backend_pid())).scalar_one())
+        self.report.estimate = current.rows_done + remaining
+        self.last, self.done, self.batches = current.last_key, current.rows_done, current.batches
+        self._tell()
+        return True
+
+    def _tell(self) -> None:
+        if self.progress is not None:
+            self.progress(Progress(
+                self.backfill.name, self.done, self.report.estimate, self.batches,
+                time.perf_counter() - self.started, self.pid,
+            ))
+
+    def step(self, conn: Connection, explicit: bool) -> float | None:
+        """Try one batch: None when the run is over, else the seconds to wait before the next
+        step (the pause after a batch, the backoff after a retryable failure)."""
+        report = self.report
+        if self.max_batches is not None and report.batches >= self.max_batches:
+            return None
+        t0 = time.perf_counter()
+        try:
+            with _transaction(conn, explicit):
+                outcome = _one_batch(
+                    conn, self.backfill, self.plan, self.state, self.settings, self.last, self.batches, self.batch_size
+                )
+        except DBAPIError as exc:
+            return self._failed(conn, explicit, exc)
+        report.longest_batch = max(report.longest_batch, time.perf_counter() - t0)
+        self.attempt = 0
+        if outcome is None:
+            with _transaction(conn, explicit):
+                conn.execute(
+                    update(self.state).where(self.state.c.name == self.backfill.name)
+                    .values(finished_at=func.now(), updated_at=func.now())
+                )
+            report.finished = True
+            return None
+        self.last, count = outcome
+        self.done += count
+        self.batches += 1
+        report.rows += count
+        report.batches += 1
+        self._tell()
+        return self.pause
+
+    def _failed(self, conn: Connection, explicit: bool, exc: DBAPIError) -> float:
+        if conn.in_transaction() and not explicit:
+            conn.rollback()
+        name, after = self.backfill.name, list(self.last) if self.last else "start"
+        code = _sqlstate(exc)
+        if code == _STATEMENT_TIMEOUT:
+            raise BackfillError(
+                f"backfill {name!r}: a batch of {self.batch_size} rows after key {after} exceeded "
+                "statement_timeout; run it again with a smaller batch size (it resumes there)."
+            ) from exc
+        if code not in _RETRYABLE:
+            raise exc
+        self.attempt += 1
+        self.report.retries += 1
+        if self.attempt > self.retries:
+            raise BackfillError(
+                f"backfill {name!r}: the batch after key {after} failed {self.attempt} times "
+                f"({str(exc.orig).splitlines()[0]}); a long transaction holds its rows. "
+                f"{self.done} rows are done and committed; run it again to resume."
+            ) from exc
+        return float(self.backoff * 2.0 ** (self.attempt - 1) * (0.5 + random.random()))
+
+    def result(self) -> BackfillReport:
+        if not self.report.already_finished:
+            self.report.rows_total = self.done
+        self.report.seconds = time.perf_counter() - self.started
+        return self.report
+
+
 def run_backfill(
     bind: Engine | Connection,
     backfill: Backfill,
@@ -498,103 +635,47 @@ def run_backfill(
     connection holds no lock. Run it as the owner role, inside ``all_tenants()`` for a table
     whose row-level security is forced.
     """
-    if batch_size < 1:
-        raise ConfigurationError("batch_size must be at least 1.")
-    if retries < 0 or backoff < 0 or pause < 0 or lock_timeout <= 0:
-        raise ConfigurationError("retries, backoff and pause must be >= 0 and lock_timeout > 0.")
-    plan = backfill._plan
-    state = _state_table(state_schema)
-    report = BackfillReport(backfill.name, plan.table.name)
-    started = time.perf_counter()
-    settings = _settings(lock_timeout, statement_timeout)
+    run = _Run(
+        backfill, batch_size=batch_size, lock_timeout=lock_timeout, statement_timeout=statement_timeout,
+        pause=pause, retries=retries, backoff=backoff, restart=restart, max_batches=max_batches,
+        progress=progress, state_schema=state_schema,
+    )
     with _connection(bind) as (conn, explicit):
-        _ensure_state(conn, explicit, state)
-        with _transaction(conn, explicit):
-            current = _read_state(conn, state, backfill.name)
-            if current is not None and current.table_name != plan.table.name:
-                raise BackfillError(
-                    f"backfill {backfill.name!r} is recorded for table {current.table_name!r}, not "
-                    f"{plan.table.name!r}: backfill names must be unique."
-                )
-            if current is None or restart:
-                values = {"table_name": plan.table.name, "last_key": None, "rows_done": 0, "batches": 0,
-                          "started_at": func.now(), "updated_at": func.now(), "finished_at": None}
-                if current is None:
-                    conn.execute(insert(state).values(name=backfill.name, **values))
-                else:
-                    conn.execute(update(state).where(state.c.name == backfill.name).values(**values))
-                current = _read_state(conn, state, backfill.name)
-                assert current is not None
-        if current.finished_at is not None:
-            report.already_finished = report.finished = True
-            report.rows_total = current.rows_done
-            report.seconds = time.perf_counter() - started
-            return report
-        with _transaction(conn, explicit):
-            _set_local(conn, settings)
-            report.estimate = current.rows_done + int(conn.execute(plan.remaining(current.last_key)).scalar_one())
-            pid = int(conn.execute(select(func.pg_backend_pid())).scalar_one())
-        last, done, batches = current.last_key, current.rows_done, current.batches
+        if run.open(conn, explicit):
+            while (wait := run.step(conn, explicit)) is not None:
+                if wait:
+                    time.sleep(wait)
+    return run.result()
 
-        def tell() -> None:
-            if progress is not None:
-                progress(Progress(backfill.name, done, report.estimate, batches, time.perf_counter() - started, pid))
 
-        tell()
-        while max_batches is None or report.batches < max_batches:
-            attempt = 0
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    with _transaction(conn, explicit):
-                        outcome = _one_batch(conn, backfill, plan, state, settings, last, batches, batch_size)
-                    break
-                except DBAPIError as exc:
-                    if conn.in_transaction() and not explicit:
-                        conn.rollback()
-                    code = _sqlstate(exc)
-                    if code == _STATEMENT_TIMEOUT:
-                        raise BackfillError(
-                            f"backfill {backfill.name!r}: a batch of {batch_size} rows after key "
-                            f"{list(last) if last else 'start'} exceeded statement_timeout; run it "
-                            "again with a smaller batch size (it resumes there)."
-                        ) from exc
-                    if code not in _RETRYABLE:
-                        raise
-                    attempt += 1
-                    report.retries += 1
-                    if attempt > retries:
-                        raise BackfillError(
-                            f"backfill {backfill.name!r}: the batch after key "
-                            f"{list(last) if last else 'start'} failed {attempt} times "
-                            f"({str(exc.orig).splitlines()[0]}); a long transaction holds its rows. "
-                            f"{done} rows are done and committed; run it again to resume."
-                        ) from exc
-                    time.sleep(backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
-            report.longest_batch = max(report.longest_batch, time.perf_counter() - t0)
-            if outcome is None:
-                break
-            last, count = outcome
-            done += count
-            batches += 1
-            report.rows += count
-            report.batches += 1
-            tell()
-            if pause:
-                time.sleep(pause)
-        else:
-            report.rows_total = done
-            report.seconds = time.perf_counter() - started
-            return report
-        with _transaction(conn, explicit):
-            conn.execute(
-                update(state).where(state.c.name == backfill.name)
-                .values(finished_at=func.now(), updated_at=func.now())
-            )
-    report.finished = True
-    report.rows_total = done
-    report.seconds = time.perf_counter() - started
-    return report
+async def run_backfill_async(
+    engine: AsyncEngine,
+    backfill: Backfill,
+    *,
+    batch_size: int = 1000,
+    lock_timeout: float = 0.5,
+    statement_timeout: float | None = None,
+    pause: float = 0.0,
+    retries: int = 10,
+    backoff: float = 0.1,
+    restart: bool = False,
+    max_batches: int | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    state_schema: str | None = None,
+) -> BackfillReport:
+    """:func:`run_backfill` on an ``AsyncEngine``: one awaited transaction per batch, and the
+    pauses and backoffs awaited, so the event loop keeps serving meanwhile."""
+    run = _Run(
+        backfill, batch_size=batch_size, lock_timeout=lock_timeout, statement_timeout=statement_timeout,
+        pause=pause, retries=retries, backoff=backoff, restart=restart, max_batches=max_batches,
+        progress=progress, state_schema=state_schema,
+    )
+    async with engine.connect() as conn:
+        if await conn.run_sync(run.open, False):
+            while (wait := await conn.run_sync(run.step, False)) is not None:
+                if wait:
+                    await asyncio.sleep(wait)
+    return run.result()
 
 
 def _one_batch(

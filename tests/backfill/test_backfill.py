@@ -22,6 +22,7 @@ import pytest
 from alembic.runtime.migration import MigrationContext
 from backfill_app import FILL, FILL_IN_PYTHON, doubled, items, metadata, pairs
 from sqlalchemy import URL, Connection, Engine, MetaData, Table, create_engine, insert, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sa_patterns import EncryptedString, Keyring, Versioned, actor_scope, all_tenants, tenant_scope
@@ -33,6 +34,7 @@ from sa_patterns.backfill import (
     backfill_status,
     remaining_rows,
     run_backfill,
+    run_backfill_async,
     version_one,
 )
 from sa_patterns.errors import ConfigurationError
@@ -518,3 +520,17 @@ def test_a_key_must_be_unique_and_not_null() -> None:
     with pytest.raises(ConfigurationError, match="bf_items has no column 'nope'"):
         Backfill("bf_bad", items, values={"nope": 1})
     assert Backfill("bf_ok", pairs, values={"done": 1}, key=["code", "region"])._plan.key == [pairs.c.code, pairs.c.region]
+
+
+async def test_async_runs_batches_and_resumes(owner_engine: Engine, engine: Engine, db_schema: str) -> None:
+    seed(owner_engine, 400)
+    aengine = create_async_engine(owner_engine.url, connect_args={"options": f"-csearch_path={db_schema}"})
+    try:
+        first = await run_backfill_async(aengine, FILL, batch_size=50, max_batches=3)
+        assert first.rows == 150 and not first.finished
+        assert state(owner_engine, FILL.name) == (["150"], 150, 3, False)
+        rest = await run_backfill_async(aengine, FILL, batch_size=100, pause=0.01)
+        assert rest.finished and rest.rows == 250 and rest.rows_total == 400
+    finally:
+        await aengine.dispose()
+    assert counts(engine) == {"done=1": 400, "wrong": 0}
