@@ -534,3 +534,12 @@ async def test_async_runs_batches_and_resumes(owner_engine: Engine, engine: Engi
     finally:
         await aengine.dispose()
     assert counts(engine) == {"done=1": 400, "wrong": 0}
+
+
+def test_the_app_role_cannot_create_the_state_table_and_is_told_to_use_the_owner(
+    owner_engine: Engine, engine: Engine
+) -> None:
+    seed(owner_engine, 10)  # drops the state table
+    with pytest.raises(ConfigurationError, match="run backfills as the owner role"):
+        run_backfill(engine, FILL)
+    assert counts(engine) == {"done=0": 10, "wrong": 0}
