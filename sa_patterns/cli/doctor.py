@@ -21,7 +21,7 @@ from .._spec import load_metadata, load_object
 from ..database import normalise_url
 from ..errors import ConfigurationError
 
-__all__ = ["CHECKS", "OPTIONAL", "DoctorContext", "add_parser", "run_checks", "skipped"]
+__all__ = ["APPLIES_TO", "CHECKS", "OPTIONAL", "DoctorContext", "add_parser", "run_checks", "skipped", "verdict"]
 
 
 @dataclass
@@ -55,14 +55,34 @@ OPTIONAL: dict[str, tuple[str, str]] = {
 }
 
 
+#: checks about one kind of object: check name -> (the entity kind, what the models lack)
+APPLIES_TO: dict[str, tuple[str, str]] = {
+    "materialized views populated": ("materialized_view", "the models declare no materialized view"),
+    "materialized views fresh": ("materialized_view", "the models declare no materialized view"),
+}
+
+
 def skipped(ctx: DoctorContext) -> dict[str, str]:
-    """The checks that do not run with ``ctx.options``, each with why (reported as skipped,
-    never as ok)."""
-    return {
-        name: f"skipped: give {flag} (e.g. {flag} 6h) to check"
-        for name, (option, flag) in OPTIONAL.items()
-        if ctx.options.get(option) is None
-    }
+    """The checks that do not run, each with why (reported as skipped, never as ok): those
+    about objects the models do not have, and those waiting for an option."""
+    from ..schema.registry import registered
+
+    kinds = {entity.kind for entity in registered(ctx.metadata)}
+    why = {name: f"not applicable: {lack}" for name, (kind, lack) in APPLIES_TO.items() if kind not in kinds}
+    for name, (option, flag) in OPTIONAL.items():
+        if name not in why and ctx.options.get(option) is None:
+            why[name] = f"skipped: give {flag} (e.g. {flag} 6h) to check"
+    return why
+
+
+def verdict(results: list[tuple[str, list[str]]], not_run: dict[str, str]) -> str:
+    """One line under the table: what passed, what did not run, what failed."""
+    failed = [name for name, problems in results if problems]
+    ran = len(results) - len(not_run)
+    tail = f", {len(not_run)} not run" if not_run else ""
+    if failed:
+        return f"{len(failed)} of {ran} checks found problems{tail}: {', '.join(failed)}"
+    return f"all {ran} checks ok{tail}"
 
 
 def parse_age(text: str) -> float:
@@ -129,7 +149,10 @@ def _run(args: argparse.Namespace) -> int:
                 table.add_row(name, f"[yellow]{not_run[name]}[/]")
             else:
                 table.add_row(name, "\n".join(f"[red]✗[/] {p}" for p in problems) or "[green]ok[/]")
-        Console().print(table)
+        console = Console()
+        console.print(table)
+        failed = any(problems for _, problems in results)
+        console.print(f"[{'red' if failed else 'green'}]{verdict(results, not_run)}[/]")
     return 1 if any(problems for _, problems in results) else 0
 
 

@@ -167,6 +167,40 @@ def test_the_doctor_is_green_on_the_toolkits_schema(migrated: Migrated, capsys: 
     fresh = next(line for line in out.splitlines() if "materialized views fresh" in line)
     assert "skipped" in fresh and "ok" not in fresh
     assert "search vectors indexed" in out and "tsvector column without a GIN index" not in out
+    assert out.splitlines()[-1] == f"all {len(checks) - 1} checks ok, 1 not run"  # the verdict
+
+
+def test_the_doctor_says_not_applicable_and_names_what_failed(
+    migrated: Migrated, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Models without a materialized view: its checks are not applicable, not "skipped: give
+    --matview-max-age" (which would check nothing); a failed check is named in the verdict."""
+    (tmp_path / "no_views.py").write_text(
+        "from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column\n\n\n"
+        "class Base(DeclarativeBase): ...\n\n\n"
+        "class Topic(Base):\n"
+        "    __tablename__ = 'rv_topics'\n"
+        "    id: Mapped[int] = mapped_column(primary_key=True)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    capsys.readouterr()
+    code = cli_main(["doctor", "--url", migrated.app_url, "--metadata", "no_views:Base", "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    not_run = {c["check"]: c.get("skipped") for c in report["checks"] if "skipped" in c}
+    assert not_run == {
+        "materialized views populated": "not applicable: the models declare no materialized view",
+        "materialized views fresh": "not applicable: the models declare no materialized view",
+    }, report
+    with migrated.owner.begin() as conn:
+        conn.execute(text(f"ALTER TABLE {migrated.schema}.rv_articles DISABLE TRIGGER rv_articles_audit_ins"))
+    try:
+        code, out = doctor(migrated, capsys)
+        assert code == 1
+        assert out.splitlines()[-1].startswith("1 of ") and out.splitlines()[-1].endswith(
+            "checks found problems, 1 not run: toolkit objects present and current"), out
+    finally:
+        with migrated.owner.begin() as conn:
+            conn.execute(text(f"ALTER TABLE {migrated.schema}.rv_articles ENABLE TRIGGER rv_articles_audit_ins"))
 
 
 def test_the_doctor_says_ages_in_a_unit_that_fits(migrated: Migrated, pg_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
