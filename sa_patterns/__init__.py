@@ -20,6 +20,7 @@ from .encryption import EncryptedValue as EncryptedValue
 from .encryption import Keyring as Keyring
 from .encryption import blind_eq as blind_eq
 from .encryption import check_keys as check_keys
+from .errors import BackfillError as BackfillError
 from .errors import ConcurrencyConflict as ConcurrencyConflict
 from .errors import ConfigurationError as ConfigurationError
 from .errors import ConflictError as ConflictError
@@ -95,6 +96,7 @@ __all__ = [
     "AsyncProjectionRunner",
     "Audited",
     "CheckpointMixin",
+    "BackfillError",
     "ConcurrencyConflict",
     "ConfigurationError",
     "ConflictError",

@@ -77,7 +77,7 @@ from .context import (
     current_tenant,
     is_all_tenants,
 )
-from .errors import ConfigurationError, SAPatternsError
+from .errors import BackfillError, ConfigurationError
 
 __all__ = [
     "STATE_TABLE",
@@ -101,13 +101,6 @@ STATE_TABLE = "sa_patterns_backfill"
 # back whole, and trying it again later is the remedy.
 _RETRYABLE = frozenset({"55P03", "40P01", "40001"})
 _STATEMENT_TIMEOUT = "57014"
-
-
-class BackfillError(SAPatternsError):
-    """A backfill stopped: a batch kept failing, or another run moved the same backfill. Every
-    batch before it is committed; running it again resumes there."""
-
-    code = "sap50"
 
 
 @dataclass(frozen=True)

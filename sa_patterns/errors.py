@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "BackfillError",
     "ConcurrencyConflict",
     "ConfigurationError",
     "ConflictError",
@@ -184,3 +185,10 @@ class NPlusOneDetected(SAPatternsError, AssertionError):
     """A block ran more statements than allowed, or lazy-loaded a relationship in a loop."""
 
     code = "sap42"
+
+
+class BackfillError(SAPatternsError):
+    """A backfill stopped: a batch kept failing, or another run moved the same backfill. Every
+    batch before it is committed; running it again resumes there."""
+
+    code = "sap50"

@@ -457,7 +457,16 @@ def backfill(bind: Any, model: Any) -> int:
     For tables that held rows before they became ``Versioned`` (run it in the migration that
     adds the history table, e.g. ``backfill(op.get_bind(), Model)``): until then ``as_of`` does
     not see those rows. Idempotent.
+
+    Given an engine, or a connection outside a transaction (a migration's inside
+    ``op.get_context().autocommit_block()``), it runs in committed batches that resume after an
+    interruption and hold no lock between them (:func:`sa_patterns.backfill.version_one`);
+    inside a transaction or a session, as one statement.
     """
+    if _batchable(bind):
+        from .backfill import run_backfill, version_one
+
+        return run_backfill(bind, version_one(model)).rows
     table = model if isinstance(model, Table) else model.__table__
     hist = history_table(table)
     pk = list(table.primary_key.columns)
@@ -478,6 +487,16 @@ def backfill(bind: Any, model: Any) -> int:
         .execution_options(preserve_rowcount=True)  # INSERT rowcount is opt-in in SQLAlchemy 2
     )
     return int(result.rowcount)
+
+
+def _batchable(bind: Any) -> bool:
+    """Whether ``bind`` lets a backfill commit batch by batch."""
+    if isinstance(bind, sa.Engine):
+        return True
+    if isinstance(bind, sa.Connection):
+        autocommit = bind.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        return autocommit or not bind.in_transaction()
+    return False
 
 
 def resync(bind: Any, model: Any) -> int:

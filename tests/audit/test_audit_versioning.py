@@ -290,3 +290,48 @@ def test_backfill_opens_version_one_for_existing_rows(session: Session, sql: SQL
     assert backfill(session, Page) == 0  # idempotent
     rows = sql("SELECT id, version, valid_to FROM au_page_history ORDER BY id")
     assert [tuple(r) for r in rows] == [(1, 1, None), (2, 1, None), (3, 1, None)]
+
+
+def test_backfill_on_an_engine_runs_in_resumable_batches(owner_engine: Engine) -> None:
+    """Given an engine (or a migration's connection in autocommit_block()), backfill() commits
+    batch by batch through the backfill engine, which records its progress: a rerun is a no-op."""
+    from sa_patterns.versioning import backfill
+
+    class LocalBase(DeclarativeBase):
+        pass
+
+    class Ledger(Versioned, LocalBase):
+        __tablename__ = "au_bf_ledger"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        amount: Mapped[int]
+
+    history_tbl = history_table(Ledger)
+    with owner_engine.begin() as conn:
+        LocalBase.metadata.create_all(conn, tables=[Ledger.__table__, history_tbl])
+        for entity in sa_patterns.schema.registered(LocalBase.metadata):
+            if "au_bf_ledger" in entity.describe():
+                for statement in entity.create_statements():
+                    conn.exec_driver_sql(statement.replace("%", "%%"))
+    try:
+        with owner_engine.begin() as conn:  # rows from before the table became Versioned
+            conn.execute(text("ALTER TABLE au_bf_ledger DISABLE TRIGGER USER"))
+            conn.execute(text("INSERT INTO au_bf_ledger SELECT g, g * 10 FROM generate_series(1, 2500) g"))
+            conn.execute(text("ALTER TABLE au_bf_ledger ENABLE TRIGGER USER"))
+        assert backfill(owner_engine, Ledger) == 2500
+        assert backfill(owner_engine, Ledger) == 0
+        with owner_engine.connect() as conn:
+            assert conn.execute(text(
+                "SELECT count(*), count(DISTINCT id), min(version), max(version) FROM au_bf_ledger_history"
+            )).one() == (2500, 2500, 1, 1)
+            batches, finished = conn.execute(text(
+                "SELECT batches, finished_at IS NOT NULL FROM sa_patterns_backfill WHERE table_name LIKE '%au_bf_ledger'"
+            )).one()
+        assert batches >= 3 and finished  # 1,000 rows a batch by default
+    finally:
+        with owner_engine.begin() as conn:
+            for entity in reversed(sa_patterns.schema.registered(LocalBase.metadata)):
+                if "au_bf_ledger" in entity.describe():
+                    for statement in entity.drop_sql():
+                        conn.exec_driver_sql(statement.replace("%", "%%"))
+            conn.execute(text("DROP TABLE au_bf_ledger, au_bf_ledger_history"))
+            conn.execute(text("DELETE FROM sa_patterns_backfill WHERE table_name LIKE '%au_bf_ledger'"))
