@@ -14,10 +14,11 @@ import sqlalchemy
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.sql import ClauseElement, ColumnElement, Select
+from sqlalchemy.sql.elements import BindParameter, ColumnClause
 from sqlalchemy.sql.lambdas import StatementLambdaElement
 from sqlalchemy.sql.schema import ColumnElementColumnDefault
-from sqlalchemy.sql.selectable import FromGrouping, Join
-from sqlalchemy.sql.visitors import iterate, replacement_traverse
+from sqlalchemy.sql.selectable import FromGrouping, Join, TableClause
+from sqlalchemy.sql.visitors import replacement_traverse
 
 __all__ = [
     "SQLALCHEMY_21",
@@ -29,6 +30,7 @@ __all__ = [
     "explicit_froms",
     "insert_parts",
     "is_orphan",
+    "nested_selects",
     "per_row_update_default",
     "prefetch_update_default",
     "raw_columns",
@@ -113,10 +115,15 @@ def _missing(select: Select[Any], enclosing: frozenset[Any], joined_only: bool =
     """
     if select._setup_joins:
         return []
+    # an entity the SELECT selects brings its FROM: only the others need the FROM list built
+    selected = {parent_entity(column) for column in select._raw_columns}
+    named = [info for info in _where_entities(select) if info not in selected]
+    if not named:
+        return []
     present = _surface([*select._from_obj, *select.columns_clause_froms])
     return [
         info
-        for info in _where_entities(select)
+        for info in named
         if info.selectable not in present
         and not enclosing.intersection(info.selectable._cloned_set)
         and (not joined_only or _joined(info))
@@ -136,6 +143,28 @@ def _explicit_froms(
     result = cast("Select[Any]", replacement_traverse(select, {}, nested))
     missing = _missing(result, enclosing, joined_only)
     return result.select_from(*(info.entity for info in missing)) if missing else result
+
+
+#: What cannot hold a SELECT: a walk looking for SELECTs stops there. A table's children are
+#: its columns (an entity's annotated table builds them on every walk), a column and a bound
+#: parameter have none that matter.
+_LEAVES = (TableClause, ColumnClause, BindParameter)
+
+
+def nested_selects(statement: ClauseElement) -> list[Select[Any]]:
+    """Every SELECT in ``statement`` (itself included), in no particular order: what
+    ``[e for e in visitors.iterate(statement) if isinstance(e, Select)]`` finds, without
+    descending into tables, columns and bound parameters (most of that walk's cost)."""
+    found: list[Select[Any]] = []
+    stack: list[Any] = [statement]
+    while stack:
+        element = stack.pop()
+        if isinstance(element, _LEAVES):
+            continue
+        if isinstance(element, Select):
+            found.append(element)
+        stack.extend(element.get_children())
+    return found
 
 
 def where_entities_as_froms(statement: Any, selects: Sequence[Any] | None = None) -> Any:
@@ -160,9 +189,7 @@ def where_entities_as_froms(statement: Any, selects: Sequence[Any] | None = None
         statement, ClauseElement
     ) or isinstance(statement, StatementLambdaElement):
         return statement
-    found = selects if selects is not None else [
-        elem for elem in iterate(statement) if isinstance(elem, Select)
-    ]
+    found = selects if selects is not None else nested_selects(statement)
     if not any(_missing(elem, frozenset(), joined_only) for elem in found):
         return statement
     if isinstance(statement, Select):

@@ -26,14 +26,15 @@ from sqlalchemy import event, insert, inspect, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, scoped_session, sessionmaker
 from sqlalchemy.orm.interfaces import ORMOption, UserDefinedOption
-from sqlalchemy.sql import ClauseElement, ColumnElement, Select
+from sqlalchemy.sql import ClauseElement, ColumnElement
 from sqlalchemy.sql.selectable import CompoundSelect
-from sqlalchemy.sql.visitors import iterate, replacement_traverse
+from sqlalchemy.sql.visitors import replacement_traverse
 
 from ._compat import (
     SQLALCHEMY_21,
     compound_options_in_cache_key,
     insert_parts,
+    nested_selects,
     walks_statements,
     where_entities_as_froms,
 )
@@ -149,13 +150,17 @@ def _criteria_hook(
         for hook in criteria:
             options.extend(hook(context))
         statement = state.statement
-        # one walk over the nested SELECTs, shared by the two rewrites that need it
+        loader = state.is_relationship_load or state.is_column_load
+        # one walk over the nested SELECTs, shared by the two rewrites that need it, and taken
+        # only when one will run: a load whose criteria came with its parent needs neither
         selects = (
-            [e for e in iterate(statement) if isinstance(e, Select)]
-            if walks_statements() and isinstance(statement, ClauseElement)
+            nested_selects(statement)
+            if (options or (froms and not loader))
+            and walks_statements()
+            and isinstance(statement, ClauseElement)
             else None
         )
-        if froms and not (state.is_relationship_load or state.is_column_load):
+        if froms and not loader:
 
             def conditions(from_: Any) -> list[ColumnElement[bool]]:
                 return [condition for hook in froms for condition in hook(context, from_)]

@@ -312,3 +312,34 @@ def test_parent_entity_tells_an_entitys_elements_from_plain_core() -> None:
     table = Thing.__table__
     assert parent_entity(table) is None and parent_entity(table.c.id) is None
     assert parent_entity(raw_columns(select(table))[0]) is None
+
+
+def test_nested_selects_finds_what_a_full_walk_finds() -> None:
+    """The wall's walk for nested SELECTs (_compat.nested_selects) skips tables, columns and
+    bound parameters; it must find every SELECT SQLAlchemy's full ``iterate`` finds."""
+    from sqlalchemy import delete, lambda_stmt, union_all
+    from sqlalchemy.orm import aliased
+    from sqlalchemy.sql import Select
+    from sqlalchemy.sql.visitors import iterate
+
+    from sa_patterns._compat import nested_selects
+
+    inner = select(Child.parent_id).where(Child.note == "x")
+    cte = select(Parent.id).where(Parent.name == "a").cte()
+    alias = aliased(Parent)
+    statements = [
+        select(Child).where(Child.id == 5),
+        select(Parent).where(exists().where(Child.parent_id == Parent.id)),
+        select(Parent).where(Parent.id.in_(inner)),
+        select(Parent.id, inner.limit(1).scalar_subquery()),
+        select(Parent).join(cte, cte.c.id == Parent.id),
+        union_all(select(Parent.id), select(Child.id).where(Child.id.in_(select(alias.id)))),
+        select(func.count()).select_from(select(Child).subquery()),
+        insert(Parent).from_select(["id"], select(Child.id).where(exists().where(Parent.id == 1))),
+        update(Parent).where(Parent.id.in_(inner)).values(name="x"),
+        delete(Child).where(exists().where(Parent.id == Child.parent_id)),
+        lambda_stmt(lambda: select(Child).where(Child.id == 5)),
+    ]
+    for statement in statements:
+        expected = {id(e) for e in iterate(statement) if isinstance(e, Select)}
+        assert {id(e) for e in nested_selects(statement)} == expected, statement
