@@ -16,6 +16,7 @@ DBAPI cursor used directly, bypassing SQLAlchemy, sees them once a SQLAlchemy st
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -32,15 +33,22 @@ _listening: weakref.WeakSet[Dialect] = weakref.WeakSet()
 
 def settings_sql(settings: Mapping[str, str], *, named: bool) -> tuple[str, dict[str, str]]:
     """``SELECT set_config(name, value, true), ...`` with every name and value bound."""
+    sql, keys = _template(len(settings), named)
     params: dict[str, str] = {}
-    calls = []
-    for i, (name, value) in enumerate(settings.items()):
-        params[f"sap_n{i}"], params[f"sap_v{i}"] = name, value
-        calls.append(
-            f"set_config(:sap_n{i}, :sap_v{i}, true)" if named
-            else f"set_config(%(sap_n{i})s, %(sap_v{i})s, true)"
-        )
-    return "SELECT " + ", ".join(calls), params
+    for (name_key, value_key), (name, value) in zip(keys, settings.items(), strict=True):
+        params[name_key], params[value_key] = name, value
+    return sql, params
+
+
+@functools.cache
+def _template(count: int, named: bool) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The SQL text and parameter names for ``count`` settings: built once, not per send."""
+    keys = tuple((f"sap_n{i}", f"sap_v{i}") for i in range(count))
+    calls = [
+        f"set_config(:{n}, :{v}, true)" if named else f"set_config(%({n})s, %({v})s, true)"
+        for n, v in keys
+    ]
+    return "SELECT " + ", ".join(calls), keys
 
 
 def defer_settings(connection: Connection, settings: Mapping[str, str]) -> None:
@@ -64,6 +72,8 @@ def discard_settings(connection: Connection) -> None:
 
 
 def _run_with(cursor: Any, context: Any, run: Any) -> bool | None:
+    if not _waiting:
+        return None  # nothing waits on any connection: most statements
     settings = _waiting.pop(context.root_connection, None)
     if settings is None:
         return None

@@ -249,6 +249,7 @@ def statement_context(state: ORMExecuteState) -> StatementContext:
 _Key = _Scope
 # What each session's current transaction has told PostgreSQL (None: not known, send again).
 _held: weakref.WeakKeyDictionary[Session, _Key | None] = weakref.WeakKeyDictionary()
+_UNKNOWN: Any = object()  # no transaction: absent from _held
 # What a savepoint started with, to tell whether its end may have changed what is held.
 _at_savepoint: weakref.WeakKeyDictionary[SessionTransaction, _Key | None] = (
     weakref.WeakKeyDictionary()
@@ -294,11 +295,20 @@ def transaction_settings(session: Session) -> dict[str, str]:
 _deferred: weakref.WeakKeyDictionary[Session, list[Connection]] = weakref.WeakKeyDictionary()
 
 
-def _send(session: Session, connection: Connection, key: _Key) -> None:
-    defer_settings(connection, _values(key))  # rides with the next statement: no round trip
-    deferred = _deferred.setdefault(session, [])
-    if connection not in deferred:
+def _send(
+    session: Session, connection: Connection, key: _Key, values: dict[str, str] | None = None
+) -> None:
+    # rides with the next statement: no round trip
+    defer_settings(connection, _values(key) if values is None else values)
+    deferred = _deferred.get(session)
+    if deferred is None:
+        _deferred[session] = [connection]
+    elif connection not in deferred:
         deferred.append(connection)
+
+
+#: The context of a scope that sets nothing (no tenant, actor, request or admin flag).
+_EMPTY: _Key = (None, None, None, False)
 
 
 def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
@@ -306,8 +316,10 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
         _at_savepoint[transaction] = _held.get(session)
         return  # a savepoint starts with what its transaction holds
     key = _key(session)
-    if any(_values(key).values()):
-        _send(session, connection, key)  # settings start empty in a transaction: else nothing
+    if key != _EMPTY:
+        values = _values(key)
+        if any(values.values()):
+            _send(session, connection, key, values)  # settings start empty: else nothing
     _held[session] = key
 
 
@@ -329,14 +341,16 @@ def sync_settings(session: Session, *, lifted: bool = False) -> None:
     and shares its round trip (:mod:`sa_patterns._pipeline`). ``lifted``: the statement asked
     for ``all_tenants=True``, for itself only (the next statement sends the scope's again).
     """
-    if session not in _held:
+    held = _held.get(session, _UNKNOWN)  # one weak-key lookup on every statement
+    if held is _UNKNOWN:
         if not lifted:
             return  # no transaction yet: after_begin sends the settings
         session.connection()  # begin now (after_begin records the scope's), then lift below
+        held = _held[session]
     key = _key(session)
     if lifted and not key[3]:
         key = (key[0], key[1], key[2], True)
-    if key != _held[session]:
+    if key != held:
         _send(session, session.connection(), key)
         _held[session] = key
 

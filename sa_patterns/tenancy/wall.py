@@ -82,8 +82,8 @@ def wall_pattern(mode: WallMode) -> Pattern:
             if not event.contains(engine, "handle_error", _name_the_grant):
                 event.listen(engine, "handle_error", _name_the_grant)
         findings, warned = seen
-        if not findings:
-            return
+        if not findings or (warned[0] and mode == "warn"):
+            return  # up, or warned about already: nothing to build on every transaction
         message = (
             "the database wall is down for this connection: " + "; ".join(findings) + ". The ORM "
             "filter still applies; raw SQL and statements past it see every tenant."
