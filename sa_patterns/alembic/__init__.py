@@ -16,8 +16,8 @@ from typing import Any
 from alembic.runtime.plugins import Plugin
 from alembic.util import DispatchPriority
 
-from . import compare, hooks, schedule  # noqa: F401  (schedule registers its ops on import)
-from . import adopt_ops  # noqa: F401  (registers op.add_tenant_column and its reverse)
+# adopt_ops and schedule register their ops on import
+from . import adopt_ops, compare, hooks, schedule  # noqa: F401
 from .ops import CreateEntityOp, DropEntityOp, ReplaceEntityOp
 
 __all__ = ["CreateEntityOp", "DropEntityOp", "ReplaceEntityOp", "configure_kwargs"]
