@@ -11,6 +11,12 @@ sa_patterns.metadata = ${metadata}
 # The database URL is read from DATABASE_URL when this is empty (keeps secrets out of files).
 sqlalchemy.url =
 
+# A brief lock (policy, row-level security, trigger, ADD COLUMN) waits at most this long, so it
+# never queues behind a long transaction with every writer queued behind it; a revision whose
+# lock wait times out is rolled back and retried this many times, with a growing pause.
+sa_patterns.lock_timeout = 2s
+sa_patterns.lock_retries = 5
+
 [loggers]
 keys = root,sqlalchemy,alembic
 

@@ -23,10 +23,11 @@ def run_migrations_offline() -> None:
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
         compare_server_default=True,
+        transaction_per_migration=True,
         **sa_patterns.alembic.configure_kwargs(),
     )
-    with context.begin_transaction():
-        context.run_migrations()
+    # lock_timeout (sa_patterns.lock_timeout in alembic.ini), a revision retried when it times out
+    sa_patterns.alembic.run_migrations()
 
 
 def do_run_migrations(connection: Connection) -> None:
@@ -34,10 +35,11 @@ def do_run_migrations(connection: Connection) -> None:
         connection=connection,
         target_metadata=metadata,
         compare_server_default=True,
+        transaction_per_migration=True,
         **sa_patterns.alembic.configure_kwargs(),
     )
-    with context.begin_transaction():
-        context.run_migrations()
+    # lock_timeout (sa_patterns.lock_timeout in alembic.ini), a revision retried when it times out
+    sa_patterns.alembic.run_migrations()
 
 
 def run_migrations_online() -> None:

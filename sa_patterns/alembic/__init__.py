@@ -18,9 +18,19 @@ from alembic.util import DispatchPriority
 
 # adopt_ops and schedule register their ops on import
 from . import adopt_ops, compare, hooks, schedule  # noqa: F401
+from .online import DuplicateKeysError, LockTimeoutError, run_migrations
+from .online_plan import ConcurrentIndexes
 from .ops import CreateEntityOp, DropEntityOp, ReplaceEntityOp
 
-__all__ = ["CreateEntityOp", "DropEntityOp", "ReplaceEntityOp", "configure_kwargs"]
+__all__ = [
+    "CreateEntityOp",
+    "DropEntityOp",
+    "DuplicateKeysError",
+    "LockTimeoutError",
+    "ReplaceEntityOp",
+    "configure_kwargs",
+    "run_migrations",
+]
 
 PLUGIN_NAME = "sa_patterns"
 
@@ -53,6 +63,7 @@ def configure_kwargs(
     render_item: Callable[..., Any] | None = None,
     process_revision_directives: Callable[..., None] | None = None,
     autogenerate_plugins: list[str] | None = None,
+    concurrent_indexes: ConcurrentIndexes = "toolkit",
     **extra: Any,
 ) -> dict[str, Any]:
     """Keyword arguments for ``context.configure()`` that wire the toolkit in: its hooks and
@@ -66,6 +77,9 @@ def configure_kwargs(
     ours added, and any other ``configure()`` argument given here is passed through, so
     ``context.configure(**configure_kwargs(connection=conn, compare_type=True, ...))`` works
     too.
+
+    ``concurrent_indexes``: which indexes autogenerate builds ``CONCURRENTLY`` when their table
+    exists already: the toolkit's (``"toolkit"``, the default), yours too (``"all"``), or none.
     """
     plugins = list(autogenerate_plugins or ["alembic.autogenerate.*"])
     if PLUGIN_NAME not in plugins:
@@ -76,6 +90,6 @@ def configure_kwargs(
         "include_object": hooks.compose_include_object(include_object),
         "render_item": hooks.compose_render_item(render_item),
         "process_revision_directives": hooks.compose_process_revision_directives(
-            process_revision_directives
+            process_revision_directives, concurrent_indexes
         ),
     }

@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+from alembic.operations.ops import MigrationScript
 from alembic.util import PriorityDispatchResult
 from sqlalchemy import Computed
 
 from ..schema.registry import NOT_A_TABLE
+from .online_plan import ConcurrentIndexes, plan_online
 from .render import WIDTH, pieces
 
 __all__ = [
@@ -98,11 +100,15 @@ def ensure_imports(autogen_context: Any, upgrade_ops: Any, schemas: Any) -> Prio
 
 
 def compose_process_revision_directives(
-    user: Callable[..., None] | None,
+    user: Callable[..., None] | None, concurrent_indexes: ConcurrentIndexes = "toolkit",
 ) -> Callable[..., None]:
     def process_revision_directives(context: Any, revision: Any, directives: list[Any]) -> None:
         if user is not None:
             user(context, revision, directives)
+        # what the revision does to tables that exist already runs online (see online_plan)
+        for script in directives:
+            if isinstance(script, MigrationScript):
+                plan_online(context, script, concurrent_indexes)
         # No empty revision files from --autogenerate when nothing changed (a plain
         # `alembic revision -m ...` still gets its empty file to fill by hand).
         # Only for the command line's `revision --autogenerate`: `alembic check` and programs

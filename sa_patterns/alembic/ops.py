@@ -20,6 +20,7 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import DDL
 
+from ..schema.constraints import TenantReference
 from ..schema.objects import Entity
 from .render import comment_lines, entity_call
 
@@ -35,15 +36,19 @@ def _run(operations: Operations, statements: list[str]) -> None:
 
 @Operations.register_operation("create_entity")
 class CreateEntityOp(MigrateOperation):
-    """Create a database object (function, trigger, policy, view, ...)."""
+    """Create a database object (function, trigger, policy, view, ...).
 
-    def __init__(self, entity: Entity, *, repair: str | None = None) -> None:
+    ``not_valid``: a constraint on a table that has rows is added ``NOT VALID`` (no scan under
+    its lock) and validated by ``op.validate_constraint()`` after the transaction."""
+
+    def __init__(self, entity: Entity, *, repair: str | None = None, not_valid: bool = False) -> None:
         self.entity = entity
         self.repair = repair
+        self.not_valid = not_valid
 
     @classmethod
-    def create_entity(cls, operations: Operations, entity: Entity) -> None:
-        operations.invoke(cls(entity))
+    def create_entity(cls, operations: Operations, entity: Entity, *, not_valid: bool = False) -> None:
+        operations.invoke(cls(entity, not_valid=not_valid))
 
     def reverse(self) -> DropEntityOp | RepairUndoOp:
         return RepairUndoOp(self.repair) if self.repair else DropEntityOp(self.entity)
@@ -110,7 +115,12 @@ def _why(repair: str | None) -> tuple[str, ...]:
 
 @Operations.implementation_for(CreateEntityOp)
 def _create(operations: Operations, operation: CreateEntityOp) -> None:
-    _run(operations, operation.entity.create_statements())
+    statements = operation.entity.create_statements()
+    if operation.not_valid:
+        if not isinstance(operation.entity, TenantReference):
+            raise TypeError(f"not_valid is for constraints, not {operation.entity.describe()}")
+        statements = [statements[0] + " NOT VALID", *statements[1:]]
+    _run(operations, statements)
 
 
 @Operations.implementation_for(DropEntityOp)
@@ -146,6 +156,8 @@ def _repaired(repair: str | None, call: str) -> list[str]:
 @renderers.dispatch_for(CreateEntityOp)
 def _render_create(autogen_context: AutogenContext, op: CreateEntityOp) -> list[str]:
     call = render_entity(autogen_context, op.entity, lead=len("op.create_entity("))
+    if op.not_valid:
+        return _repaired(op.repair, f"op.create_entity({call}, not_valid=True)")
     return _repaired(op.repair, f"op.create_entity({call})")
 
 

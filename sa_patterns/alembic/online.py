@@ -1,0 +1,413 @@
+"""Online migrations: a ``lock_timeout`` with retries for every revision, and the operations
+autogenerate writes for a table that already has rows and traffic.
+
+A brief lock (a policy, row-level security, a trigger, ``ADD COLUMN``) still queues behind any
+open transaction on its table, and every query after it queues behind it: one slow report
+stalls every writer. Under ``lock_timeout`` the step gives up instead, the revision's
+transaction rolls back, and :func:`run_migrations` tries it again after a pause.
+
+An index on a table that exists is built ``CONCURRENTLY`` outside the migration's transaction
+(SHARE UPDATE EXCLUSIVE: reads and writes go on), and a constraint is added ``NOT VALID`` and
+validated afterwards (the same lock). These steps wait on nobody's writes, so they run with no
+``lock_timeout``: waiting for an old transaction to end stalls only the migration.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from alembic.autogenerate import renderers
+from alembic.autogenerate.api import AutogenContext
+from alembic.operations import MigrateOperation, Operations
+from alembic.operations import ops as alembic_ops
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from ..errors import SAPatternsError
+
+__all__ = [
+    "AutocommitBlockOp",
+    "CreateIndexConcurrentlyOp",
+    "DropIndexConcurrentlyOp",
+    "DuplicateKeysError",
+    "LockTimeoutError",
+    "RequireUniqueOp",
+    "ValidateConstraintOp",
+    "run_migrations",
+]
+
+_LOG = logging.getLogger("alembic.runtime.sa_patterns")
+
+DEFAULT_LOCK_TIMEOUT = "2s"
+DEFAULT_RETRIES = 5
+_TIMEOUT_KEY = "sa_patterns.lock_timeout"
+_RETRIES_KEY = "sa_patterns.lock_retries"
+_DURATION = re.compile(r"^\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*$")
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+class LockTimeoutError(SAPatternsError):
+    """A migration step waited longer than ``lock_timeout`` on every attempt."""
+
+
+class DuplicateKeysError(SAPatternsError):
+    """A unique index cannot be built: live rows share its key."""
+
+
+def _timeout(value: str) -> str:
+    if not _DURATION.match(value):
+        raise ValueError(f"lock_timeout {value!r} is not a duration such as '2s' or '500ms'")
+    return value.strip()
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+_HOLDERS = text(
+    "SELECT a.pid, a.usename, a.application_name, a.state, l.mode, "
+    "date_trunc('second', now() - a.xact_start) AS open_for, left(a.query, 120) AS query "
+    "FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.relation = to_regclass(:t) AND l.granted AND a.pid <> pg_backend_pid() "
+    "ORDER BY a.xact_start LIMIT 5"
+)
+
+
+def _holders(connection: Connection, table: str | None) -> str:
+    """Who holds a lock on ``table`` now, from pg_locks and pg_stat_activity."""
+    if not table:
+        return "unknown (the statement names no table)"
+    try:
+        if connection.in_transaction():
+            connection.rollback()
+        rows = connection.execute(_HOLDERS, {"t": table}).all()
+        connection.rollback()
+    except DBAPIError:
+        return "unknown (pg_locks could not be read)"
+    if not rows:
+        return "nobody now (the holder has finished)"
+    return "; ".join(
+        f"pid {r.pid} ({r.usename}, {r.application_name or 'no application_name'}, {r.state}, "
+        f"{r.mode}, transaction open for {r.open_for}): {r.query!r}"
+        for r in rows
+    )
+
+
+def _table_of(statement: str | None) -> str | None:
+    from ..lint.rules import statement_table
+
+    table, _ = statement_table(statement or "")
+    return table
+
+
+def run_migrations(
+    *, lock_timeout: str | None = None, retries: int | None = None, pause: float = 0.5
+) -> None:
+    """Run the revisions under ``lock_timeout``, each attempt in the environment's transaction,
+    retried ``retries`` times with a growing pause when a lock wait times out.
+
+    Replaces ``with context.begin_transaction(): context.run_migrations()`` in ``env.py``, after
+    ``context.configure(...)``; pass ``transaction_per_migration=True`` to ``configure()`` so a
+    revision that committed stays committed while a later one is retried. The defaults come
+    from ``sa_patterns.lock_timeout`` (``2s``) and ``sa_patterns.lock_retries`` (5) in
+    alembic.ini. Offline (``--sql``) the script starts with ``SET lock_timeout``.
+    """
+    from alembic import context
+
+    config = context.config
+    value = _timeout(lock_timeout or config.get_main_option(_TIMEOUT_KEY) or DEFAULT_LOCK_TIMEOUT)
+    attempts = 1 + (retries if retries is not None else int(config.get_main_option(_RETRIES_KEY) or DEFAULT_RETRIES))
+    config.attributes[_TIMEOUT_KEY] = value
+    if context.is_offline_mode():
+        context.execute(f"SET lock_timeout = '{value}'")  # validated above: digits and a unit
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    connection: Connection = context.get_bind()
+    external = connection.in_transaction()  # a program's transaction: no retry can undo it
+    previous = connection.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
+    connection.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": value})
+    if not external:
+        connection.commit()
+    per_migration = bool(getattr(context.get_context(), "opts", {}).get("transaction_per_migration"))
+    commits = [0]
+
+    def count(conn: Any) -> None:
+        commits[0] += 1
+
+    from sqlalchemy import event
+
+    event.listen(connection, "commit", count)
+    try:
+        for attempt in range(1, attempts + 1):
+            commits[0] = 0
+            try:
+                with context.begin_transaction():
+                    context.run_migrations()
+                return
+            except DBAPIError as exc:
+                if _sqlstate(exc) != _LOCK_NOT_AVAILABLE:
+                    raise
+                table = _table_of(exc.statement)
+                # a retry re-runs the revision from its start: only when nothing of it committed
+                safe = not external and (per_migration or commits[0] == 0)
+                if attempt == attempts or not safe:
+                    holders = "unknown" if external else _holders(connection, table)
+                    why = (
+                        f"after {attempts} attempts" if safe
+                        else "and cannot be retried: part of the run was already committed "
+                        "(use transaction_per_migration=True)" if not external
+                        else "inside the caller's transaction, which cannot be retried"
+                    )
+                    raise LockTimeoutError(
+                        f"migration step on {table or 'an unknown table'} waited longer than "
+                        f"lock_timeout={value} {why}. Holding a lock on it: {holders}. Statement: "
+                        f"{' '.join((exc.statement or '').split())[:200]}. End or wait for those "
+                        f"transactions, or raise sa_patterns.lock_timeout / lock_retries."
+                    ) from exc
+                wait = min(pause * 2 ** (attempt - 1), 30.0) * (1 + random.random() / 2)
+                _LOG.warning(
+                    "lock_timeout (%s) on %s, attempt %d of %d: retrying in %.1fs",
+                    value, table or "?", attempt, attempts, wait,
+                )
+                if connection.in_transaction():
+                    connection.rollback()
+                time.sleep(wait)
+    finally:
+        event.remove(connection, "commit", count)
+        if not connection.closed and not connection.invalidated:
+            if connection.in_transaction() and not external:
+                connection.rollback()
+            connection.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": previous})
+            if not external:
+                connection.commit()
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _unlimited_wait(operations: Operations) -> Iterator[None]:
+    """No lock_timeout for a step that blocks nobody's reads or writes (SHARE UPDATE EXCLUSIVE):
+    it may wait for old transactions as long as it must; the session's value comes back after."""
+    ctx = operations.get_context()
+    if ctx.as_sql:
+        operations.execute("SET lock_timeout = 0")
+        yield
+        restored = ctx.config.attributes.get(_TIMEOUT_KEY) if ctx.config is not None else None
+        operations.execute(f"SET lock_timeout = '{_timeout(restored)}'" if restored else "RESET lock_timeout")
+        return
+    bind = operations.get_bind()
+    previous = bind.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
+    bind.execute(text("SELECT set_config('lock_timeout', '0', false)"))
+    try:
+        yield
+    finally:
+        bind.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": previous})
+
+
+def _regclass(operations: Operations, schema: str | None, name: str) -> str:
+    quote = operations.get_bind().dialect.identifier_preparer.quote
+    return f"{quote(schema)}.{quote(name)}" if schema else quote(name)
+
+
+def _invalid_leftover(operations: Operations, schema: str | None, name: str) -> bool:
+    """An index of that name left INVALID by an interrupted CREATE INDEX CONCURRENTLY."""
+    found = operations.get_bind().execute(
+        text("SELECT NOT i.indisvalid FROM pg_catalog.pg_index i WHERE i.indexrelid = to_regclass(:n)"),
+        {"n": _regclass(operations, schema, name)},
+    ).scalar()
+    return bool(found)
+
+
+@Operations.register_operation("create_index_concurrently")
+class CreateIndexConcurrentlyOp(MigrateOperation):
+    """``CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS``, to run inside
+    ``op.get_context().autocommit_block()``; an INVALID index of the same name (a build that
+    was interrupted) is dropped first, so running it again finishes the job."""
+
+    def __init__(self, index: alembic_ops.CreateIndexOp) -> None:
+        self.index = index
+
+    @classmethod
+    def create_index_concurrently(
+        cls, operations: Operations, index_name: str, table_name: str,
+        columns: Sequence[Any], *, schema: str | None = None, unique: bool = False, **kw: Any,
+    ) -> None:
+        operations.invoke(cls(alembic_ops.CreateIndexOp(index_name, table_name, columns, schema=schema, unique=unique, **kw)))
+
+    def reverse(self) -> DropIndexConcurrentlyOp:
+        return DropIndexConcurrentlyOp(self.index.index_name or "", self.index.table_name, self.index.schema)
+
+
+@Operations.register_operation("drop_index_concurrently")
+class DropIndexConcurrentlyOp(MigrateOperation):
+    """``DROP INDEX CONCURRENTLY IF EXISTS``, inside ``autocommit_block()``."""
+
+    def __init__(self, index_name: str, table_name: str, schema: str | None = None) -> None:
+        self.index_name, self.table_name, self.schema = index_name, table_name, schema
+
+    @classmethod
+    def drop_index_concurrently(
+        cls, operations: Operations, index_name: str, table_name: str, *, schema: str | None = None
+    ) -> None:
+        operations.invoke(cls(index_name, table_name, schema))
+
+
+@Operations.register_operation("require_unique")
+class RequireUniqueOp(MigrateOperation):
+    """Refuse, in the migration's transaction (so nothing of the revision stays), to go on when
+    live rows share the key of a unique index about to be built CONCURRENTLY: the build would
+    fail late and leave an INVALID index. Names a few duplicate keys."""
+
+    def __init__(self, index: alembic_ops.CreateIndexOp) -> None:
+        self.index = index
+
+    @classmethod
+    def require_unique(
+        cls, operations: Operations, index_name: str, table_name: str,
+        columns: Sequence[Any], *, schema: str | None = None, **kw: Any,
+    ) -> None:
+        operations.invoke(cls(alembic_ops.CreateIndexOp(index_name, table_name, columns, schema=schema, unique=True, **kw)))
+
+
+@Operations.register_operation("validate_constraint")
+class ValidateConstraintOp(MigrateOperation):
+    """``ALTER TABLE ... VALIDATE CONSTRAINT`` of a constraint added ``NOT VALID``: the scan
+    runs under SHARE UPDATE EXCLUSIVE, reads and writes go on."""
+
+    def __init__(self, constraint_name: str, table_name: str, schema: str | None = None) -> None:
+        self.constraint_name, self.table_name, self.schema = constraint_name, table_name, schema
+
+    @classmethod
+    def validate_constraint(
+        cls, operations: Operations, constraint_name: str, table_name: str, *, schema: str | None = None
+    ) -> None:
+        operations.invoke(cls(constraint_name, table_name, schema))
+
+
+class AutocommitBlockOp(MigrateOperation):
+    """Rendering only: ``with op.get_context().autocommit_block():`` around ``ops``."""
+
+    def __init__(self, ops: list[MigrateOperation]) -> None:
+        self.ops = ops
+
+
+def _duplicates(operations: Operations, op: alembic_ops.CreateIndexOp) -> list[Any]:
+    index = op.to_index(operations.get_context())
+    table = index.table
+    assert table is not None
+    exprs: list[Any] = list(index.expressions)
+    query = select(*exprs, func.count().label("n")).select_from(table)
+    where = index.dialect_options["postgresql"].get("where")
+    if where is not None:
+        query = query.where(text(where) if isinstance(where, str) else where)
+    query = query.group_by(*exprs).having(func.count() > 1).order_by(func.count().desc()).limit(5)
+    return list(operations.get_bind().execute(query).all())
+
+
+def _refuse_duplicates(operations: Operations, op: alembic_ops.CreateIndexOp) -> None:
+    if operations.get_context().as_sql:
+        return  # offline: the build itself fails on duplicates
+    rows = _duplicates(operations, op)
+    if rows:
+        keys = ", ".join(f"{tuple(r)[:-1]!r} ×{r.n}" for r in rows)
+        raise DuplicateKeysError(
+            f"unique index {op.index_name} on {op.table_name} cannot be built: live rows share "
+            f"its key, e.g. {keys}. Nothing of this revision was applied. Make those rows unique "
+            f"(or soft-delete the extra ones), then run the migration again."
+        )
+
+
+@Operations.implementation_for(RequireUniqueOp)
+def _require_unique(operations: Operations, operation: RequireUniqueOp) -> None:
+    _refuse_duplicates(operations, operation.index)
+
+
+@Operations.implementation_for(CreateIndexConcurrentlyOp)
+def _create_concurrently(operations: Operations, operation: CreateIndexConcurrentlyOp) -> None:
+    op = operation.index
+    name = op.index_name or ""
+    with _unlimited_wait(operations):
+        if not operations.get_context().as_sql:
+            if _invalid_leftover(operations, op.schema, name):
+                _LOG.warning("dropping the INVALID index %s left by an interrupted build", name)
+                operations.drop_index(name, op.table_name, schema=op.schema,
+                                      postgresql_concurrently=True, if_exists=True)
+            if op.unique:
+                _refuse_duplicates(operations, op)  # rows written since the check in the transaction
+        operations.create_index(name, op.table_name, list(op.columns), schema=op.schema, unique=op.unique,
+                                if_not_exists=True, postgresql_concurrently=True, **op.kw)
+
+
+@Operations.implementation_for(DropIndexConcurrentlyOp)
+def _drop_concurrently(operations: Operations, operation: DropIndexConcurrentlyOp) -> None:
+    with _unlimited_wait(operations):
+        operations.drop_index(operation.index_name, operation.table_name, schema=operation.schema,
+                              postgresql_concurrently=True, if_exists=True)
+
+
+@Operations.implementation_for(ValidateConstraintOp)
+def _validate(operations: Operations, operation: ValidateConstraintOp) -> None:
+    quote = operations.get_context().impl.dialect.identifier_preparer.quote
+    table = quote(operation.table_name)
+    if operation.schema:
+        table = f"{quote(operation.schema)}.{table}"
+    with _unlimited_wait(operations):
+        operations.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {quote(operation.constraint_name)}")
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def _index_call(autogen_context: AutogenContext, op: alembic_ops.CreateIndexOp, name: str) -> str:
+    """Alembic's own ``op.create_index(...)`` text under another operation's name."""
+    plain = alembic_ops.CreateIndexOp(op.index_name, op.table_name, op.columns, schema=op.schema,
+                                      unique=op.unique, **op.kw)
+    rendered = renderers.dispatch(plain)(autogen_context, plain)
+    return str(rendered).replace("op.create_index(", f"op.{name}(", 1)
+
+
+@renderers.dispatch_for(CreateIndexConcurrentlyOp)
+def _render_create(autogen_context: AutogenContext, op: CreateIndexConcurrentlyOp) -> str:
+    return _index_call(autogen_context, op.index, "create_index_concurrently")
+
+
+@renderers.dispatch_for(RequireUniqueOp)
+def _render_require(autogen_context: AutogenContext, op: RequireUniqueOp) -> str:
+    return _index_call(autogen_context, op.index, "require_unique").replace(", unique=True", "")
+
+
+def _args(*values: str | None, schema: str | None) -> str:
+    tail = f", schema={schema!r}" if schema else ""
+    return ", ".join(repr(v) for v in values) + tail
+
+
+@renderers.dispatch_for(DropIndexConcurrentlyOp)
+def _render_drop(autogen_context: AutogenContext, op: DropIndexConcurrentlyOp) -> str:
+    return f"op.drop_index_concurrently({_args(op.index_name, op.table_name, schema=op.schema)})"
+
+
+@renderers.dispatch_for(ValidateConstraintOp)
+def _render_validate(autogen_context: AutogenContext, op: ValidateConstraintOp) -> str:
+    return f"op.validate_constraint({_args(op.constraint_name, op.table_name, schema=op.schema)})"
+
+
+@renderers.dispatch_for(AutocommitBlockOp)
+def _render_block(autogen_context: AutogenContext, op: AutocommitBlockOp) -> list[str]:
+    lines = [
+        "# outside the transaction: SHARE UPDATE EXCLUSIVE, reads and writes go on",
+        "with op.get_context().autocommit_block():",
+    ]
+    for inner in op.ops:  # Alembic's printer indents after the colon, the "" ends the block
+        rendered = renderers.dispatch(inner)(autogen_context, inner)
+        lines.extend(rendered if isinstance(rendered, list) else [rendered])
+    return [*lines, ""]
