@@ -1,3 +1,411 @@
-"""Alembic operations that adopt a pattern on a live, populated table (issue 24)."""
+"""``op.add_tenant_column``: ``TenantMixin``'s ``tenant_id`` added to a table that has rows and
+writers, without stalling them; ``op.drop_tenant_column`` is its downgrade.
+
+Autogenerate writes ``ADD COLUMN tenant_id BIGINT NOT NULL`` (it fails on a table with rows) and
+a plain index (a write lock for the whole build). Replace those two operations with
+``op.add_tenant_column(table, source=...)``; it runs, outside the migration's transaction:
+
+1. ``ADD COLUMN tenant_id`` nullable, and a trigger filling ``tenant_id`` from the same source on
+   the rows the old application inserts (or updates) meanwhile: one short transaction under
+   ``SET LOCAL lock_timeout``, retried when it times out;
+2. the fill of the existing rows: a resumable backfill named ``<table>.tenant_id``
+   (:mod:`sa_patterns.backfill`), inside ``all_tenants()`` so a parent table whose row-level
+   security is already forced is read whole by the owner; then rows still without a tenant (a
+   parent that does not exist) stop the migration, naming how many and a few keys, while
+   ``tenant_id`` is still nullable;
+3. ``CHECK (tenant_id IS NOT NULL) NOT VALID`` (brief), ``VALIDATE`` (SHARE UPDATE EXCLUSIVE:
+   reads and writes go on), ``SET NOT NULL`` (no scan: PostgreSQL 12+ uses the valid check) and
+   the check dropped, in one brief transaction;
+4. the index ``CREATE INDEX CONCURRENTLY``;
+5. the trigger dropped; with ``keep_trigger=True`` it is left to ``op.drop_tenant_fill`` at the
+   end of the revision, after the row-level security and policies autogenerate writes (each a
+   brief lock in the migration's transaction), so the old code's inserts get a tenant until the
+   migration commits.
+
+Every step is idempotent, so an upgrade that stopped (an interruption, orphans, a lock it could
+not get) is run again and resumes. Offline (``--sql``, the linter) the steps render as the SQL
+they run; the fill, which needs a live database, renders as a comment.
+"""
 
 from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from alembic.autogenerate import renderers
+from alembic.autogenerate.api import AutogenContext
+from alembic.operations import MigrateOperation, Operations
+from sqlalchemy import DDL, BigInteger, MetaData, Table, func, select, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.type_api import TypeEngine
+
+from ..backfill import STATE_TABLE, Backfill, run_backfill
+from ..context import all_tenants
+from ..errors import BackfillError, ConfigurationError
+from ..schema.objects import ident, qualified, quote
+from ..tenancy.adopt import TenantSource, tenant_source
+
+__all__ = ["AddTenantColumnOp", "DropTenantColumnOp", "DropTenantFillOp"]
+
+_LOCK_NOT_AVAILABLE = "55P03"
+_CHECK_VIOLATION = "23514"
+
+
+@Operations.register_operation("add_tenant_column")
+class AddTenantColumnOp(MigrateOperation):
+    """Add ``tenant_id`` to a populated table and fill it from ``source`` without stalling its
+    writers (see the module docstring for the steps and their locks)."""
+
+    def __init__(
+        self,
+        table_name: str,
+        source: TenantSource | int | str,
+        *,
+        schema: str | None = None,
+        type_: TypeEngine[Any] | None = None,
+        index_name: str | None = None,
+        batch_size: int = 1000,
+        lock_timeout: str = "2s",
+        retries: int = 10,
+        keep_trigger: bool = False,
+    ) -> None:
+        self.keep_trigger = keep_trigger
+        self.table_name, self.source, self.schema = table_name, tenant_source(source), schema
+        self.type_ = type_ if type_ is not None else BigInteger()
+        self.index_name = index_name or f"ix_{table_name}_tenant_id"
+        self.batch_size, self.lock_timeout, self.retries = batch_size, lock_timeout, retries
+        if not lock_timeout.strip().rstrip("smin").strip().isdigit():
+            raise ConfigurationError(f"add_tenant_column(lock_timeout={lock_timeout!r}): a duration such as '2s'.")
+
+    @classmethod
+    def add_tenant_column(
+        cls,
+        operations: Operations,
+        table_name: str,
+        source: TenantSource | int | str,
+        *,
+        schema: str | None = None,
+        type_: TypeEngine[Any] | None = None,
+        index_name: str | None = None,
+        batch_size: int = 1000,
+        lock_timeout: str = "2s",
+        retries: int = 10,
+        keep_trigger: bool = False,
+    ) -> None:
+        """``source``: ``tenant_constant(42)`` (or ``42``), ``tenant_column("org_id")`` (or
+        ``"org_id"``), or ``tenant_from("projects", on="project_id")``. ``type_`` is the
+        model's ``__tenant_type__`` (BigInteger by default), ``index_name`` the index the model
+        declares (``ix_<table>_tenant_id`` by default). ``lock_timeout`` bounds each brief lock
+        step, retried ``retries`` times. ``keep_trigger``: the trigger keeps filling
+        ``tenant_id`` of rows the old code inserts after this operation, until
+        ``op.drop_tenant_fill`` (at the end of the revision, after the policies: the old code
+        writes until then)."""
+        operations.invoke(cls(
+            table_name, source, schema=schema, type_=type_, index_name=index_name,
+            batch_size=batch_size, lock_timeout=lock_timeout, retries=retries, keep_trigger=keep_trigger,
+        ))
+
+    @property
+    def backfill_name(self) -> str:
+        return f"{self.table_name}.tenant_id"
+
+    def reverse(self) -> DropTenantColumnOp:
+        return DropTenantColumnOp(self)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("add_tenant_column", self.schema, self.table_name, repr(self.source))
+
+
+@Operations.register_operation("drop_tenant_column")
+class DropTenantColumnOp(MigrateOperation):
+    """The downgrade of :class:`AddTenantColumnOp`: the index dropped ``CONCURRENTLY``, then
+    ``DROP COLUMN`` (a brief ACCESS EXCLUSIVE lock: no rewrite). The tenants are lost; an
+    upgrade fills them again from the source."""
+
+    def __init__(self, added: AddTenantColumnOp) -> None:
+        self.added = added
+
+    @classmethod
+    def drop_tenant_column(
+        cls, operations: Operations, table_name: str, source: TenantSource | int | str, **kw: Any
+    ) -> None:
+        """The same arguments as the ``add_tenant_column`` call it undoes (those that do not
+        concern the drop, such as ``batch_size``, are ignored)."""
+        operations.invoke(cls(AddTenantColumnOp(table_name, source, **kw)))
+
+    def reverse(self) -> AddTenantColumnOp:
+        return self.added
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("drop_tenant_column", self.added.schema, self.added.table_name)
+
+
+@Operations.register_operation("drop_tenant_fill")
+class DropTenantFillOp(MigrateOperation):
+    """Drop the trigger ``add_tenant_column(..., keep_trigger=True)`` left filling the rows the
+    old code inserts: in the migration's transaction (a brief ACCESS EXCLUSIVE lock), after the
+    policies, so no row is inserted without a tenant in between."""
+
+    def __init__(self, table_name: str, schema: str | None = None) -> None:
+        self.table_name, self.schema = table_name, schema
+
+    @classmethod
+    def drop_tenant_fill(cls, operations: Operations, table_name: str, *, schema: str | None = None) -> None:
+        operations.invoke(cls(table_name, schema))
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("drop_tenant_fill", self.schema, self.table_name)
+
+
+# -- running the steps -------------------------------------------------------------------------
+
+
+class _Steps:
+    """The statements of one adoption, and how each runs online and renders offline."""
+
+    def __init__(self, operations: Operations, op: AddTenantColumnOp) -> None:
+        self.operations, self.op = operations, op
+        self.offline = operations.get_context().as_sql
+        self.table = qualified(op.schema, op.table_name)
+        self.sql_type = str(op.type_.compile(dialect=postgresql.dialect())).lower()  # type: ignore[no-untyped-call]
+        self.function = qualified(op.schema, ident(op.table_name, "tenant_id_fill"))
+        self.trigger = quote(ident(op.table_name, "tenant_id_fill"))
+        self.check = quote(ident(op.table_name, "tenant_id_not_null"))
+        self.index = quote(op.index_name)
+
+    @property
+    def bind(self) -> Connection:
+        return self.operations.get_bind()
+
+    def emit(self, sql: str) -> None:
+        if self.offline:
+            # DDL(): no ":" parameter parsing; it %-formats its text, so "%" is doubled
+            self.operations.execute(DDL(sql.replace("%", "%%")))  # type: ignore[no-untyped-call]
+        else:
+            self.bind.exec_driver_sql(sql)
+
+    def brief(self, *statements: str) -> None:
+        """One short transaction under ``SET LOCAL lock_timeout``; online, a lock wait that
+        times out rolls it back, and it is tried again after a growing pause."""
+        for attempt in range(self.op.retries + 1):
+            self.emit("BEGIN")
+            try:
+                self.emit(f"SET LOCAL lock_timeout = {self.op.lock_timeout.strip()!r}")
+                for statement in statements:
+                    self.emit(statement)
+                self.emit("COMMIT")
+                return
+            except DBAPIError as exc:
+                self.bind.exec_driver_sql("ROLLBACK")
+                code = getattr(exc.orig, "sqlstate", None)
+                if code != _LOCK_NOT_AVAILABLE:
+                    raise
+                if attempt == self.op.retries:
+                    raise BackfillError(
+                        f"adopting tenant_id on {self.table}: a step could not take its lock "
+                        f"within lock_timeout={self.op.lock_timeout} in {attempt + 1} tries (a long "
+                        f"transaction holds the table: see pg_stat_activity). Statement: "
+                        f"{statements[0][:120]}. Run the upgrade again: it resumes."
+                    ) from exc
+                time.sleep(min(0.2 * 2**attempt, 10.0) * (0.5 + random.random()))
+
+    @contextmanager
+    def unlimited_wait(self) -> Iterator[None]:
+        """No lock_timeout for a step that blocks no reader or writer (CREATE INDEX
+        CONCURRENTLY waits for older transactions to end; only the migration waits)."""
+        if self.offline:
+            # the session's value is not known offline: a RESET would drop env.py's timeout for
+            # the statements after (the policies), so the script only says what happens online
+            self.emit("-- sa_patterns: lock_timeout 0 for the next statement, the session's value after")
+            yield
+            return
+        previous = self.bind.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
+        self.bind.execute(text("SELECT set_config('lock_timeout', '0', false)"))
+        try:
+            yield
+        finally:
+            self.bind.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": previous})
+
+    # -- what the live table already has (online only: offline renders every step) ------------
+
+    def state(self) -> tuple[bool, bool, bool]:
+        """(the column exists, it is NOT NULL, the index exists and is valid)."""
+        if self.offline:
+            return False, False, False
+        row = self.bind.execute(text(
+            "SELECT a.attnotnull FROM pg_catalog.pg_attribute a "
+            "WHERE a.attrelid = to_regclass(:t) AND a.attname = 'tenant_id' AND NOT a.attisdropped"
+        ), {"t": self.table}).first()
+        valid = self.bind.execute(text(
+            "SELECT i.indisvalid FROM pg_catalog.pg_index i WHERE i.indexrelid = to_regclass(:i)"
+        ), {"i": qualified(self.op.schema, self.op.index_name)}).scalar()
+        if valid is False:  # an interrupted CREATE INDEX CONCURRENTLY left it INVALID
+            with self.unlimited_wait():
+                self.emit(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified(self.op.schema, self.op.index_name)}")
+        return row is not None, bool(row and row[0]), bool(valid)
+
+    # -- the steps ----------------------------------------------------------------------------
+
+    def add_column(self) -> None:
+        value = self.op.source.trigger_value(self.sql_type)
+        self.brief(
+            f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS tenant_id {self.sql_type.upper()}",
+            f"CREATE OR REPLACE FUNCTION {self.function}() RETURNS trigger LANGUAGE plpgsql AS "
+            "$sa_patterns$\nBEGIN\n"
+            f"  -- sa_patterns: tenant_id of rows written during the adoption, from {self.op.source!r}\n"
+            f"  NEW.tenant_id := {value};\n  RETURN NEW;\nEND\n$sa_patterns$",
+            f"CREATE OR REPLACE TRIGGER {self.trigger} BEFORE INSERT OR UPDATE ON {self.table} "
+            f"FOR EACH ROW WHEN (NEW.tenant_id IS NULL) EXECUTE FUNCTION {self.function}()",
+        )
+
+    def fill(self, fresh: bool) -> None:
+        op = self.op
+        if self.offline:
+            self.emit(
+                f"-- sa_patterns: fill {self.table}.tenant_id from {op.source!r} in batches of "
+                f"{op.batch_size} that commit (backfill {op.backfill_name!r}; online only)"
+            )
+            return
+        live = Table(op.table_name, MetaData(), schema=op.schema, autoload_with=self.bind)
+        backfill = Backfill(
+            op.backfill_name, live,
+            values={"tenant_id": op.source.fill_value(live, op.type_)},
+            where=live.c.tenant_id.is_(None),
+        )
+        with all_tenants():  # a parent whose row-level security is forced: the owner reads it all
+            run_backfill(self.bind, backfill, batch_size=op.batch_size, restart=fresh)
+        self.refuse_orphans(live)
+
+    def refuse_orphans(self, live: Table) -> None:
+        """Rows with no tenant after the fill stop the migration while nothing is irreversible."""
+        with all_tenants():
+            key = list(live.primary_key.columns) or [live.c[next(iter(live.c.keys()))]]
+            missing = live.c.tenant_id.is_(None)
+            count = self.bind.execute(select(func.count()).select_from(live).where(missing)).scalar_one()
+            if not count:
+                return
+            keys = self.bind.execute(select(*key).where(missing).order_by(*key).limit(5)).all()
+        shown = ", ".join(str(tuple(k)) if len(k) > 1 else repr(k[0]) for k in keys)
+        raise BackfillError(
+            f"adopting tenant_id on {self.table}: {count} row(s) have no tenant after the fill "
+            f"from {self.op.source.describe()} (keys {[c.name for c in key]}: {shown}"
+            f"{', ...' if count > len(keys) else ''}). Nothing irreversible was done: tenant_id is "
+            "still nullable and the trigger still fills new rows. Give those rows a tenant (or "
+            "their missing parent), or delete them, then run the upgrade again: it resumes here."
+        )
+
+    def not_null(self) -> None:
+        self.brief(
+            f"ALTER TABLE {self.table} DROP CONSTRAINT IF EXISTS {self.check}",
+            f"ALTER TABLE {self.table} ADD CONSTRAINT {self.check} CHECK (tenant_id IS NOT NULL) NOT VALID",
+        )
+        try:
+            self.brief(f"ALTER TABLE {self.table} VALIDATE CONSTRAINT {self.check}")
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _CHECK_VIOLATION:
+                raise
+            self.refuse_orphans(Table(self.op.table_name, MetaData(), schema=self.op.schema, autoload_with=self.bind))
+            raise
+        self.brief(
+            f"ALTER TABLE {self.table} ALTER COLUMN tenant_id SET NOT NULL",
+            f"ALTER TABLE {self.table} DROP CONSTRAINT {self.check}",
+        )
+
+    def create_index(self) -> None:
+        with self.unlimited_wait():
+            self.emit(
+                f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {self.index} ON {self.table} (tenant_id)"
+            )
+
+    def forget(self) -> None:
+        """A finished adoption leaves no bookkeeping: its backfill record goes, and the state
+        table with it when no other backfill is recorded (a table no model declares, which the
+        next autogenerate would offer to drop). Online only, as the fill."""
+        if self.offline:
+            return
+        state = f"{quote(self.op.schema)}.{STATE_TABLE}" if self.op.schema else STATE_TABLE
+        if self.bind.execute(text("SELECT to_regclass(:t)"), {"t": state}).scalar() is None:
+            return
+        self.bind.exec_driver_sql("BEGIN")
+        try:
+            self.bind.exec_driver_sql("SET LOCAL lock_timeout = '1s'")
+            self.bind.exec_driver_sql(f"LOCK TABLE {state} IN ACCESS EXCLUSIVE MODE")
+            self.bind.execute(text(f"DELETE FROM {state} WHERE name = :n"), {"n": self.op.backfill_name})  # noqa: S608
+            if not self.bind.execute(text(f"SELECT EXISTS (SELECT FROM {state})")).scalar():  # noqa: S608
+                self.bind.exec_driver_sql(f"DROP TABLE {state}")
+            self.bind.exec_driver_sql("COMMIT")
+        except DBAPIError:
+            self.bind.exec_driver_sql("ROLLBACK")  # kept: another backfill is busy with it
+
+    def drop_trigger_sql(self) -> list[str]:
+        return [f"DROP TRIGGER IF EXISTS {self.trigger} ON {self.table}", f"DROP FUNCTION IF EXISTS {self.function}()"]
+
+
+@Operations.implementation_for(AddTenantColumnOp)
+def _add_tenant_column(operations: Operations, operation: AddTenantColumnOp) -> None:
+    steps = _Steps(operations, operation)
+    with operations.get_context().autocommit_block():
+        exists, not_null, indexed = steps.state()
+        if not not_null:
+            steps.add_column()
+            steps.fill(fresh=not exists)
+            steps.not_null()
+        if not indexed:
+            steps.create_index()
+        if not operation.keep_trigger:
+            steps.brief(*steps.drop_trigger_sql())
+        steps.forget()
+
+
+@Operations.implementation_for(DropTenantFillOp)
+def _drop_tenant_fill(operations: Operations, operation: DropTenantFillOp) -> None:
+    steps = _Steps(operations, AddTenantColumnOp(operation.table_name, 0, schema=operation.schema))
+    for statement in steps.drop_trigger_sql():
+        operations.execute(DDL(statement))  # type: ignore[no-untyped-call]
+
+
+@Operations.implementation_for(DropTenantColumnOp)
+def _drop_tenant_column(operations: Operations, operation: DropTenantColumnOp) -> None:
+    steps = _Steps(operations, operation.added)
+    with operations.get_context().autocommit_block():
+        steps.brief(*steps.drop_trigger_sql())
+        with steps.unlimited_wait():
+            steps.emit(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified(operation.added.schema, operation.added.index_name)}")
+        steps.brief(f"ALTER TABLE {steps.table} DROP COLUMN IF EXISTS tenant_id")
+
+
+# -- rendering (a revision that holds the operation, and its reverse in the downgrade) ---------
+
+
+def _call(autogen_context: AutogenContext, name: str, op: AddTenantColumnOp, *, fill: bool) -> str:
+    autogen_context.imports.add("from sa_patterns.tenancy.adopt import tenant_column, tenant_constant, tenant_from")
+    args = [repr(op.table_name), f"source={op.source!r}"]
+    if op.schema:
+        args.append(f"schema={op.schema!r}")
+    if not isinstance(op.type_, BigInteger) or type(op.type_) is not BigInteger:
+        autogen_context.imports.add("import sqlalchemy as sa")
+        args.append(f"type_=sa.{op.type_!r}")
+    if op.index_name != f"ix_{op.table_name}_tenant_id":
+        args.append(f"index_name={op.index_name!r}")
+    if fill and op.batch_size != 1000:
+        args.append(f"batch_size={op.batch_size}")
+    if op.lock_timeout != "2s":
+        args.append(f"lock_timeout={op.lock_timeout!r}")
+    if fill and op.keep_trigger:
+        args.append("keep_trigger=True")
+    return f"op.{name}({', '.join(args)})"
+
+
+@renderers.dispatch_for(AddTenantColumnOp)
+def _render_add(autogen_context: AutogenContext, op: AddTenantColumnOp) -> str:
+    return _call(autogen_context, "add_tenant_column", op, fill=True)
+
+
+@renderers.dispatch_for(DropTenantColumnOp)
+def _render_drop(autogen_context: AutogenContext, op: DropTenantColumnOp) -> str:
+    return _call(autogen_context, "drop_tenant_column", op.added, fill=False)
