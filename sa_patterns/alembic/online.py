@@ -26,7 +26,7 @@ from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations
 from alembic.operations import ops as alembic_ops
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -37,6 +37,7 @@ __all__ = [
     "CreateIndexConcurrentlyOp",
     "DropIndexConcurrentlyOp",
     "DuplicateKeysError",
+    "LockTablesOp",
     "LockTimeoutError",
     "RequireUniqueOp",
     "ValidateConstraintOp",
@@ -81,14 +82,14 @@ _HOLDERS = text(
 )
 
 
-def _holders(connection: Connection, table: str | None) -> str:
-    """Who holds a lock on ``table`` now, from pg_locks and pg_stat_activity."""
-    if not table:
+def _holders(connection: Connection, tables: list[str]) -> str:
+    """Who holds a lock on ``tables`` now, from pg_locks and pg_stat_activity."""
+    if not tables:
         return "unknown (the statement names no table)"
     try:
         if connection.in_transaction():
             connection.rollback()
-        rows = connection.execute(_HOLDERS, {"t": table}).all()
+        rows = [r for t in tables for r in connection.execute(_HOLDERS, {"t": t})]
         connection.rollback()
     except DBAPIError:
         return "unknown (pg_locks could not be read)"
@@ -101,11 +102,17 @@ def _holders(connection: Connection, table: str | None) -> str:
     )
 
 
-def _table_of(statement: str | None) -> str | None:
+_LOCK_TABLE = re.compile(r"^\s*LOCK\s+TABLE\s+(?:ONLY\s+)?(?P<names>.+?)\s+IN\s+", re.I | re.S)
+
+
+def _tables_of(statement: str | None) -> list[str]:
     from ..lint.rules import statement_table
 
+    locked = _LOCK_TABLE.match(statement or "")
+    if locked:
+        return [name.strip() for name in locked.group("names").split(",")]
     table, _ = statement_table(statement or "")
-    return table
+    return [table] if table else []
 
 
 def run_migrations(
@@ -156,11 +163,12 @@ def run_migrations(
             except DBAPIError as exc:
                 if _sqlstate(exc) != _LOCK_NOT_AVAILABLE:
                     raise
-                table = _table_of(exc.statement)
+                tables = _tables_of(exc.statement)
+                table = ", ".join(tables)
                 # a retry re-runs the revision from its start: only when nothing of it committed
                 safe = not external and (per_migration or commits[0] == 0)
                 if attempt == attempts or not safe:
-                    holders = "unknown" if external else _holders(connection, table)
+                    holders = "unknown" if external else _holders(connection, tables)
                     why = (
                         f"after {attempts} attempts" if safe
                         else "and cannot be retried: part of the run was already committed "
@@ -264,19 +272,24 @@ class DropIndexConcurrentlyOp(MigrateOperation):
 
 @Operations.register_operation("require_unique")
 class RequireUniqueOp(MigrateOperation):
-    """Refuse, in the migration's transaction (so nothing of the revision stays), to go on when
-    live rows share the key of a unique index about to be built CONCURRENTLY: the build would
-    fail late and leave an INVALID index. Names a few duplicate keys."""
+    """Refuse, before the revision changes anything (so nothing of it stays), to go on when live
+    rows share the key of a unique index about to be built CONCURRENTLY: the build would fail
+    late and leave an INVALID index. Names a few duplicate keys.
 
-    def __init__(self, index: alembic_ops.CreateIndexOp) -> None:
+    It runs first, under ACCESS SHARE only (writers go on), so the columns this revision adds do
+    not exist yet: ``new_columns`` are read as NULL, which is what the existing rows get."""
+
+    def __init__(self, index: alembic_ops.CreateIndexOp, new_columns: Sequence[str] = ()) -> None:
         self.index = index
+        self.new_columns = list(new_columns)
 
     @classmethod
     def require_unique(
         cls, operations: Operations, index_name: str, table_name: str,
-        columns: Sequence[Any], *, schema: str | None = None, **kw: Any,
+        columns: Sequence[Any], *, schema: str | None = None, new_columns: Sequence[str] = (), **kw: Any,
     ) -> None:
-        operations.invoke(cls(alembic_ops.CreateIndexOp(index_name, table_name, columns, schema=schema, unique=True, **kw)))
+        op = alembic_ops.CreateIndexOp(index_name, table_name, columns, schema=schema, unique=True, **kw)
+        operations.invoke(cls(op, new_columns))
 
 
 @Operations.register_operation("validate_constraint")
@@ -294,6 +307,22 @@ class ValidateConstraintOp(MigrateOperation):
         operations.invoke(cls(constraint_name, table_name, schema))
 
 
+@Operations.register_operation("lock_tables")
+class LockTablesOp(MigrateOperation):
+    """``LOCK TABLE a, b IN ACCESS EXCLUSIVE MODE``, referencing tables before the tables they
+    reference: a writer locks its table, then the parent its foreign key checks. A revision
+    that altered the parent first and then waited for the child would hold the parent while
+    that writer waits on it: a deadlock, which stalls every writer until a timeout breaks it.
+    The revision's ALTERs take these locks anyway, until it commits; only the order changes."""
+
+    def __init__(self, tables: Sequence[str], schema: str | None = None) -> None:
+        self.tables, self.schema = list(tables), schema
+
+    @classmethod
+    def lock_tables(cls, operations: Operations, tables: Sequence[str], *, schema: str | None = None) -> None:
+        operations.invoke(cls(tables, schema))
+
+
 class AutocommitBlockOp(MigrateOperation):
     """Rendering only: ``with op.get_context().autocommit_block():`` around ``ops``."""
 
@@ -301,23 +330,39 @@ class AutocommitBlockOp(MigrateOperation):
         self.ops = ops
 
 
-def _duplicates(operations: Operations, op: alembic_ops.CreateIndexOp) -> list[Any]:
+def _duplicates(operations: Operations, op: alembic_ops.CreateIndexOp, new_columns: Sequence[str] = ()) -> list[Any]:
+    """Up to five keys that live rows share (NULL keys never clash in a unique index)."""
     index = op.to_index(operations.get_context())
-    table = index.table
-    assert table is not None
-    exprs: list[Any] = list(index.expressions)
-    query = select(*exprs, func.count().label("n")).select_from(table)
+    bind = operations.get_bind()
+    quote = bind.dialect.identifier_preparer.quote
+
+    def sql(clause: Any) -> str:
+        if isinstance(clause, str):
+            return quote(clause)
+        return str(clause.compile(dialect=bind.dialect, compile_kwargs={"include_table": False}))
+
+    keys = [sql(e) for e in index.expressions]
+    source = _regclass(operations, op.schema, op.table_name)
+    if new_columns:
+        nulls = ", ".join(f"NULL AS {quote(c)}" for c in new_columns)
+        source = f"(SELECT *, {nulls} FROM {source}) AS {quote(op.table_name)}"  # noqa: S608 - quoted
+    conditions = [f"({k}) IS NOT NULL" for k in keys]
     where = index.dialect_options["postgresql"].get("where")
     if where is not None:
-        query = query.where(text(where) if isinstance(where, str) else where)
-    query = query.group_by(*exprs).having(func.count() > 1).order_by(func.count().desc()).limit(5)
-    return list(operations.get_bind().execute(query).all())
+        conditions.append(f"({where if isinstance(where, str) else sql(where)})")
+    listed = ", ".join(keys)
+    query = (
+        f"SELECT {listed}, count(*) AS n FROM {source} WHERE {' AND '.join(conditions)} "  # noqa: S608
+        f"GROUP BY {listed} HAVING count(*) > 1 ORDER BY n DESC LIMIT 5"
+    )
+    # identifiers quoted, the predicate is the model's own SQL: nothing here comes from data
+    return list(bind.execute(text(query.replace(":", r"\:"))).all())
 
 
-def _refuse_duplicates(operations: Operations, op: alembic_ops.CreateIndexOp) -> None:
+def _refuse_duplicates(operations: Operations, op: alembic_ops.CreateIndexOp, new_columns: Sequence[str] = ()) -> None:
     if operations.get_context().as_sql:
         return  # offline: the build itself fails on duplicates
-    rows = _duplicates(operations, op)
+    rows = _duplicates(operations, op, new_columns)
     if rows:
         keys = ", ".join(f"{tuple(r)[:-1]!r} ×{r.n}" for r in rows)
         raise DuplicateKeysError(
@@ -329,7 +374,7 @@ def _refuse_duplicates(operations: Operations, op: alembic_ops.CreateIndexOp) ->
 
 @Operations.implementation_for(RequireUniqueOp)
 def _require_unique(operations: Operations, operation: RequireUniqueOp) -> None:
-    _refuse_duplicates(operations, operation.index)
+    _refuse_duplicates(operations, operation.index, operation.new_columns)
 
 
 @Operations.implementation_for(CreateIndexConcurrentlyOp)
@@ -353,6 +398,14 @@ def _drop_concurrently(operations: Operations, operation: DropIndexConcurrentlyO
     with _unlimited_wait(operations):
         operations.drop_index(operation.index_name, operation.table_name, schema=operation.schema,
                               postgresql_concurrently=True, if_exists=True)
+
+
+@Operations.implementation_for(LockTablesOp)
+def _lock(operations: Operations, operation: LockTablesOp) -> None:
+    quote = operations.get_context().impl.dialect.identifier_preparer.quote
+    prefix = f"{quote(operation.schema)}." if operation.schema else ""
+    names = ", ".join(prefix + quote(t) for t in operation.tables)
+    operations.execute(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
 
 
 @Operations.implementation_for(ValidateConstraintOp)
@@ -383,7 +436,8 @@ def _render_create(autogen_context: AutogenContext, op: CreateIndexConcurrentlyO
 
 @renderers.dispatch_for(RequireUniqueOp)
 def _render_require(autogen_context: AutogenContext, op: RequireUniqueOp) -> str:
-    return _index_call(autogen_context, op.index, "require_unique").replace(", unique=True", "")
+    call = _index_call(autogen_context, op.index, "require_unique").replace(", unique=True", "")
+    return call[:-1] + f", new_columns={op.new_columns!r})" if op.new_columns else call
 
 
 def _args(*values: str | None, schema: str | None) -> str:
@@ -394,6 +448,12 @@ def _args(*values: str | None, schema: str | None) -> str:
 @renderers.dispatch_for(DropIndexConcurrentlyOp)
 def _render_drop(autogen_context: AutogenContext, op: DropIndexConcurrentlyOp) -> str:
     return f"op.drop_index_concurrently({_args(op.index_name, op.table_name, schema=op.schema)})"
+
+
+@renderers.dispatch_for(LockTablesOp)
+def _render_lock(autogen_context: AutogenContext, op: LockTablesOp) -> str:
+    tail = f", schema={op.schema!r}" if op.schema else ""
+    return f"op.lock_tables({op.tables!r}{tail})"
 
 
 @renderers.dispatch_for(ValidateConstraintOp)

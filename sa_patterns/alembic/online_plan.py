@@ -11,6 +11,7 @@ timeout then re-runs only the transaction, and a unique index's duplicates are r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -23,10 +24,11 @@ from .online import (
     AutocommitBlockOp,
     CreateIndexConcurrentlyOp,
     DropIndexConcurrentlyOp,
+    LockTablesOp,
     RequireUniqueOp,
     ValidateConstraintOp,
 )
-from .ops import CreateEntityOp
+from .ops import CreateEntityOp, DropEntityOp
 
 __all__ = ["ConcurrentIndexes", "plan_online"]
 
@@ -59,6 +61,53 @@ def _is_toolkit_index(metadata: list[MetaData], op: alembic_ops.CreateIndexOp) -
                     columns = {getattr(c, "name", None) for c in index.expressions}
                     return bool(columns & _TOOLKIT_COLUMNS) or _SOFT_UNIQUE in index.info
     return False
+
+
+class _LateCheck(RequireUniqueOp):
+    """A duplicate check that must run after the columns are added (one has a default)."""
+
+
+def _check(op: alembic_ops.CreateIndexOp, upgrade: Any) -> RequireUniqueOp:
+    """The duplicate check of a unique index; the columns this revision adds that the index
+    reads are NULL in existing rows, unless they have a default or are generated."""
+    added = {
+        add.column.name: add.column for _, add in _walk(upgrade)
+        if isinstance(add, alembic_ops.AddColumnOp)
+        and add.table_name == op.table_name and (add.schema or "") == (op.schema or "")
+    }
+    where = op.kw.get("postgresql_where")
+    read = [*op.columns, *([] if where is None else [where])]
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join(str(c) for c in read)))
+    used = [name for name in added if name in words]
+    if any(added[n].server_default is not None or added[n].computed is not None for n in used):
+        return _LateCheck(op)
+    return RequireUniqueOp(op, used)
+
+
+def _locks(container: Any, new: set[tuple[str, str]], metadata: list[MetaData]) -> list[MigrateOperation]:
+    """One ``op.lock_tables()`` for the existing tables the transaction alters, when there are
+    several of one schema: referencing tables first (reversed dependency order)."""
+    touched: list[tuple[str, str]] = []
+    for _, op in _walk(container):
+        keys: list[tuple[str, str]] = []
+        if isinstance(op, alembic_ops.ModifyTableOps) and op.ops:
+            keys = [_key(op.schema, op.table_name)]
+        elif isinstance(op, CreateEntityOp | DropEntityOp) and op.entity.kind in _LOCKING:
+            entity: Any = op.entity
+            keys = [_key(entity.schema, entity.table)]
+            if isinstance(entity, TenantReference):
+                keys.append(_key(entity.ref_schema, entity.ref_table))
+        touched += [k for k in keys if k not in new and k not in touched]
+    if len(touched) < 2 or len({schema for schema, _ in touched}) > 1:
+        return []
+    order = [_key(t.schema, t.name) for md in metadata for t in reversed(md.sorted_tables)]
+    touched.sort(key=lambda k: order.index(k) if k in order else len(order))
+    schema = touched[0][0] or None
+    return [LockTablesOp([name for _, name in touched], schema)]
+
+
+#: the toolkit's kinds whose DDL locks their table (grants and the like do not)
+_LOCKING = {"policy", "rls", "trigger", "tenant_reference"}
 
 
 def _prune(container: Any) -> None:
@@ -95,7 +144,7 @@ def _plan(upgrade: Any, downgrade: Any, metadata: list[MetaData], indexes: Concu
             built.append(CreateIndexConcurrentlyOp(op))
             moved.add((op.schema or "", op.table_name, str(op.index_name)))
             if op.unique:
-                checks.append(RequireUniqueOp(op))
+                checks.append(_check(op, upgrade))
         elif (
             isinstance(op, CreateEntityOp) and isinstance(op.entity, TenantReference)
             and _key(op.entity.schema, op.entity.table) not in created and not op.repair
@@ -112,7 +161,10 @@ def _plan(upgrade: Any, downgrade: Any, metadata: list[MetaData], indexes: Concu
     if not built and not validations:
         return
     _prune(upgrade)
-    upgrade.ops.extend(checks)
+    locks = _locks(upgrade, created, metadata)
+    # first, before any lock of the revision is taken, unless it needs a column's default
+    upgrade.ops[:0] = [c for c in checks if type(c) is RequireUniqueOp] + locks
+    upgrade.ops.extend(c for c in checks if type(c) is not RequireUniqueOp)
     upgrade.ops.append(AutocommitBlockOp(built + validations))
     dropped = {
         _key(op.schema, op.table_name) for _, op in _walk(downgrade) if isinstance(op, alembic_ops.DropTableOp)
@@ -126,6 +178,5 @@ def _plan(upgrade: Any, downgrade: Any, metadata: list[MetaData], indexes: Concu
         ):
             container.ops.remove(op)
             drops.append(DropIndexConcurrentlyOp(str(op.index_name), op.table_name or "", op.schema))
-    if drops:
-        _prune(downgrade)
-        downgrade.ops.insert(0, AutocommitBlockOp(drops))
+    _prune(downgrade)
+    downgrade.ops[:0] = ([AutocommitBlockOp(drops)] if drops else []) + _locks(downgrade, dropped, metadata)
