@@ -11,6 +11,7 @@ is refused before anything is applied; an INVALID index left by an interrupted b
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import secrets
@@ -227,6 +228,16 @@ def test_adoption_under_traffic(project: Project) -> None:
     adopt = next((p.root / "migrations" / "versions").glob("*_adopt.py")).read_text()
     assert "op.create_index_concurrently('uq_tasks_slug_live'" in adopt
     assert "not_valid=True" in adopt and "op.validate_constraint('tasks_project_id_tenant_fkey', 'tasks')" in adopt
+    # the linter, without table sizes (every scan counts): the parent's UNIQUE (tenant_id, id),
+    # which the composite key needs, is the one step left that scans under a strong lock (not
+    # online yet: CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... USING INDEX)
+    lint = subprocess.run([sys.executable, "-m", "sa_patterns.cli", "lint-migrations", "--downgrade", "--format", "json"],
+                          capture_output=True, text=True, cwd=p.root, env=p.env(), check=False)
+    findings = json.loads(lint.stdout)["findings"]
+    blocking = [(f["rule"], f["table"], f["direction"]) for f in findings
+                if f["severity"] == "blocking" and f["path"].endswith("_adopt.py")]
+    assert sorted(blocking) == [("constraint-missing-not-valid", "projects", "upgrade"),
+                                ("disallowed-unique-constraint", "projects", "upgrade")], lint.stdout
     before = _catalog(p)
     # an earlier run interrupted while building ix_tasks_tenant_id left it INVALID (a unique
     # build over duplicate tenant ids fails the same way)
