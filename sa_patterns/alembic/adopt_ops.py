@@ -151,12 +151,16 @@ class DropTenantFillOp(MigrateOperation):
     old code inserts: in the migration's transaction (a brief ACCESS EXCLUSIVE lock), after the
     policies, so no row is inserted without a tenant in between."""
 
-    def __init__(self, table_name: str, schema: str | None = None) -> None:
-        self.table_name, self.schema = table_name, schema
+    def __init__(self, table_name: str, schema: str | None = None, lock_timeout: str = "2s") -> None:
+        self.table_name, self.schema, self.lock_timeout = table_name, schema, lock_timeout
 
     @classmethod
-    def drop_tenant_fill(cls, operations: Operations, table_name: str, *, schema: str | None = None) -> None:
-        operations.invoke(cls(table_name, schema))
+    def drop_tenant_fill(
+        cls, operations: Operations, table_name: str, *, schema: str | None = None, lock_timeout: str = "2s"
+    ) -> None:
+        """The revision's last operation: ``SET LOCAL lock_timeout`` (for the rest of the
+        migration's transaction), then the trigger and its function dropped."""
+        operations.invoke(cls(table_name, schema, lock_timeout))
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         return ("drop_tenant_fill", self.schema, self.table_name)
@@ -364,8 +368,9 @@ def _add_tenant_column(operations: Operations, operation: AddTenantColumnOp) -> 
 
 @Operations.implementation_for(DropTenantFillOp)
 def _drop_tenant_fill(operations: Operations, operation: DropTenantFillOp) -> None:
-    steps = _Steps(operations, AddTenantColumnOp(operation.table_name, 0, schema=operation.schema))
-    for statement in steps.drop_trigger_sql():
+    steps = _Steps(operations, AddTenantColumnOp(
+        operation.table_name, 0, schema=operation.schema, lock_timeout=operation.lock_timeout))
+    for statement in [f"SET LOCAL lock_timeout = {steps.op.lock_timeout.strip()!r}", *steps.drop_trigger_sql()]:
         operations.execute(DDL(statement))  # type: ignore[no-untyped-call]
 
 
