@@ -72,7 +72,7 @@ def _where_entities(select: Select[Any]) -> list[Any]:
         info = elem._annotations.get("parententity")
         if info is not None and info not in found:
             found.append(info)
-        if isinstance(elem, ColumnElement):
+        if isinstance(elem, ColumnElement) and not isinstance(elem, _LEAVES):
             stack.extend(elem.get_children())
     return found
 
