@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import URL, Connection, Engine, create_engine, text
@@ -207,10 +208,13 @@ class Traffic:
             t.join()
 
 
-def _catalog(p: Project) -> dict[str, object]:
+def _catalog(p: Project) -> dict[str, list[tuple[Any, ...]]]:
     """What the adoption leaves in the database, read from the catalog."""
     with p.engine.connect() as conn:
-        rows = lambda sql: sorted(tuple(r) for r in conn.execute(text(sql), {"s": p.schema}))  # noqa: E731
+
+        def rows(sql: str) -> list[tuple[Any, ...]]:
+            return sorted(tuple(r) for r in conn.execute(text(sql), {"s": p.schema}))
+
         return {
             "indexes": rows("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :s AND NOT i.indisprimary"),
@@ -256,10 +260,10 @@ def test_adoption_under_traffic(project: Project) -> None:
     assert p.scalar("SELECT count(*) FROM tasks") == TASKS + len(traffic.inserted)
 
     after = _catalog(p)
-    indexes = dict(after["indexes"])  # type: ignore[arg-type]
+    indexes = dict(after["indexes"])
     assert set(indexes) >= INDEXES and all(indexes[name] for name in INDEXES)  # valid, rebuilt
     assert p.scalar("SELECT indisunique FROM pg_index WHERE indexrelid = 'ix_tasks_tenant_id'::regclass") is False
-    assert ("tasks_project_id_tenant_fkey", True) in after["constraints"]  # type: ignore[operator]
+    assert ("tasks_project_id_tenant_fkey", True) in after["constraints"]
     # the partial unique index holds: a second live row with a slug is refused
     with p.engine.connect() as conn, pytest.raises(Exception, match="uq_tasks_slug_live"):
         conn.execute(text("INSERT INTO tasks (tenant_id, project_id, title, slug) VALUES (2, 1, 'x', :s)"),
