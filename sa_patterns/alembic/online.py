@@ -144,18 +144,27 @@ def run_migrations(
     connection.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": value})
     if not external:
         connection.commit()
-    per_migration = bool(getattr(context.get_context(), "opts", {}).get("transaction_per_migration"))
-    commits = [0]
+    # A retry replays the revision from its start: only safe when nothing of it was committed.
+    # A commit that stamps the version table ends a revision (transaction_per_migration); any
+    # other (an autocommit_block() inside a revision) leaves the revision half applied.
+    version_table = str(getattr(context.get_context(), "version_table", "alembic_version"))
+    state = {"stamping": False, "partial": False}
 
-    def count(conn: Any) -> None:
-        commits[0] += 1
+    def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        if version_table in sql and sql.lstrip()[:6].upper() in ("UPDATE", "INSERT", "DELETE"):
+            state["stamping"] = True
+
+    def commit(conn: Any) -> None:
+        state["partial"] = not state["stamping"]
+        state["stamping"] = False
 
     from sqlalchemy import event
 
-    event.listen(connection, "commit", count)
+    event.listen(connection, "before_cursor_execute", statement)
+    event.listen(connection, "commit", commit)
     try:
         for attempt in range(1, attempts + 1):
-            commits[0] = 0
+            state.update(stamping=False, partial=False)
             try:
                 with context.begin_transaction():
                     context.run_migrations()
@@ -165,14 +174,14 @@ def run_migrations(
                     raise
                 tables = _tables_of(exc.statement)
                 table = ", ".join(tables)
-                # a retry re-runs the revision from its start: only when nothing of it committed
-                safe = not external and (per_migration or commits[0] == 0)
+                safe = not external and not state["partial"]
                 if attempt == attempts or not safe:
                     holders = "unknown" if external else _holders(connection, tables)
                     why = (
                         f"after {attempts} attempts" if safe
-                        else "and cannot be retried: part of the run was already committed "
-                        "(use transaction_per_migration=True)" if not external
+                        else "and cannot be retried: part of its revision was already committed "
+                        "(an autocommit block, or no transaction_per_migration=True); finish "
+                        "or undo that part by hand" if not external
                         else "inside the caller's transaction, which cannot be retried"
                     )
                     raise LockTimeoutError(
@@ -190,13 +199,17 @@ def run_migrations(
                     connection.rollback()
                 time.sleep(wait)
     finally:
-        event.remove(connection, "commit", count)
+        event.remove(connection, "before_cursor_execute", statement)
+        event.remove(connection, "commit", commit)
         if not connection.closed and not connection.invalidated:
             if connection.in_transaction() and not external:
                 connection.rollback()
-            connection.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": previous})
-            if not external:
-                connection.commit()
+            try:  # the connection's own setting back, for a program that handed it over
+                connection.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": previous})
+                if not external:
+                    connection.commit()
+            except DBAPIError:
+                pass  # the caller's transaction failed: its error is the one to see
 
 
 # -- operations ------------------------------------------------------------------------------

@@ -349,3 +349,45 @@ def test_live_duplicates_are_refused_before_anything_is_applied(project: Project
     done = p.run("upgrade", "head")
     assert done.returncode == 0, done.stderr
     assert p.scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = 'uq_tasks_slug_live'::regclass") is True
+
+
+HANDMADE = '''
+from alembic import op
+import sqlalchemy as sa
+
+revision = "handmade01"
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("tasks", sa.Column("note", sa.Text()))
+    with op.get_context().autocommit_block():  # commits the column: the revision is half done
+        op.execute("SELECT 1")
+    op.add_column("projects", sa.Column("note", sa.Text()))
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+def test_a_half_committed_revision_is_not_replayed(project: Project) -> None:
+    """A lock timeout after a revision's own autocommit block: replaying it would add the first
+    column again, so the error says so at once instead of retrying."""
+    p = project
+    versions = p.root / "migrations" / "versions"
+    v1 = next(versions.glob("*_v1.py")).name.split("_")[0]
+    next(versions.glob("*_adopt.py")).unlink()
+    (versions / "handmade01_half.py").write_text(HANDMADE.format(down=v1))
+    p.ini("sa_patterns.lock_timeout", "100ms")
+    with p.engine.connect() as holder:
+        holder.execute(text("SELECT count(*) FROM projects")).scalar_one()
+        done = p.run("upgrade", "head")
+        holder.rollback()
+    assert done.returncode != 0
+    assert "migration step on projects waited longer than lock_timeout=100ms and cannot be retried" in done.stderr
+    assert "retrying" not in done.stderr
+    assert p.scalar("SELECT count(*) FROM information_schema.columns WHERE table_schema = :s "
+                    "AND table_name = 'tasks' AND column_name = 'note'", s=p.schema) == 1
