@@ -332,7 +332,7 @@ class _Steps:
         next autogenerate would offer to drop). Online only, as the fill."""
         if self.offline:
             return
-        state = f"{quote(self.op.schema)}.{STATE_TABLE}" if self.op.schema else STATE_TABLE
+        state = STATE_TABLE  # where run_backfill keeps it: the search path's first schema
         if self.bind.execute(text("SELECT to_regclass(:t)"), {"t": state}).scalar() is None:
             return
         self.bind.exec_driver_sql("BEGIN")

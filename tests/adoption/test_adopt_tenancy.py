@@ -29,6 +29,7 @@ import pytest
 from sqlalchemy import URL, Engine, MetaData, create_engine, text
 from sqlalchemy.exc import IntegrityError
 
+import sa_patterns.alembic  # noqa: F401  (registers op.add_tenant_column)
 from sa_patterns.cli.init import template_dir
 
 N_NOTES = 3000
@@ -400,3 +401,34 @@ def test_rows_without_a_parent_stop_the_migration_named_before_anything_irrevers
     project.ok("alembic", "upgrade", "head")
     assert catalog(superuser_engine)["not_null"] is True
     assert "No new upgrade operations detected" in project.ok("alembic", "check")
+
+
+def test_a_schema_qualified_table_with_uuid_tenants(owner_engine: Engine, db_schema: str) -> None:
+    """``schema=`` and ``type_=``: the operation on a MigrationContext, as a revision runs it."""
+    from uuid import UUID
+
+    import sqlalchemy as sa
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    from sa_patterns.tenancy.adopt import tenant_constant
+
+    tenant = UUID("00000000-0000-0000-0000-0000000000aa")
+    with owner_engine.begin() as conn:
+        conn.execute(text(f'CREATE TABLE "{db_schema}".ad_docs (id int PRIMARY KEY, body text)'))
+        conn.execute(text(f'INSERT INTO "{db_schema}".ad_docs SELECT g, \'b\' FROM generate_series(1, 1200) g'))
+    try:
+        with owner_engine.connect() as conn:
+            Operations(MigrationContext.configure(conn)).add_tenant_column(
+                "ad_docs", tenant_constant(tenant), schema=db_schema, type_=sa.Uuid(), batch_size=500)
+        with owner_engine.connect() as conn:
+            assert dict(conn.execute(text(f'SELECT tenant_id, count(*) FROM "{db_schema}".ad_docs GROUP BY 1')).all()) == {
+                tenant: 1200}
+            assert conn.scalar(text(
+                "SELECT format_type(atttypid, atttypmod) || ' ' || attnotnull FROM pg_attribute "
+                f"WHERE attrelid = '\"{db_schema}\".ad_docs'::regclass AND attname = 'tenant_id'")) == "uuid true"
+            assert conn.scalar(text(f"SELECT to_regclass('\"{db_schema}\".ix_ad_docs_tenant_id') IS NOT NULL"))
+            assert conn.scalar(text("SELECT to_regclass('sa_patterns_backfill')")) is None
+    finally:
+        with owner_engine.begin() as conn:
+            conn.execute(text(f'DROP TABLE "{db_schema}".ad_docs'))
