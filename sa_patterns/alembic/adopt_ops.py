@@ -392,7 +392,7 @@ def _call(autogen_context: AutogenContext, name: str, op: AddTenantColumnOp, *, 
     args = [repr(op.table_name), f"source={op.source!r}"]
     if op.schema:
         args.append(f"schema={op.schema!r}")
-    if not isinstance(op.type_, BigInteger) or type(op.type_) is not BigInteger:
+    if type(op.type_) is not BigInteger:
         autogen_context.imports.add("import sqlalchemy as sa")
         args.append(f"type_=sa.{op.type_!r}")
     if op.index_name != f"ix_{op.table_name}_tenant_id":
