@@ -100,21 +100,22 @@ def _resolve(target: object) -> type[Session] | Session:
             target.kw["sync_session_class"] = sync_cls
         return sync_cls
     if isinstance(target, type) and issubclass(target, AsyncSession):
-        if target is AsyncSession:
+        if _library_class(target):
             raise ConfigurationError(
-                "install(AsyncSession) would change every async session in the process. Pass an "
-                "async_sessionmaker or your own AsyncSession subclass."
+                f"install({target.__name__}) would change every async session in the process "
+                f"({target.__module__}). Pass an async_sessionmaker or your own AsyncSession subclass."
             )
-        if target.sync_session_class is Session:
-            target.sync_session_class = type("Session", (Session,), {})
+        if _library_class(target.sync_session_class):
+            # the library's Session it runs on (sqlalchemy's, SQLModel's) stays untouched
+            target.sync_session_class = type("Session", (target.sync_session_class,), {})
         return target.sync_session_class
     if isinstance(target, AsyncSession):
         return target.sync_session
     if isinstance(target, type) and issubclass(target, Session):
-        if target is Session:
+        if _library_class(target):
             raise ConfigurationError(
-                "install(Session) would change every session in the process. Pass a "
-                "sessionmaker or your own Session subclass."
+                f"install({target.__name__}) would change every session in the process "
+                f"({target.__module__}). Pass a sessionmaker or your own Session subclass."
             )
         return target
     if isinstance(target, Session):
@@ -123,6 +124,12 @@ def _resolve(target: object) -> type[Session] | Session:
         f"install() needs a sessionmaker, async_sessionmaker, scoped_session, a Session or "
         f"AsyncSession subclass, or a session; got {type(target).__name__}."
     )
+
+
+def _library_class(cls: type) -> bool:
+    """A session class a library defines (SQLAlchemy's, SQLModel's): shared by every user of it
+    in the process, so installing on it would reach sessions that are not the app's."""
+    return cls.__module__.split(".")[0] in {"sqlalchemy", "sqlmodel"}
 
 
 class _Composed(UserDefinedOption):

@@ -167,3 +167,31 @@ async def test_async_sessionmaker(pg_url: URL) -> None:
                 assert (await s.execute(PROBE)).one()[0] == ""
     finally:
         await eng.dispose()
+
+
+def test_install_refuses_the_session_classes_of_libraries() -> None:
+    """Installing on SQLAlchemy's or SQLModel's own session class would reach every session of
+    the process; the app's own subclass is fine, and leaves the library's class alone."""
+    import sqlmodel
+    from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession
+
+    for cls in (Session, AsyncSession, sqlmodel.Session, SQLModelAsyncSession):
+        with pytest.raises(ConfigurationError, match=rf"install\({cls.__name__}\) would change every"):
+            sa_patterns.install(cls)
+
+    class AppAsyncSession(SQLModelAsyncSession):
+        pass
+
+    class AppSession(sqlmodel.Session):
+        pass
+
+    factory = sessionmaker(class_=AppSession)
+    try:
+        sa_patterns.install(AppAsyncSession)
+        assert AppAsyncSession.sync_session_class is not sqlmodel.Session
+        assert issubclass(AppAsyncSession.sync_session_class, sqlmodel.Session)
+        assert sa_patterns.install(factory) is factory
+        assert installed(AppAsyncSession) and installed(factory)
+    finally:
+        sa_patterns.uninstall(AppAsyncSession)
+        sa_patterns.uninstall(factory)
