@@ -35,9 +35,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from alembic.autogenerate import renderers
+from alembic.autogenerate import comparators, renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations
+from alembic.operations import ops as alembic_ops
+from alembic.util import DispatchPriority, PriorityDispatchResult
 from sqlalchemy import DDL, BigInteger, MetaData, Table, func, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
@@ -48,7 +50,7 @@ from ..backfill import STATE_TABLE, Backfill, run_backfill
 from ..context import all_tenants
 from ..errors import BackfillError, ConfigurationError
 from ..schema.objects import ident, qualified, quote
-from ..tenancy.adopt import TenantSource, tenant_source
+from ..tenancy.adopt import TenantSource, adoption_of, tenant_source
 
 __all__ = ["AddTenantColumnOp", "DropTenantColumnOp", "DropTenantFillOp"]
 
@@ -162,8 +164,21 @@ class DropTenantFillOp(MigrateOperation):
         migration's transaction), then the trigger and its function dropped."""
         operations.invoke(cls(table_name, schema, lock_timeout))
 
+    def reverse(self) -> _NothingToRestoreOp:
+        return _NothingToRestoreOp(self.table_name)
+
     def to_diff_tuple(self) -> tuple[Any, ...]:
         return ("drop_tenant_fill", self.schema, self.table_name)
+
+
+class _NothingToRestoreOp(MigrateOperation):
+    """The downgrade of ``drop_tenant_fill``: the trigger lived only during the upgrade."""
+
+    def __init__(self, table_name: str) -> None:
+        self.table_name = table_name
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("nothing_to_restore", self.table_name)
 
 
 # -- running the steps -------------------------------------------------------------------------
@@ -364,6 +379,14 @@ def _add_tenant_column(operations: Operations, operation: AddTenantColumnOp) -> 
         if not operation.keep_trigger:
             steps.brief(*steps.drop_trigger_sql())
         steps.forget()
+    if operation.keep_trigger and operation.source.kind == "join":
+        # The block released any lock the revision took before it (op.lock_tables). The trigger
+        # left in place reads the parent while its writer holds this table: were the revision
+        # to lock the parent next (a key on it) and then this table (a policy), each would wait
+        # on the other. So this table is locked now, as its policies would lock it anyway.
+        for statement in (f"SET LOCAL lock_timeout = {operation.lock_timeout.strip()!r}",
+                          f"LOCK TABLE {steps.table} IN ACCESS EXCLUSIVE MODE"):
+            operations.execute(DDL(statement))  # type: ignore[no-untyped-call]
 
 
 @Operations.implementation_for(DropTenantFillOp)
@@ -372,6 +395,11 @@ def _drop_tenant_fill(operations: Operations, operation: DropTenantFillOp) -> No
         operation.table_name, 0, schema=operation.schema, lock_timeout=operation.lock_timeout))
     for statement in [f"SET LOCAL lock_timeout = {steps.op.lock_timeout.strip()!r}", *steps.drop_trigger_sql()]:
         operations.execute(DDL(statement))  # type: ignore[no-untyped-call]
+
+
+@Operations.implementation_for(_NothingToRestoreOp)
+def _nothing(operations: Operations, operation: _NothingToRestoreOp) -> None:
+    return None
 
 
 @Operations.implementation_for(DropTenantColumnOp)
@@ -414,3 +442,67 @@ def _render_add(autogen_context: AutogenContext, op: AddTenantColumnOp) -> str:
 @renderers.dispatch_for(DropTenantColumnOp)
 def _render_drop(autogen_context: AutogenContext, op: DropTenantColumnOp) -> str:
     return _call(autogen_context, "drop_tenant_column", op.added, fill=False)
+
+
+@renderers.dispatch_for(DropTenantFillOp)
+def _render_drop_fill(autogen_context: AutogenContext, op: DropTenantFillOp) -> str:
+    schema = f", schema={op.schema!r}" if op.schema else ""
+    return f"op.drop_tenant_fill({op.table_name!r}{schema})"
+
+
+@renderers.dispatch_for(_NothingToRestoreOp)
+def _render_nothing(autogen_context: AutogenContext, op: _NothingToRestoreOp) -> str:
+    return f"# (the trigger that filled {op.table_name}.tenant_id during the upgrade: nothing to restore)"
+
+
+# -- autogenerate: a model decorated with @adopt_tenants ---------------------------------------
+
+
+def _metadata_tables(autogen_context: AutogenContext) -> dict[tuple[str, str], Table]:
+    given = autogen_context.metadata
+    metadatas = [] if given is None else [given] if isinstance(given, MetaData) else list(given)
+    return {(t.schema or "", t.name): t for md in metadatas for t in md.tables.values()}
+
+
+@comparators.dispatch_for("schema", priority=DispatchPriority.FIRST)
+def _install_adoption(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
+    """Run :func:`_adopt_tenant_columns` last in this autogenerate run: after the plugins'
+    comparators too (they run after the global ones of the same priority), so the policies they
+    add come before ``drop_tenant_fill``."""
+    autogen_context.comparators.dispatch_for("schema", priority=DispatchPriority.LAST)(_adopt_tenant_columns)
+    return PriorityDispatchResult.CONTINUE
+
+
+def _adopt_tenant_columns(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
+    """``ADD COLUMN tenant_id ... NOT NULL`` and its index, on a table whose model says where
+    its rows' tenants come from (:func:`~sa_patterns.tenancy.adopt.adopt_tenants`), become
+    ``op.add_tenant_column`` first in the revision (it commits what precedes it, so it must
+    precede any lock the revision takes) and ``op.drop_tenant_fill`` last."""
+    tables = _metadata_tables(autogen_context)
+    first: list[MigrateOperation] = []
+    last: list[MigrateOperation] = []
+    for container in upgrade_ops.ops:
+        if not isinstance(container, alembic_ops.ModifyTableOps):
+            continue
+        table = tables.get((container.schema or "", container.table_name))
+        declared = None if table is None else adoption_of(table)
+        add = next((o for o in container.ops if isinstance(o, alembic_ops.AddColumnOp)
+                    and o.column.name == "tenant_id"), None)
+        if declared is None or add is None:
+            continue
+        index = next((o for o in container.ops if isinstance(o, alembic_ops.CreateIndexOp)
+                      and [getattr(c, "name", c) for c in o.columns] == ["tenant_id"]), None)
+        container.ops = [o for o in container.ops if o is not add and o is not index]
+        source, options = declared
+        options.setdefault("keep_trigger", True)
+        first.append(AddTenantColumnOp(
+            container.table_name, source, schema=container.schema, type_=add.column.type,
+            index_name=None if index is None else str(index.index_name), **options,
+        ))
+        if options["keep_trigger"]:
+            last.append(DropTenantFillOp(container.table_name, container.schema,
+                                         options.get("lock_timeout", "2s")))
+    if first:
+        upgrade_ops.ops[:] = [*first, *(o for o in upgrade_ops.ops if not (
+            isinstance(o, alembic_ops.ModifyTableOps) and not o.ops)), *last]
+    return PriorityDispatchResult.CONTINUE

@@ -8,14 +8,17 @@ PL/pgSQL expression over ``NEW`` for the temporary trigger that fills the rows t
 inserts while the adoption runs (:meth:`TenantSource.trigger_value`). One source, so both agree.
 Values reach SQL quoted (DDL takes no bound parameter) or, in the fill, bound.
 
-``op.add_tenant_column`` (:mod:`sa_patterns.alembic.adopt_ops`) runs the adoption.
+``op.add_tenant_column`` (:mod:`sa_patterns.alembic.adopt_ops`) runs the adoption. Decorating
+the model with :func:`adopt_tenants` makes autogenerate write it, instead of the ``ADD COLUMN
+... NOT NULL`` that fails on a table with rows.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, column, literal, select, table
 from sqlalchemy.sql import ColumnElement
@@ -24,7 +27,14 @@ from sqlalchemy.sql.type_api import TypeEngine
 from ..errors import ConfigurationError
 from ..schema.objects import qualified, quote, quote_literal
 
-__all__ = ["TenantSource", "tenant_column", "tenant_constant", "tenant_from", "tenant_source"]
+__all__ = [
+    "TenantSource", "adopt_tenants", "adoption_of", "tenant_column", "tenant_constant", "tenant_from",
+    "tenant_source",
+]
+
+#: ``{table.key: (source, options)}`` in ``MetaData.info`` (``Table.info`` is rendered by Alembic)
+_ADOPT_INFO_KEY = "sa_patterns.tenant_adoptions"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -126,3 +136,28 @@ def tenant_source(source: TenantSource | int | str | uuid.UUID) -> TenantSource:
         f"add_tenant_column(source={source!r}): give a tenant id (a constant), a column name, "
         "tenant_constant(...), tenant_column(...) or tenant_from(parent, on=column)."
     )
+
+
+def adopt_tenants(source: TenantSource | int | str | uuid.UUID, **options: Any) -> Callable[[_T], _T]:
+    """Class decorator for a ``TenantMixin`` model whose table already has rows: when
+    autogenerate finds the table without ``tenant_id``, it writes
+    ``op.add_tenant_column(table, source=..., keep_trigger=True)`` first in the revision and
+    ``op.drop_tenant_fill(table)`` last, instead of ``ADD COLUMN tenant_id ... NOT NULL`` and
+    its index. ``options`` go to ``add_tenant_column`` (``batch_size``, ``lock_timeout``...).
+    Once the table has ``tenant_id``, the decorator changes nothing: it can stay."""
+    given = tenant_source(source)
+
+    def decorate(cls: _T) -> _T:
+        table = getattr(cls, "__table__", None)
+        if not isinstance(table, Table):
+            raise ConfigurationError(f"@adopt_tenants: {cls!r} is not a mapped class with a table.")
+        table.metadata.info.setdefault(_ADOPT_INFO_KEY, {})[table.key] = (given, dict(options))
+        return cls
+
+    return decorate
+
+
+def adoption_of(table: Table) -> tuple[TenantSource, dict[str, Any]] | None:
+    """What :func:`adopt_tenants` declared for ``table``: its source and options."""
+    found = table.metadata.info.get(_ADOPT_INFO_KEY, {}).get(table.key)
+    return None if found is None else (found[0], dict(found[1]))

@@ -40,6 +40,7 @@ from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sa_patterns import TenantMixin
+from sa_patterns.tenancy.adopt import adopt_tenants, tenant_from
 
 
 class Base(DeclarativeBase):
@@ -52,6 +53,7 @@ class Project(TenantMixin, Base):
     name: Mapped[str] = mapped_column(String(50))
 
 
+{decorator}
 class Note({bases}Base):
     __tablename__ = "ad_notes"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -70,20 +72,17 @@ from sqlalchemy import create_engine, pool
 import sa_patterns.alembic
 from models import Base
 
+# as the template of `sa-patterns init` does: lock_timeout (2s) for the revisions, retried
 if context.is_offline_mode():
     context.configure(url=os.environ["DATABASE_URL"], target_metadata=Base.metadata, literal_binds=True,
-                      **sa_patterns.alembic.configure_kwargs())
-    with context.begin_transaction():
-        context.execute("SET lock_timeout = '2s'")
-        context.run_migrations()
+                      transaction_per_migration=True, **sa_patterns.alembic.configure_kwargs())
+    sa_patterns.alembic.run_migrations()
 else:
     engine = create_engine(os.environ["DATABASE_URL"], poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=Base.metadata,
+        context.configure(connection=connection, target_metadata=Base.metadata, transaction_per_migration=True,
                           **sa_patterns.alembic.configure_kwargs())
-        with context.begin_transaction():
-            context.execute("SET lock_timeout = '2s'")
-            context.run_migrations()
+        sa_patterns.alembic.run_migrations()
 '''
 
 SOURCES = {
@@ -95,6 +94,8 @@ SOURCES = {
     ),
 }
 SOURCES["join_fk"] = SOURCES["join"]
+# the model decorated with @adopt_tenants: autogenerate writes the operation itself
+SOURCES["autogenerate"] = SOURCES["join"]
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ class Project:
     """A migration directory (alembic.ini, env.py, models.py) run by subprocesses as the owner."""
 
     def __init__(self, root: Path, url: URL, fk: bool = False) -> None:
-        self.root, self.url, self.fk = root, url, fk
+        self.root, self.url, self.fk, self.decorator = root, url, fk, ""
         (root / "migrations" / "versions").mkdir(parents=True)
         (root / "migrations" / "env.py").write_text(ENV)
         (root / "migrations" / "script.py.mako").write_text((template_dir() / "script.py.mako").read_text())
@@ -115,7 +116,8 @@ class Project:
 
     def models(self, *, tenant: bool) -> None:
         fk = ' = mapped_column(ForeignKey("ad_projects.id"))' if self.fk else ""
-        (self.root / "models.py").write_text(MODELS.format(bases="TenantMixin, " if tenant else "", fk=fk))
+        (self.root / "models.py").write_text(MODELS.format(
+            bases="TenantMixin, " if tenant else "", fk=fk, decorator=self.decorator if tenant else ""))
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "DATABASE_URL": self.url.render_as_string(hide_password=False)}
@@ -194,7 +196,7 @@ def project(
     ``join_fk`` case (the toolkit then also expects the composite tenant reference)."""
     url = owner_engine.url.update_query_dict({"options": f"-csearch_path={db_schema}"})
     kind = request.node.callspec.params.get("kind", "") if hasattr(request.node, "callspec") else ""
-    proj = Project(tmp_path, url, fk=kind == "join_fk")
+    proj = Project(tmp_path, url, fk=kind in ("join_fk", "autogenerate"))
     proj.revision("base")
     proj.ok("alembic", "upgrade", "head")
     with owner_engine.begin() as conn:
@@ -217,11 +219,11 @@ class Writer(threading.Thread):
     """The old code: inserts notes without a tenant and updates random ones, one short
     transaction each under lock_timeout 200ms, until stopped; keeps every error.
 
-    The old code retires when the migration commits (the new code, which sets the tenant, takes
-    over): each insert says so in the statement itself, so it never races the commit."""
+    The old code retires at the cut-over, when the policies commit (from then on a write must
+    carry a tenant: the new code's): each insert says so in the statement itself, which waits
+    for the lock the policies hold and then sees them, so it never races that commit."""
 
-    def __init__(self, url: URL, revision: str) -> None:
-        self.revision = revision
+    def __init__(self, url: URL) -> None:
         super().__init__(daemon=True)
         self.engine = create_engine(url)
         self.stop, self.started = threading.Event(), threading.Event()
@@ -242,9 +244,9 @@ class Writer(threading.Thread):
                         if rng.random() < 0.5:
                             self.inserted.extend(conn.scalars(text(
                                 "INSERT INTO ad_notes (title, org_id, project_id) SELECT 'w', :o, :p "
-                                "WHERE NOT EXISTS (SELECT FROM alembic_version WHERE version_num = :r) "
+                                "WHERE NOT EXISTS (SELECT FROM pg_policies WHERE tablename = 'ad_notes') "
                                 "RETURNING id"),
-                                {"o": 100 + rng.randint(0, 4), "p": rng.randint(1, N_PROJECTS), "r": self.revision}))
+                                {"o": 100 + rng.randint(0, 4), "p": rng.randint(1, N_PROJECTS)}))
                         else:
                             conn.execute(text("UPDATE ad_notes SET touched = touched + 1 WHERE id = :id"),
                                          {"id": rng.randint(1, N_NOTES)})
@@ -278,10 +280,26 @@ def test_adopting_with_a_writer_loses_nothing_and_blocks_nobody(
     kind: str, project: Project, superuser_engine: Engine, engine: Engine
 ) -> None:
     source, wrong = SOURCES[kind]
-    path = adopt_revision(project, source, ", batch_size=200")
-    revision = re.search(r"^revision: str = '(\w+)'", path.read_text(), re.M)
-    assert revision is not None
-    writer = Writer(project.url, revision[1])
+    if kind == "autogenerate":
+        project.decorator = f"@adopt_tenants({source}, batch_size=200)"
+        project.models(tenant=True)
+        path = project.revision("adopt")
+        body = path.read_text().split("def upgrade() -> None:")[1].split("def downgrade() -> None:")
+        # before anything else on the table (what runs before it commits before its block;
+        # a lock autogenerate takes before it is taken again after it, for a parent source)
+        upgrade = [line.strip() for line in body[0].splitlines()
+                   if line.strip().startswith("op.") and not line.strip().startswith("op.lock_tables(")]
+        on_notes = [line for line in upgrade if "ad_notes" in line]
+        assert on_notes[0].startswith("op.add_tenant_column('ad_notes', source=tenant_from('ad_projects', "
+                                      "on='project_id'), batch_size=200, keep_trigger=True)"), upgrade
+        # the trigger goes when the policies commit (what runs concurrently after needs none)
+        entities = [i for i, line in enumerate(upgrade) if line.startswith("op.create_entity(")]
+        assert upgrade.index("op.drop_tenant_fill('ad_notes')") > max(entities), upgrade
+        assert "NOT NULL" not in body[0]
+        assert "op.drop_tenant_column('ad_notes'" in body[1] and "ix_ad_notes_tenant_id" not in path.read_text()
+    else:
+        path = adopt_revision(project, source, ", batch_size=200")
+    writer = Writer(project.url)
     writer.start()
     assert writer.started.wait(10)
     try:
