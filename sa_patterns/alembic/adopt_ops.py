@@ -2,8 +2,9 @@
 writers, without stalling them; ``op.drop_tenant_column`` is its downgrade.
 
 Autogenerate writes ``ADD COLUMN tenant_id BIGINT NOT NULL`` (it fails on a table with rows) and
-a plain index (a write lock for the whole build). Replace those two operations with
-``op.add_tenant_column(table, source=...)``; it runs, outside the migration's transaction:
+the index. Replace those two operations with ``op.add_tenant_column(table, source=...)``, or
+decorate the model with :func:`~sa_patterns.tenancy.adopt.adopt_tenants` and autogenerate writes
+it (the comparator at the end of this module). It runs, outside the migration's transaction:
 
 1. ``ADD COLUMN tenant_id`` nullable, and a trigger filling ``tenant_id`` from the same source on
    the rows the old application inserts (or updates) meanwhile: one short transaction under
