@@ -33,6 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from ..errors import SAPatternsError
 
 __all__ = [
+    "AddUniqueUsingIndexOp",
     "AutocommitBlockOp",
     "CreateIndexConcurrentlyOp",
     "DropIndexConcurrentlyOp",
@@ -52,6 +53,11 @@ _TIMEOUT_KEY = "sa_patterns.lock_timeout"
 _RETRIES_KEY = "sa_patterns.lock_retries"
 _DURATION = re.compile(r"^\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*$")
 _LOCK_NOT_AVAILABLE = "55P03"
+#: statements a replayed revision may run again harmlessly
+_REPEATABLE = re.compile(
+    r"^\s*(?:CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS|DROP\s+INDEX\s+CONCURRENTLY\s+IF\s+EXISTS)\b",
+    re.I,
+)
 
 
 class LockTimeoutError(SAPatternsError):
@@ -145,26 +151,39 @@ def run_migrations(
     if not external:
         connection.commit()
     # A retry replays the revision from its start: only safe when nothing of it was committed.
-    # A commit that stamps the version table ends a revision (transaction_per_migration); any
-    # other (an autocommit_block() inside a revision) leaves the revision half applied.
+    # A commit that stamps the version table ends a revision (transaction_per_migration). A
+    # write committed otherwise (in an autocommit_block(), or a commit it forces) leaves the
+    # revision half applied, unless it is one that may simply run again (the toolkit's
+    # CONCURRENTLY ... IF [NOT] EXISTS).
     version_table = str(getattr(context.get_context(), "version_table", "alembic_version"))
-    state = {"stamping": False, "partial": False}
+    state = {"stamping": False, "written": False, "partial": False}
 
     def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
-        if version_table in sql and sql.lstrip()[:6].upper() in ("UPDATE", "INSERT", "DELETE"):
+        head = (sql.split(None, 1) or [""])[0].upper()
+        if version_table in sql and head in ("UPDATE", "INSERT", "DELETE"):
             state["stamping"] = True
+        elif head not in ("SELECT", "SET", "SHOW", "RESET", "LOCK") and not _REPEATABLE.match(sql):
+            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                state["partial"] = True
+            state["written"] = True
 
     def commit(conn: Any) -> None:
-        state["partial"] = not state["stamping"]
-        state["stamping"] = False
+        if state["stamping"]:
+            state.update(stamping=False, written=False, partial=False)
+        elif state["written"]:
+            state.update(written=False, partial=True)
+
+    def rollback(conn: Any) -> None:
+        state.update(stamping=False, written=False)
 
     from sqlalchemy import event
 
     event.listen(connection, "before_cursor_execute", statement)
     event.listen(connection, "commit", commit)
+    event.listen(connection, "rollback", rollback)
     try:
         for attempt in range(1, attempts + 1):
-            state.update(stamping=False, partial=False)
+            state.update(stamping=False, written=False, partial=False)
             try:
                 with context.begin_transaction():
                     context.run_migrations()
@@ -201,6 +220,7 @@ def run_migrations(
     finally:
         event.remove(connection, "before_cursor_execute", statement)
         event.remove(connection, "commit", commit)
+        event.remove(connection, "rollback", rollback)
         if not connection.closed and not connection.invalidated:
             if connection.in_transaction() and not external:
                 connection.rollback()
@@ -336,6 +356,24 @@ class LockTablesOp(MigrateOperation):
         operations.invoke(cls(tables, schema))
 
 
+@Operations.register_operation("add_unique_using_index")
+class AddUniqueUsingIndexOp(MigrateOperation):
+    """``ALTER TABLE ... ADD CONSTRAINT <name> UNIQUE USING INDEX <name>``: the unique index
+    already built CONCURRENTLY becomes the constraint (a brief lock, no scan)."""
+
+    def __init__(self, constraint_name: str, table_name: str, schema: str | None = None) -> None:
+        self.constraint_name, self.table_name, self.schema = constraint_name, table_name, schema
+
+    @classmethod
+    def add_unique_using_index(
+        cls, operations: Operations, constraint_name: str, table_name: str, *, schema: str | None = None
+    ) -> None:
+        operations.invoke(cls(constraint_name, table_name, schema))
+
+    def reverse(self) -> alembic_ops.DropConstraintOp:
+        return alembic_ops.DropConstraintOp(self.constraint_name, self.table_name, type_="unique", schema=self.schema)
+
+
 class AutocommitBlockOp(MigrateOperation):
     """Rendering only: ``with op.get_context().autocommit_block():`` around ``ops``."""
 
@@ -421,6 +459,16 @@ def _lock(operations: Operations, operation: LockTablesOp) -> None:
     operations.execute(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
 
 
+@Operations.implementation_for(AddUniqueUsingIndexOp)
+def _unique_using(operations: Operations, operation: AddUniqueUsingIndexOp) -> None:
+    quote = operations.get_context().impl.dialect.identifier_preparer.quote
+    table = quote(operation.table_name)
+    if operation.schema:
+        table = f"{quote(operation.schema)}.{table}"
+    name = quote(operation.constraint_name)
+    operations.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}")
+
+
 @Operations.implementation_for(ValidateConstraintOp)
 def _validate(operations: Operations, operation: ValidateConstraintOp) -> None:
     quote = operations.get_context().impl.dialect.identifier_preparer.quote
@@ -467,6 +515,11 @@ def _render_drop(autogen_context: AutogenContext, op: DropIndexConcurrentlyOp) -
 def _render_lock(autogen_context: AutogenContext, op: LockTablesOp) -> str:
     tail = f", schema={op.schema!r}" if op.schema else ""
     return f"op.lock_tables({op.tables!r}{tail})"
+
+
+@renderers.dispatch_for(AddUniqueUsingIndexOp)
+def _render_unique_using(autogen_context: AutogenContext, op: AddUniqueUsingIndexOp) -> str:
+    return f"op.add_unique_using_index({_args(op.constraint_name, op.table_name, schema=op.schema)})"
 
 
 @renderers.dispatch_for(ValidateConstraintOp)
