@@ -168,8 +168,9 @@ def settings(body: str, database: URL, server: URL, roles: RoleNames) -> tuple[s
         # the page's URLs log in as its roles (or the superuser) with its passwords
         assert url.username in renamed or var == "SUPERUSER_URL", (var, url.username)
         login = renamed.get(url.username or "")
+        # the query too: the embedded server is reached by its socket directory (?host=...)
         url = url.set(host=database.host, port=database.port, database=database.database,
-                      username=login or server.username,
+                      username=login or server.username, query=database.query,
                       password=url.password if login else server.password)
         ours[var] = url.render_as_string(hide_password=False)
     ours |= {var: page[var] for var in PASSWORD_VARS}
