@@ -10,6 +10,7 @@ from alembic.operations.ops import MigrationScript
 from alembic.util import PriorityDispatchResult
 from sqlalchemy import Computed
 
+from ..backfill import STATE_TABLE as BACKFILL_STATE_TABLE
 from ..schema.registry import NOT_A_TABLE
 from .online_plan import ConcurrentIndexes, plan_online
 from .render import WIDTH, pieces
@@ -31,6 +32,10 @@ def compose_include_object(user: Callable[..., bool] | None) -> Callable[..., bo
         # Tables that only describe a view are created by their view entity, never as tables.
         info = getattr(obj, "info", None) or {}
         if type_ == "table" and info.get(NOT_A_TABLE):
+            return False
+        # The backfill engine's progress table is created when a backfill first runs (in a
+        # migration, say) and no model declares it: never offered as a table to drop.
+        if type_ == "table" and reflected and compare_to is None and name == BACKFILL_STATE_TABLE:
             return False
         # The composite (tenant_id, column) keys are TenantReference objects, compared by the
         # toolkit's comparator, not foreign keys of the models' tables.

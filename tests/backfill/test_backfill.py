@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sa_patterns import EncryptedString, Keyring, Versioned, actor_scope, all_tenants, tenant_scope
 from sa_patterns.backfill import (
+    STATE_TABLE,
     Backfill,
     BackfillError,
     Batch,
@@ -425,6 +426,25 @@ def test_from_a_migration_it_runs_in_an_autocommit_block_and_commits_each_batch(
     assert report.finished and report.batches == 5
     assert visible == [(n, n) for n in range(0, 501, 100)]
     assert counts(engine) == {"done=1": 500, "wrong": 0}
+
+
+def test_autogenerate_never_offers_to_drop_the_progress_table(owner_engine: Engine) -> None:
+    """No model declares sa_patterns_backfill: plain autogenerate would drop it, the toolkit's
+    include_object leaves it alone."""
+    from alembic.autogenerate import compare_metadata
+
+    from sa_patterns.alembic import configure_kwargs
+
+    seed(owner_engine, 10)
+    run_backfill(owner_engine, FILL)
+
+    def dropped(opts: dict[str, Any]) -> list[str]:
+        with owner_engine.connect() as conn:
+            diffs = compare_metadata(MigrationContext.configure(conn, opts=opts), metadata)
+        return [d[1].name for d in diffs if isinstance(d, tuple) and d[0] == "remove_table"]
+
+    assert STATE_TABLE in dropped({})
+    assert STATE_TABLE not in dropped({"include_object": configure_kwargs()["include_object"]})
 
 
 def test_encrypting_a_plaintext_column_goes_through_the_models_type(owner_engine: Engine) -> None:
