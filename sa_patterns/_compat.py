@@ -116,7 +116,7 @@ def _missing(select: Select[Any], enclosing: frozenset[Any], joined_only: bool =
     if select._setup_joins:
         return []
     # an entity the SELECT selects brings its FROM: only the others need the FROM list built
-    selected = {parent_entity(column) for column in select._raw_columns}
+    selected = {parent_entity(column) for column in raw_columns(select)}
     named = [info for info in _where_entities(select) if info not in selected]
     if not named:
         return []
@@ -372,6 +372,13 @@ def per_row_update_default(element: Any) -> Any:
     executing (``_onupdate_description_tuple``), on 2.0.30 and 2.1 alike.
     """
     return _PerRowDefault(element, for_update=True)
+
+
+def attach_default(default: Any, column: Any) -> None:
+    """Make ``default`` (a ``ColumnDefault`` or :func:`per_row_update_default`) the ``default``
+    or ``onupdate`` of a column that exists already: the constructor's keywords are the only
+    public way, and a blind index's companion may be declared by the user."""
+    default._set_parent(column)
 
 
 def prefetch_update_default(compiler: Any, column: Any) -> None:

@@ -32,7 +32,7 @@ from sqlalchemy.sql import ColumnElement, false, operators, true
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, Null
 
-from .._compat import per_row_update_default, prefetch_update_default, update_values
+from .._compat import attach_default, per_row_update_default, prefetch_update_default, update_values
 from ..errors import ConfigurationError
 from ..pattern import Pattern
 from ..schema import ident
@@ -114,9 +114,9 @@ def add_companion(table: Table, column: Column[Any], type_: IndexedType) -> None
         companion = Column(name, LargeBinary(), nullable=True, index=True, info={INFO_KEY: column.name})
         table.append_column(companion)
     if companion.default is None:
-        _insert_default(column, type_)._set_parent(companion)
+        attach_default(_insert_default(column, type_), companion)
     if companion.onupdate is None:
-        per_row_update_default(_OnUpdate(column, companion, type_))._set_parent(companion)
+        attach_default(per_row_update_default(_OnUpdate(column, companion, type_)), companion)
 
 
 def _insert_default(column: Column[Any], type_: IndexedType) -> Any:

@@ -190,3 +190,19 @@ def test_compat_per_row_update_default_is_compiled_then_called() -> None:
     hashed = update(table).values(email="y").compile(dialect=postgresql.dialect())
     assert "email_bidx=%(email_bidx)s" in str(hashed).replace(" ", "")
     assert companion in hashed.update_prefetch  # type: ignore[attr-defined]
+
+
+def test_compat_attach_default_sets_a_declared_columns_default_and_onupdate() -> None:
+    """Pins sa_patterns._compat.attach_default: a default attached to a column that exists
+    becomes its ``default`` (or ``onupdate``) with the column as its parent."""
+    from sqlalchemy import Column, ColumnDefault, LargeBinary, MetaData, Table
+
+    from sa_patterns._compat import attach_default, per_row_update_default
+
+    table = Table("pin_attach", MetaData(), Column("v", LargeBinary()))
+    default = ColumnDefault(b"x")
+    attach_default(default, table.c.v)
+    assert table.c.v.default is default and default.column is table.c.v
+    onupdate = per_row_update_default(table.c.v)
+    attach_default(onupdate, table.c.v)
+    assert table.c.v.onupdate is onupdate and onupdate.for_update
