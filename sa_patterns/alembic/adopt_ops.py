@@ -30,10 +30,6 @@ they run; the fill, which needs a live database, renders as a comment.
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from alembic.autogenerate import comparators, renderers
@@ -43,19 +39,18 @@ from alembic.operations import ops as alembic_ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
 from sqlalchemy import DDL, BigInteger, MetaData, Table, func, select, text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.type_api import TypeEngine
 
-from ..backfill import STATE_TABLE, Backfill, run_backfill
+from ..backfill import Backfill, run_backfill
 from ..context import all_tenants
 from ..errors import BackfillError, ConfigurationError
 from ..schema.objects import ident, qualified, quote
 from ..tenancy.adopt import TenantSource, adoption_of, tenant_source
+from .online_steps import OnlineSteps
 
 __all__ = ["AddTenantColumnOp", "DropTenantColumnOp", "DropTenantFillOp"]
 
-_LOCK_NOT_AVAILABLE = "55P03"
 _CHECK_VIOLATION = "23514"
 
 
@@ -185,71 +180,19 @@ class _NothingToRestoreOp(MigrateOperation):
 # -- running the steps -------------------------------------------------------------------------
 
 
-class _Steps:
-    """The statements of one adoption, and how each runs online and renders offline."""
+class _Steps(OnlineSteps):
+    """The statements of one tenant adoption, and how each runs online and renders offline."""
 
     def __init__(self, operations: Operations, op: AddTenantColumnOp) -> None:
-        self.operations, self.op = operations, op
-        self.offline = operations.get_context().as_sql
+        super().__init__(operations, f"adopting tenant_id on {qualified(op.schema, op.table_name)}",
+                         lock_timeout=op.lock_timeout, retries=op.retries)
+        self.op = op
         self.table = qualified(op.schema, op.table_name)
         self.sql_type = str(op.type_.compile(dialect=postgresql.dialect())).lower()  # type: ignore[no-untyped-call]
         self.function = qualified(op.schema, ident(op.table_name, "tenant_id_fill"))
         self.trigger = quote(ident(op.table_name, "tenant_id_fill"))
         self.check = quote(ident(op.table_name, "tenant_id_not_null"))
         self.index = quote(op.index_name)
-
-    @property
-    def bind(self) -> Connection:
-        return self.operations.get_bind()
-
-    def emit(self, sql: str) -> None:
-        if self.offline:
-            # DDL(): no ":" parameter parsing; it %-formats its text, so "%" is doubled
-            self.operations.execute(DDL(sql.replace("%", "%%")))  # type: ignore[no-untyped-call]
-        else:
-            self.bind.exec_driver_sql(sql)
-
-    def brief(self, *statements: str) -> None:
-        """One short transaction under ``SET LOCAL lock_timeout``; online, a lock wait that
-        times out rolls it back, and it is tried again after a growing pause."""
-        for attempt in range(self.op.retries + 1):
-            self.emit("BEGIN")
-            try:
-                self.emit(f"SET LOCAL lock_timeout = {self.op.lock_timeout.strip()!r}")
-                for statement in statements:
-                    self.emit(statement)
-                self.emit("COMMIT")
-                return
-            except DBAPIError as exc:
-                self.bind.exec_driver_sql("ROLLBACK")
-                code = getattr(exc.orig, "sqlstate", None)
-                if code != _LOCK_NOT_AVAILABLE:
-                    raise
-                if attempt == self.op.retries:
-                    raise BackfillError(
-                        f"adopting tenant_id on {self.table}: a step could not take its lock "
-                        f"within lock_timeout={self.op.lock_timeout} in {attempt + 1} tries (a long "
-                        f"transaction holds the table: see pg_stat_activity). Statement: "
-                        f"{statements[0][:120]}. Run the upgrade again: it resumes."
-                    ) from exc
-                time.sleep(min(0.2 * 2**attempt, 10.0) * (0.5 + random.random()))
-
-    @contextmanager
-    def unlimited_wait(self) -> Iterator[None]:
-        """No lock_timeout for a step that blocks no reader or writer (CREATE INDEX
-        CONCURRENTLY waits for older transactions to end; only the migration waits)."""
-        if self.offline:
-            # the session's value is not known offline: a RESET would drop env.py's timeout for
-            # the statements after (the policies), so the script only says what happens online
-            self.emit("-- sa_patterns: lock_timeout 0 for the next statement, the session's value after")
-            yield
-            return
-        previous = self.bind.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
-        self.bind.execute(text("SELECT set_config('lock_timeout', '0', false)"))
-        try:
-            yield
-        finally:
-            self.bind.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": previous})
 
     # -- what the live table already has (online only: offline renders every step) ------------
 
@@ -261,13 +204,8 @@ class _Steps:
             "SELECT a.attnotnull FROM pg_catalog.pg_attribute a "
             "WHERE a.attrelid = to_regclass(:t) AND a.attname = 'tenant_id' AND NOT a.attisdropped"
         ), {"t": self.table}).first()
-        valid = self.bind.execute(text(
-            "SELECT i.indisvalid FROM pg_catalog.pg_index i WHERE i.indexrelid = to_regclass(:i)"
-        ), {"i": qualified(self.op.schema, self.op.index_name)}).scalar()
-        if valid is False:  # an interrupted CREATE INDEX CONCURRENTLY left it INVALID
-            with self.unlimited_wait():
-                self.emit(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified(self.op.schema, self.op.index_name)}")
-        return row is not None, bool(row and row[0]), bool(valid)
+        valid = self.index_valid(qualified(self.op.schema, self.op.index_name))
+        return row is not None, bool(row and row[0]), valid
 
     # -- the steps ----------------------------------------------------------------------------
 
@@ -342,26 +280,6 @@ class _Steps:
                 f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {self.index} ON {self.table} (tenant_id)"
             )
 
-    def forget(self) -> None:
-        """A finished adoption leaves no bookkeeping: its backfill record goes, and the state
-        table with it when no other backfill is recorded (a table no model declares, which the
-        next autogenerate would offer to drop). Online only, as the fill."""
-        if self.offline:
-            return
-        state = STATE_TABLE  # where run_backfill keeps it: the search path's first schema
-        if self.bind.execute(text("SELECT to_regclass(:t)"), {"t": state}).scalar() is None:
-            return
-        self.bind.exec_driver_sql("BEGIN")
-        try:
-            self.bind.exec_driver_sql("SET LOCAL lock_timeout = '1s'")
-            self.bind.exec_driver_sql(f"LOCK TABLE {state} IN ACCESS EXCLUSIVE MODE")
-            self.bind.execute(text(f"DELETE FROM {state} WHERE name = :n"), {"n": self.op.backfill_name})  # noqa: S608
-            if not self.bind.execute(text(f"SELECT EXISTS (SELECT FROM {state})")).scalar():  # noqa: S608
-                self.bind.exec_driver_sql(f"DROP TABLE {state}")
-            self.bind.exec_driver_sql("COMMIT")
-        except DBAPIError:
-            self.bind.exec_driver_sql("ROLLBACK")  # kept: another backfill is busy with it
-
     def drop_trigger_sql(self) -> list[str]:
         return [f"DROP TRIGGER IF EXISTS {self.trigger} ON {self.table}", f"DROP FUNCTION IF EXISTS {self.function}()"]
 
@@ -379,7 +297,7 @@ def _add_tenant_column(operations: Operations, operation: AddTenantColumnOp) -> 
             steps.create_index()
         if not operation.keep_trigger:
             steps.brief(*steps.drop_trigger_sql())
-        steps.forget()
+        steps.forget(operation.backfill_name)
     if operation.keep_trigger and operation.source.kind == "join":
         # The block released any lock the revision took before it (op.lock_tables). The trigger
         # left in place reads the parent while its writer holds this table: were the revision
