@@ -16,8 +16,17 @@ from typing import Any
 from alembic.runtime.plugins import Plugin
 from alembic.util import DispatchPriority
 
-# adopt_ops and schedule register their ops on import
-from . import adopt_encryption, adopt_history, adopt_ops, adopt_partition, adopt_search, compare, hooks, schedule  # noqa: F401
+# the adopt_* modules and schedule register their ops on import
+from . import (  # noqa: F401
+    adopt_encryption,
+    adopt_history,
+    adopt_ops,
+    adopt_partition,
+    adopt_search,
+    compare,
+    hooks,
+    schedule,
+)
 from .online import DuplicateKeysError, LockTimeoutError, run_migrations
 from .online_plan import ConcurrentIndexes
 from .ops import CreateEntityOp, DropEntityOp, ReplaceEntityOp
