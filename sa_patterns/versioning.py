@@ -291,6 +291,12 @@ def _entities(source: sa.orm.registry) -> sa.orm.registry:
     return found
 
 
+def link_history(table: Table, history: Table) -> None:
+    """Make ``history`` the history table of ``table`` (both reflected from the database, as a
+    migration has them), so :func:`sa_patterns.backfill.version_one` works on them."""
+    table.metadata.info.setdefault(_HISTORY_KEY, {})[table.key] = history
+
+
 def _history_entity(table: Table) -> Any:
     """The ORM entity over ``table``'s history (a clear error when it is not ``Versioned``)."""
     history_table(table)
