@@ -258,6 +258,8 @@ class EncryptedType(TypeDecorator[_T]):
         # processor below, which comes here only when its quick attempt fails.
         if value is None:
             return None
+        if value.__class__ is str:
+            return self._adopting(value)
         if value.__class__ is not bytes:
             value = bytes(value)
         raw = self.open(value)
@@ -267,6 +269,34 @@ class EncryptedType(TypeDecorator[_T]):
             raise DecryptionError(
                 f"{self.where}: the value decrypted but does not parse as "
                 f"{type(self).__name__} ({exc}); was the column's type changed?",
+                **self._names(),
+            ) from None
+
+    # -- a text column being encrypted in place (op.encrypt_column) ----------------------
+    def opened_text(self, value: str) -> _T | None:
+        """The value of an envelope written through a text column as ``\\x``-hex (the new
+        application's writes before the column becomes bytea), authenticated; None when
+        ``value`` is no such envelope (plaintext the old application wrote)."""
+        if not value.startswith("\\x01"):
+            return None
+        try:
+            raw = self.open(bytes.fromhex(value[2:]))
+        except (ValueError, DecryptionError, KeyNotFound):
+            return None
+        return self._loads(raw)
+
+    def _adopting(self, value: str) -> _T:
+        """A ``str`` result comes only from a text column: one ``op.encrypt_column`` has not
+        swapped yet. Its value is an envelope the new application wrote, or still plaintext.
+        Once the column is bytea no ``str`` arrives, and its CHECK refuses plaintext."""
+        opened = self.opened_text(value)
+        if opened is not None:
+            return opened
+        try:
+            return self._loads(value.encode("utf-8"))
+        except (ValueError, TypeError) as exc:
+            raise DecryptionError(
+                f"{self.where}: a text value that is not {type(self).__name__} plaintext ({exc}).",
                 **self._names(),
             ) from None
 
