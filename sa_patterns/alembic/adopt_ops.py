@@ -46,7 +46,8 @@ from ..backfill import Backfill, run_backfill
 from ..context import all_tenants
 from ..errors import BackfillError, ConfigurationError
 from ..schema.objects import ident, qualified, quote
-from ..tenancy.adopt import TenantSource, adoption_of, tenant_source
+from ..tenancy.adopt import TenantSource, adoption_of, no_existing_rows, tenant_source
+from ..tenancy.tables import is_tenant_table
 from .online_steps import OnlineSteps
 
 __all__ = ["AddTenantColumnOp", "DropTenantColumnOp", "DropTenantFillOp"]
@@ -210,6 +211,9 @@ class _Steps(OnlineSteps):
     # -- the steps ----------------------------------------------------------------------------
 
     def add_column(self) -> None:
+        if self.op.source.kind == "none":  # nothing to fill rows from: no trigger either
+            self.brief(f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS tenant_id {self.sql_type.upper()}")
+            return
         value = self.op.source.trigger_value(self.sql_type)
         self.brief(
             f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS tenant_id {self.sql_type.upper()}",
@@ -223,6 +227,10 @@ class _Steps(OnlineSteps):
 
     def fill(self, fresh: bool) -> None:
         op = self.op
+        if op.source.kind == "none":
+            if not self.offline:
+                self.refuse_orphans(Table(op.table_name, MetaData(), schema=op.schema, autoload_with=self.bind))
+            return
         if self.offline:
             self.emit(
                 f"-- sa_patterns: fill {self.table}.tenant_id from {op.source!r} in batches of "
@@ -249,6 +257,15 @@ class _Steps(OnlineSteps):
                 return
             keys = self.bind.execute(select(*key).where(missing).order_by(*key).limit(5)).all()
         shown = ", ".join(str(tuple(k)) if len(k) > 1 else repr(k[0]) for k in keys)
+        if self.op.source.kind == "none":
+            raise BackfillError(
+                f"adopting tenant_id on {self.table}: {count} row(s) have no tenant (keys "
+                f"{[c.name for c in key]}: {shown}{', ...' if count > len(keys) else ''}), and the "
+                "revision says none is expected (source=no_existing_rows()). Say where they come "
+                "from: decorate the model with @adopt_tenants(tenant_constant(...) | "
+                "tenant_column(...) | tenant_from(...)) and autogenerate again, or edit this "
+                "revision's source=. tenant_id is still nullable: run the upgrade again after."
+            )
         raise BackfillError(
             f"adopting tenant_id on {self.table}: {count} row(s) have no tenant after the fill "
             f"from {self.op.source.describe()} (keys {[c.name for c in key]}: {shown}"
@@ -281,6 +298,8 @@ class _Steps(OnlineSteps):
             )
 
     def drop_trigger_sql(self) -> list[str]:
+        if self.op.source.kind == "none":  # never had one
+            return []
         return [f"DROP TRIGGER IF EXISTS {self.trigger} ON {self.table}", f"DROP FUNCTION IF EXISTS {self.function}()"]
 
 
@@ -295,7 +314,7 @@ def _add_tenant_column(operations: Operations, operation: AddTenantColumnOp) -> 
             steps.not_null()
         if not indexed:
             steps.create_index()
-        if not operation.keep_trigger:
+        if not operation.keep_trigger and steps.drop_trigger_sql():
             steps.brief(*steps.drop_trigger_sql())
         steps.forget(operation.backfill_name)
     if operation.keep_trigger and operation.source.kind == "join":
@@ -325,7 +344,8 @@ def _nothing(operations: Operations, operation: _NothingToRestoreOp) -> None:
 def _drop_tenant_column(operations: Operations, operation: DropTenantColumnOp) -> None:
     steps = _Steps(operations, operation.added)
     with operations.get_context().autocommit_block():
-        steps.brief(*steps.drop_trigger_sql())
+        if steps.drop_trigger_sql():
+            steps.brief(*steps.drop_trigger_sql())
         with steps.unlimited_wait():
             steps.emit(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified(operation.added.schema, operation.added.index_name)}")
         steps.brief(f"ALTER TABLE {steps.table} DROP COLUMN IF EXISTS tenant_id")
@@ -335,7 +355,9 @@ def _drop_tenant_column(operations: Operations, operation: DropTenantColumnOp) -
 
 
 def _call(autogen_context: AutogenContext, name: str, op: AddTenantColumnOp, *, fill: bool) -> str:
-    autogen_context.imports.add("from sa_patterns.tenancy.adopt import tenant_column, tenant_constant, tenant_from")
+    kind = op.source.kind
+    names = ["no_existing_rows"] if kind == "none" else ["tenant_column", "tenant_constant", "tenant_from"]
+    autogen_context.imports.add(f"from sa_patterns.tenancy.adopt import {', '.join(names)}")
     args = [repr(op.table_name), f"source={op.source!r}"]
     if op.schema:
         args.append(f"schema={op.schema!r}")
@@ -393,10 +415,13 @@ def _install_adoption(autogen_context: AutogenContext, upgrade_ops: Any, schemas
 
 
 def _adopt_tenant_columns(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
-    """``ADD COLUMN tenant_id ... NOT NULL`` and its index, on a table whose model says where
-    its rows' tenants come from (:func:`~sa_patterns.tenancy.adopt.adopt_tenants`), become
-    ``op.add_tenant_column`` first in the revision (it commits what precedes it, so it must
-    precede any lock the revision takes) and ``op.drop_tenant_fill`` last."""
+    """``ADD COLUMN tenant_id ... NOT NULL`` and its index, on a ``TenantMixin`` table that
+    exists, become ``op.add_tenant_column`` first in the revision (it commits what precedes it,
+    so it must precede any lock the revision takes), with ``op.drop_tenant_fill`` last when the
+    model says where its rows' tenants come from
+    (:func:`~sa_patterns.tenancy.adopt.adopt_tenants`); without that, the source is
+    :func:`~sa_patterns.tenancy.adopt.no_existing_rows`: rows without a tenant stop the upgrade
+    with what to write."""
     tables = _metadata_tables(autogen_context)
     first: list[MigrateOperation] = []
     last: list[MigrateOperation] = []
@@ -407,8 +432,10 @@ def _adopt_tenant_columns(autogen_context: AutogenContext, upgrade_ops: Any, sch
         declared = None if table is None else adoption_of(table)
         add = next((o for o in container.ops if isinstance(o, alembic_ops.AddColumnOp)
                     and o.column.name == "tenant_id"), None)
-        if declared is None or add is None:
+        if add is None or table is None or not is_tenant_table(table):
             continue
+        # no decorator: the table exists, so say so online, and refuse rows without a tenant
+        declared = declared or (no_existing_rows(), {"keep_trigger": False})
         index = next((o for o in container.ops if isinstance(o, alembic_ops.CreateIndexOp)
                       and [getattr(c, "name", c) for c in o.columns] == ["tenant_id"]), None)
         container.ops = [o for o in container.ops if o is not add and o is not index]

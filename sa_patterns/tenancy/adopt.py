@@ -43,7 +43,7 @@ class TenantSource:
     :func:`tenant_column` or :func:`tenant_from`. Its ``repr`` is the call that builds it, so a
     migration renders it as written."""
 
-    kind: str  # "constant" | "column" | "join"
+    kind: str  # "constant" | "column" | "join" | "none"
     value: Any = None
     column: str | None = None
     parent: str | None = None
@@ -51,6 +51,8 @@ class TenantSource:
     parent_key: str = "id"
 
     def describe(self) -> str:
+        if self.kind == "none":
+            return "no source (the table was expected to have no rows)"
         if self.kind == "constant":
             return f"the constant tenant {self.value!r}"
         if self.kind == "column":
@@ -90,6 +92,8 @@ class TenantSource:
         )
 
     def __repr__(self) -> str:
+        if self.kind == "none":
+            return "no_existing_rows()"
         if self.kind == "constant":
             return f"tenant_constant({self.value!r})"
         if self.kind == "column":
@@ -120,6 +124,15 @@ def tenant_from(parent: str, *, on: str, key: str = "id", schema: str | None = N
     if not parent or not on or not key:
         raise ConfigurationError("tenant_from() needs the parent table and on= (the row's column).")
     return TenantSource("join", column=on, parent=parent, parent_schema=schema, parent_key=key)
+
+
+def no_existing_rows() -> TenantSource:
+    """No source: the table is expected to have no rows. What autogenerate writes for a
+    ``TenantMixin`` table that exists and whose model does not say where its rows' tenants come
+    from (:func:`adopt_tenants`): the column is added online all the same, and a row that has
+    no tenant (one that was there, or one the old code inserts during the migration) stops it
+    before ``tenant_id`` is made ``NOT NULL``, with what to write instead."""
+    return TenantSource("none")
 
 
 def tenant_source(source: TenantSource | int | str | uuid.UUID) -> TenantSource:
