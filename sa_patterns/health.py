@@ -25,6 +25,7 @@ __all__ = [
     "check_matview_freshness",
     "check_matviews_populated",
     "check_partitions",
+    "check_search_vectors",
     "check_toolkit_objects",
     "check_tsvector_indexes",
     "duration",
@@ -215,6 +216,29 @@ def check_tsvector_indexes(ctx: _Context) -> list[str]:
                 f"{table.fullname}.{name}: tsvector column without a GIN index; searches scan the "
                 "whole table. Add Index(..., postgresql_using='gin')."
             )
+    return problems
+
+
+def check_search_vectors(ctx: _Context) -> list[str]:
+    """A ``Searchable`` table adopted online keeps a plain ``search_vector`` by the toolkit's
+    trigger (see :mod:`sa_patterns.alembic.adopt_search`): it must exist, be enabled and compute
+    the model's expression, or rows written get no vector (or a stale one). A generated column
+    needs nothing; a missing column is the missing-migration check's."""
+    from .search import SEARCH_INFO, kept_vector
+
+    problems = []
+    for table in _tables(ctx.metadata):
+        for column in table.columns:
+            info = column.info.get(SEARCH_INFO)
+            if info is None or _oid(ctx.connection, table) is None:
+                continue
+            found = kept_vector(ctx.connection, table.schema, table.name)
+            problem = None if found is None else found.problem(*info)
+            if problem is not None:
+                problems.append(
+                    f"{table.fullname}.{column.name}: {problem}. Autogenerate and apply a migration "
+                    "(it writes op.change_search_vector, which restores the trigger and refills online)."
+                )
     return problems
 
 

@@ -11,6 +11,7 @@ rank, the filter and the headline all use the very same ``tsquery`` expression a
 from __future__ import annotations
 
 import inspect as inspect_module
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from sqlalchemy import (
     or_,
     select,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import REGCONFIG, TSQUERY, TSVECTOR
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import ColumnProperty, Mapper, QueryableAttribute, deferred
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Enum, Float, TypeDecorator
@@ -36,6 +38,7 @@ from sqlalchemy.types import Enum, Float, TypeDecorator
 from ._mapping import own_table, when_mapped
 from .errors import ConfigurationError
 from .schema import Extension, ident, quote, quote_literal, register
+from .schema.objects import qualified
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -52,10 +55,15 @@ __all__ = [
     "KNOWN_CONFIGS",
     "MAX_PREFIX_WORDS",
     "MAX_QUERY_CHARS",
+    "SEARCH_INFO",
     "SEARCH_VECTOR",
+    "KeptVector",
     "Searchable",
     "headline",
+    "kept_vector",
+    "kept_vector_function",
     "rank",
+    "search_vector_sql",
     "tsquery",
 ]
 
@@ -76,6 +84,10 @@ SEARCH_VECTOR = "search_vector"
 #: and replaces (drop + add, with its indexes) when its expression changes. The value is the
 #: names of the columns the expression reads.
 GENERATED_INFO = "sa_patterns.generated"
+#: ``Column.info`` key of a ``search_vector``: ``(((column, weight), ...), config,
+#: config_column)``, what :func:`search_vector_sql` builds the expression from (the online
+#: adoption's trigger computes the same expression on ``NEW``).
+SEARCH_INFO = "sa_patterns.search"
 #: User text beyond this many characters is ignored: a search box never needs more, and
 #: PostgreSQL's tsquery tree is recursive (huge queries can exhaust its stack).
 MAX_QUERY_CHARS = 1000
@@ -285,8 +297,8 @@ def _attach(mapper: Mapper[Any], spec: _Spec) -> None:
             f"{cls.__name__}: Searchable adds a generated column to the model's own table; "
             "map the class to a Table (not a select or a parent's single table)."
         )
-    config = f"{quote_literal(spec.config)}::regconfig"
     reads = []
+    config_column = None
     if spec.config_column:
         lang = _column(cls, mapper, spec.config_column, text=False)
         if not isinstance(lang.type, REGCONFIG):
@@ -296,21 +308,18 @@ def _attach(mapper: Mapper[Any], spec: _Spec) -> None:
                 f"column cast to regconfig is not immutable, so PostgreSQL refuses it in a "
                 f"generated column."
             )
-        config = f"COALESCE({quote(lang.name)}, {config})"
+        config_column = lang.name
         reads.append(lang.name)
-    parts = []
+    weights = []
     for key, weight in spec.columns:
         column = _column(cls, mapper, key, text=True)
         reads.append(column.name)
-        parts.append(
-            f"setweight(to_tsvector({config}, COALESCE({quote(column.name)}, '')), "
-            f"{quote_literal(weight)})"
-        )
+        weights.append((column.name, weight))
     vector: Column[Any] = Column(
         SEARCH_VECTOR,
         TSVECTOR,
-        Computed(" || ".join(parts), persisted=True),
-        info={GENERATED_INFO: tuple(reads)},
+        Computed(search_vector_sql(weights, spec.config, config_column), persisted=True),
+        info={GENERATED_INFO: tuple(reads), SEARCH_INFO: (tuple(weights), spec.config, config_column)},
     )
     table.append_column(vector)
     mapper.add_property(SEARCH_VECTOR, deferred(vector))
@@ -326,6 +335,111 @@ def _attach(mapper: Mapper[Any], spec: _Spec) -> None:
     if spec.trigram:
         register(table.metadata, Extension("pg_trgm", schema="public"))
     setattr(cls, _SPEC, spec)
+
+
+def search_vector_sql(
+    weights: Sequence[tuple[str, str]], config: str, config_column: str | None = None, *, row: str = ""
+) -> str:
+    """The ``search_vector`` expression over the columns ``weights`` names (``(column,
+    weight)`` pairs): the generated column's, and with ``row="NEW."`` the adoption trigger's,
+    so both compute the very same vector."""
+    regconfig = f"{quote_literal(config)}::regconfig"
+    if config_column:
+        regconfig = f"COALESCE({row}{quote(config_column)}, {regconfig})"
+    return " || ".join(
+        f"setweight(to_tsvector({regconfig}, COALESCE({row}{quote(name)}, '')), {quote_literal(weight)})"
+        for name, weight in weights
+    )
+
+
+# -- the trigger-kept form (a search vector adopted online on a populated table) ---------------
+
+#: the trigger's type bits (pg_trigger.tgtype): FOR EACH ROW, BEFORE, INSERT, UPDATE
+_KEPT_TGTYPE = 1 | 2 | 4 | 16
+_MARKER = "-- sa_patterns: search_vector "
+_KEPT = sql_text(
+    """
+    SELECT a.attgenerated, f.prosrc, t.tgenabled, t.tgtype = :tgtype AND t.tgfoid = f.oid,
+           ARRAY(SELECT att.attname::text FROM unnest(t.tgattr::int2[]) k(n)
+                 JOIN pg_catalog.pg_attribute att ON att.attrelid = t.tgrelid AND att.attnum = k.n
+                 ORDER BY 1)
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = :column AND NOT a.attisdropped
+    LEFT JOIN pg_catalog.pg_proc f ON f.proname = :name AND f.pronamespace = c.relnamespace AND f.pronargs = 0
+    LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = c.oid AND t.tgname = :name
+    WHERE c.oid = to_regclass(:table)
+    """
+)
+
+
+def kept_vector_function(weights: Sequence[tuple[str, str]], config: str, config_column: str | None) -> str:
+    """The body of the trigger function that keeps a plain ``search_vector`` (what
+    ``pg_proc.prosrc`` holds): the generated column's expression on ``NEW``, and the settings it
+    was built from as a marker comment (what a later change is reversed to)."""
+    marker = json.dumps({"weights": [list(w) for w in weights], "config": config, "config_column": config_column})
+    expression = search_vector_sql(weights, config, config_column, row="NEW.")
+    return f"\nBEGIN\n  {_MARKER}{marker}\n  NEW.{quote(SEARCH_VECTOR)} := {expression};\n  RETURN NEW;\nEND\n"
+
+
+@dataclass(frozen=True)
+class KeptVector:
+    """What the catalog holds for a table's ``search_vector`` (see :func:`kept_vector`)."""
+
+    generated: bool
+    name: str  # of the trigger and of its function
+    source: str | None  # the function's body (None: no such function)
+    enabled: bool | None  # None: no such trigger
+    shape_ok: bool  # BEFORE INSERT OR UPDATE, FOR EACH ROW, calling that function
+    columns: tuple[str, ...]  # the trigger's UPDATE OF columns
+
+    @property
+    def ours(self) -> bool:
+        """Whether the toolkit keeps this plain column (its function exists, with its marker):
+        a plain vector some other tool keeps is not (autogenerate replaces it, generated)."""
+        return not self.generated and self.source is not None and _MARKER in self.source
+
+    def settings(self) -> tuple[tuple[tuple[str, str], ...], str, str | None] | None:
+        """The ``(weights, config, config_column)`` the function's marker records, if ours."""
+        if not self.ours:
+            return None
+        try:
+            found = json.loads(str(self.source).split(_MARKER, 1)[1].split("\n", 1)[0])
+            weights = tuple((str(c), str(w)) for c, w in found["weights"])
+            return weights, str(found["config"]), found["config_column"]
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def problem(self, weights: Sequence[tuple[str, str]], config: str, config_column: str | None) -> str | None:
+        """Why this plain column does not keep the vector these settings describe, or None."""
+        if self.generated:
+            return None
+        if self.enabled is None:
+            return f"a plain tsvector column without the trigger {self.name} that keeps it: rows written get no vector"
+        if not self.enabled:
+            return f"the trigger {self.name} that keeps it is disabled: rows written keep a stale vector"
+        reads = sorted([*([config_column] if config_column else []), *(c for c, _ in weights)])
+        if not self.shape_ok or sorted(self.columns) != reads:
+            return (f"the trigger {self.name} is not the toolkit's (BEFORE INSERT OR UPDATE OF "
+                    f"{', '.join(reads)} FOR EACH ROW EXECUTE FUNCTION {self.name}())")
+        if self.source != kept_vector_function(weights, config, config_column):
+            return f"the trigger {self.name} computes another expression than the model's"
+        return None
+
+
+def kept_vector(connection: Connection, schema: str | None, table: str) -> KeptVector | None:
+    """The table's ``search_vector`` as the catalog has it (None: no such column), with the
+    trigger of the online adoption and its function (both ``<table>_search_vector``)."""
+    name = ident(table, SEARCH_VECTOR)
+    row = connection.execute(_KEPT, {"column": SEARCH_VECTOR, "name": name, "tgtype": _KEPT_TGTYPE,
+                                     "table": qualified(schema, table)}).first()
+    if row is None:
+        return None
+    generated, source, enabled, shape_ok, columns = row
+    return KeptVector(
+        generated=generated == "s", name=name, source=source,
+        enabled=None if enabled is None else enabled != "D",
+        shape_ok=bool(shape_ok), columns=tuple(columns or ()),
+    )
 
 
 def _spec(model: Any) -> _Spec:

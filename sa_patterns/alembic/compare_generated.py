@@ -7,6 +7,12 @@ PostgreSQL itself: the model's expression is created on a temporary probe table 
 SAVEPOINT (rolled back) and read back with ``pg_get_expr``, next to ``pg_get_expr`` of the live
 column. Equal text means no change, whatever the spelling in the model; a difference becomes
 drop index(es) + drop column + add column + create index(es), reversible for the downgrade.
+
+A search vector adopted online on a populated table is a plain ``tsvector`` column kept by the
+toolkit's trigger (:mod:`sa_patterns.alembic.adopt_search`): that counts as the model's column
+while the trigger's function computes the model's expression; otherwise (weights changed, the
+trigger dropped, disabled or edited) the difference is ``op.change_search_vector``, online. A
+plain vector without the toolkit's function (another tool's) is replaced as above.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from ..schema import quote
-from ..search import GENERATED_INFO
+from ..search import GENERATED_INFO, kept_vector
+from .adopt_search import changed_vector, vector_of
 
 __all__ = ["canonical_expression", "live_expression", "setup"]
 
@@ -129,6 +136,12 @@ def compare_generated_table(
         if not _flagged(column) or column.name not in conn_table.c:
             continue
         live = live_expression(connection, schema, tname, column.name)
+        found = kept_vector(connection, schema, tname) if live is None and vector_of(column) else None
+        if found is not None and found.ours:
+            change = changed_vector(connection, schema, tname, column)
+            if change is not None:  # moved first in the revision by adopt_search's comparator
+                modify_table_ops.ops.append(change)
+            continue
         if live is not None:
             try:
                 wanted = canonical_expression(connection, metadata_table, column)

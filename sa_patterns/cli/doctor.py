@@ -44,6 +44,7 @@ CHECKS: list[tuple[str, str]] = [
     ("no invalid indexes", "sa_patterns.health:check_invalid_indexes"),
     ("partitions ready for the next period", "sa_patterns.health:check_partitions"),
     ("search vectors indexed", "sa_patterns.health:check_tsvector_indexes"),
+    ("search vectors kept", "sa_patterns.health:check_search_vectors"),
     ("materialized views populated", "sa_patterns.health:check_matviews_populated"),
     ("materialized views fresh", "sa_patterns.health:check_matview_freshness"),
 ]
