@@ -443,3 +443,38 @@ def test_offline_sql_renders_every_step(project: Project) -> None:
         "-- sa_patterns: audit_log entries of ae_customers",
     ):
         assert expected in sql, expected
+
+
+def test_before_the_swap_the_new_type_reads_a_text_column_and_refuses_forged_envelopes(
+    owner_engine: Engine, db_schema: str
+) -> None:
+    """What the new application reads while the column is still text: the old application's
+    plaintext as it is, its own writes (a bytea parameter stored as ``\\x``-hex text) decrypted,
+    and a hex string that is no envelope of this column (forged, or another column's) as the
+    plaintext it is, never decrypted into something else."""
+    other = EncryptedString(KEYRING)
+    Table("ae_other", MetaData(), Column("email", other))
+    with owner_engine.begin() as conn:
+        conn.execute(text(f'SET LOCAL search_path = "{db_schema}"'))
+        conn.execute(text("CREATE TABLE ae_customers (id int PRIMARY KEY, email text, email_bidx bytea, note text)"))
+        try:
+            conn.execute(insert(OLD).values(id=1, email="old@example.com"))
+            conn.execute(insert(NEW).values(id=2, email="new@example.com"))
+            forged = "\\x" + other.seal(b"moved@example.com").hex()
+            conn.execute(insert(OLD).values(id=3, email=forged))
+            stored = dict(conn.execute(select(OLD.c.id, OLD.c.email)).all())
+            assert stored[1] == "old@example.com" and stored[2].startswith("\\x01026b31")  # no plaintext
+            assert dict(conn.execute(select(NEW.c.id, NEW.c.email)).all()) == {
+                1: "old@example.com", 2: "new@example.com", 3: forged}
+            # the new application's blind index works on its own writes already
+            assert conn.execute(select(NEW.c.id).where(NEW.c.email == "new@example.com")).scalars().all() == [2]
+        finally:
+            conn.execute(text("DROP TABLE ae_customers"))
+
+
+def test_a_keyring_without_an_importable_name_stops_autogenerate_with_the_fix(project: Project) -> None:
+    (project.root / "models.py").write_text(MODELS.format(
+        email_type=ENCRYPTED.replace("KEYRING", "lambda: KEYRING")))
+    done = project.run("alembic", "revision", "--autogenerate", "-m", "encrypt")
+    assert done.returncode != 0
+    assert "has no importable name" in done.stderr and "keyring='package.module:NAME'" in done.stderr
