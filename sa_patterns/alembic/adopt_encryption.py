@@ -541,7 +541,8 @@ def _run(steps: _Steps) -> None:
             steps.create_index()
             steps.catch_up()
             steps.swap()
-        steps.create_index()
+        elif not steps.offline:
+            steps.create_index()  # a run stopped after the swap: an INVALID leftover is rebuilt
         steps.finish_constraints()
         steps.rewrite_audit()
         steps.forget_all()
