@@ -18,6 +18,7 @@ __all__ = [
     "DatabaseWallDown",
     "DatabaseWallWarning",
     "DecryptionError",
+    "DowngradeRefused",
     "ForeignKeyViolation",
     "IntegrityViolation",
     "InvalidCursor",
@@ -192,3 +193,10 @@ class BackfillError(SAPatternsError):
     batch before it is committed; running it again resumes there."""
 
     code = "sap50"
+
+
+class DowngradeRefused(SAPatternsError):
+    """A downgrade the toolkit will not run online (a partitioned table made plain again needs
+    a copy of every row); the message says what to do instead."""
+
+    code = "sap53"
