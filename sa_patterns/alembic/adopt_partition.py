@@ -6,7 +6,8 @@ on the new view, which nobody can read before the revision commits, so it is bui
 transaction. What stalls writers is a lock the same transaction holds on a table that exists while the view
 is populated (the refresh policy a view over a row-level-security table needs: ``CREATE
 POLICY`` takes ACCESS EXCLUSIVE until the commit). In a transaction that locks a table that
-exists, autogenerate writes, for each materialized view over tables that exist,
+exists, autogenerate writes, for each new materialized view over tables that exist (a rebuilt
+one keeps its place: its readers wait on its ``DROP`` until the commit anyway),
 ``op.create_materialized_view_empty(...)`` (``WITH NO DATA``: instant) and, after the revision's
 transaction, ``op.populate_materialized_view(name)``: its refresh function (or ``REFRESH``) in an
 autocommit block, under ACCESS SHARE on the tables read. Until then the view is unpopulated
@@ -16,6 +17,7 @@ autocommit block, under ACCESS SHARE on the tables read. Until then the view is 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack, suppress
 from typing import Any
 
 from alembic.autogenerate import comparators, renderers
@@ -111,7 +113,12 @@ def _create_empty(operations: Operations, operation: CreateMaterializedViewEmpty
 def _populate(operations: Operations, operation: PopulateMaterializedViewOp) -> None:
     view = qualified(operation.schema, operation.name)
     steps = OnlineSteps(operations, f"populating {view}", lock_timeout="2s", retries=0)
-    with operations.get_context().autocommit_block():
+    block = ExitStack()
+    # in the caller's own transaction (a program running the operations in it, not Alembic's)
+    # Alembic refuses the block: the view is filled in that transaction, as WITH DATA would have
+    with suppress(AssertionError):
+        block.enter_context(operations.get_context().autocommit_block())
+    with block:
         function = operation.refresh_function
         if function and not steps.offline and steps.bind.execute(
             text("SELECT to_regprocedure(:f)"), {"f": f"{qualified(operation.schema, function)}(boolean)"}
@@ -194,6 +201,9 @@ def _populate_after_commit(autogen_context: AutogenContext, upgrade_ops: Any, sc
     if not _locked(upgrade_ops) - created:
         return PriorityDispatchResult.CONTINUE
     populate: list[MigrateOperation] = []
+    # a rebuilt view's readers wait on its DROP until the commit anyway: only new views move
+    rebuilt = {(getattr(o.entity, "schema", None) or "", getattr(o.entity, "name", "")) for o in upgrade_ops.ops
+               if isinstance(o, DropEntityOp | ReplaceEntityOp)}
     for md in _metadatas(autogen_context):
         for key, (schema, storage) in md.info.get(_MATVIEWS_KEY, {}).items():
             select = md.info.get(_SELECTS_KEY, {}).get(key)
@@ -203,7 +213,8 @@ def _populate_after_commit(autogen_context: AutogenContext, upgrade_ops: Any, sc
             for i, op in enumerate(upgrade_ops.ops):
                 entity = getattr(op, "entity", None)
                 if (isinstance(op, CreateEntityOp) and isinstance(entity, MaterializedView) and entity.with_data
-                        and (entity.schema or "", entity.name) == (schema or "", storage)):
+                        and (entity.schema or "", entity.name) == (schema or "", storage)
+                        and (schema or "", storage) not in rebuilt):
                     upgrade_ops.ops[i] = CreateMaterializedViewEmptyOp(entity)
                     populate.append(PopulateMaterializedViewOp(storage, schema, refresh_function_name(storage)))
     upgrade_ops.ops.extend(populate)
