@@ -42,7 +42,7 @@ MODELS = '''
 from sqlalchemy import String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from sa_patterns import Searchable
+from sa_patterns import Searchable, Versioned
 
 
 class Base(DeclarativeBase):
@@ -110,7 +110,7 @@ class Project:
     """A migration directory (alembic.ini, env.py, models.py) run by subprocesses as the owner."""
 
     def __init__(self, root: Path, url: URL) -> None:
-        self.root, self.url = root, url
+        self.root, self.url, self.versioned = root, url, False
         (root / "migrations" / "versions").mkdir(parents=True)
         (root / "migrations" / "env.py").write_text(ENV)
         (root / "migrations" / "script.py.mako").write_text((template_dir() / "script.py.mako").read_text())
@@ -119,7 +119,7 @@ class Project:
 
     def models(self, weights: dict[str, str] | None, extra: str = "") -> None:
         (self.root / "models.py").write_text(MODELS.format(
-            bases="Searchable, " if weights else "", extra=extra,
+            bases=("Versioned, " if self.versioned else "") + ("Searchable, " if weights else ""), extra=extra,
             searchable=f"__searchable__ = {weights!r}" if weights else ""))
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -145,10 +145,15 @@ def upgrade_body(path: Path) -> tuple[list[str], str]:
 
 
 @pytest.fixture
-def project(tmp_path: Path, owner_engine: Engine, db_schema: str, superuser_engine: Engine) -> Iterator[Project]:
-    """``as_notes`` before ``Searchable``, with rows (some without a body)."""
+def project(
+    tmp_path: Path, owner_engine: Engine, db_schema: str, superuser_engine: Engine, request: pytest.FixtureRequest
+) -> Iterator[Project]:
+    """``as_notes`` before ``Searchable``, with rows (some without a body); ``Versioned`` for a
+    test whose name says so."""
     url = owner_engine.url.update_query_dict({"options": f"-csearch_path={db_schema}"})
     proj = Project(tmp_path, url)
+    proj.versioned = "versioned" in request.node.name
+    proj.models(None)
     proj.revision("base")
     proj.ok("alembic", "upgrade", "head")
     with owner_engine.begin() as conn:
@@ -159,7 +164,8 @@ def project(tmp_path: Path, owner_engine: Engine, db_schema: str, superuser_engi
         conn.execute(text("ANALYZE as_notes"))
     yield proj
     with superuser_engine.begin() as conn:
-        for table in ("as_notes", "as_pages", "alembic_version", "sa_patterns_backfill", "as_progress"):
+        for table in ("as_notes", "as_notes_history", "as_pages", "alembic_version", "sa_patterns_backfill",
+                      "as_progress"):
             conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
         for function in ("as_notes_search_vector", "as_stop", "as_log"):
             conn.execute(text(f"DROP FUNCTION IF EXISTS {function}() CASCADE"))
@@ -434,3 +440,26 @@ def test_an_interrupted_fill_resumes_where_it_stopped(project: Project, superuse
     assert done_counts == sorted(done_counts) and done_counts[0] == 1600 and done_counts[-1] == N_NOTES
     assert wrong_vectors(superuser_engine, weights) == 0
     assert catalog(superuser_engine) == KEPT
+
+
+def test_a_versioned_table_adopts_searchable_and_its_history_copies_the_vector(
+    project: Project, superuser_engine: Engine
+) -> None:
+    weights = {"title": "A", "body": "B"}
+    project.models(weights)
+    path = project.revision("adopt")
+    upgrade, _ = upgrade_body(path)
+    # the history's copy is a plain nullable column (no rewrite); the source's, the online form
+    assert upgrade[0] == "op.add_search_vector('as_notes', {'title': 'A', 'body': 'B'})", upgrade
+    assert "op.add_column('as_notes_history', sa.Column('search_vector', postgresql.TSVECTOR(), nullable=True))" in upgrade
+    assert "Computed" not in path.read_text()
+    under_traffic(project, "alembic", "upgrade", "head")
+    assert wrong_vectors(superuser_engine, weights) == 0
+    assert "No new upgrade operations detected" in project.ok("alembic", "check")
+    with superuser_engine.begin() as conn:
+        conn.execute(text("UPDATE as_notes SET title = 'versioned lima' WHERE id = 42"))
+    with superuser_engine.connect() as conn:
+        copied = conn.scalar(text(
+            "SELECT h.search_vector = n.search_vector AND h.search_vector @@ 'lima'::tsquery FROM as_notes_history h "
+            "JOIN as_notes n USING (id) WHERE id = 42 AND h.valid_to IS NULL"))
+    assert copied is True
