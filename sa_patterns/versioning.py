@@ -470,9 +470,9 @@ def backfill(bind: Any, model: Any) -> int:
     inside a transaction or a session, as one statement.
     """
     if _batchable(bind):
-        from .backfill import run_backfill, version_one
+        from .backfill import run_backfill
 
-        return run_backfill(bind, version_one(model)).rows
+        return run_backfill(bind, version_one_backfill(model)).rows
     table = model if isinstance(model, Table) else model.__table__
     hist = history_table(table)
     pk = list(table.primary_key.columns)
@@ -493,6 +493,27 @@ def backfill(bind: Any, model: Any) -> int:
         .execution_options(preserve_rowcount=True)  # INSERT rowcount is opt-in in SQLAlchemy 2
     )
     return int(result.rowcount)
+
+
+def version_one_backfill(model: Any, *, name: str | None = None) -> Any:
+    """:func:`sa_patterns.backfill.version_one` (the same record name), with "no current
+    version" asked row by row (a correlated count: one probe of the history's key per row). As
+    ``NOT EXISTS``, the planner makes it a merge anti-join that reads the history from its start
+    in every batch (a fresh, never analysed history looks small), so each batch got slower as
+    the history grew."""
+    import dataclasses
+
+    from .backfill import version_one
+
+    table = model if isinstance(model, Table) else model.__table__
+    hist = history_table(table)
+    current = (
+        sa.select(sa.func.count())
+        .select_from(hist)
+        .where(*[hist.c[c.name] == c for c in table.primary_key.columns], hist.c.valid_to.is_(None))
+        .scalar_subquery()
+    )
+    return dataclasses.replace(version_one(table, name=name), where=current == 0)
 
 
 def _batchable(bind: Any) -> bool:

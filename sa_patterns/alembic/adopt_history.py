@@ -35,7 +35,7 @@ from alembic.operations import ops as alembic_ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
 from sqlalchemy import MetaData, Table
 
-from ..backfill import run_backfill, version_one
+from ..backfill import run_backfill
 from ..context import all_tenants
 from ..errors import BackfillError, ConfigurationError
 from ..schema.objects import ident, qualified
@@ -108,12 +108,12 @@ def _backfill_versions(operations: Operations, operation: BackfillVersionsOp) ->
         source = Table(operation.table_name, live, schema=operation.schema, autoload_with=steps.bind)
         history = Table(ident(operation.table_name, "history"), live, schema=operation.schema,
                         autoload_with=steps.bind)
-        from ..versioning import link_history
+        from ..versioning import link_history, version_one_backfill
 
         link_history(source, history)
         try:
             with all_tenants():  # a tenant table's history under forced row-level security: the owner reads it all
-                run_backfill(steps.bind, version_one(source, name=operation.backfill_name),
+                run_backfill(steps.bind, version_one_backfill(source, name=operation.backfill_name),
                              batch_size=operation.batch_size)
         except Exception as exc:
             raise BackfillError(
