@@ -493,7 +493,8 @@ class _Steps(OnlineSteps):
             f"{self.op.table_name}.{self.col}.audit", log, action=action,
             where=and_(log.c.table_name == logged_as, or_(plaintext_in(log.c.old_row), plaintext_in(log.c.new_row))),
         )
-        run_backfill(self.bind, spec, batch_size=self.op.batch_size)
+        # a short lock wait, retried: audited writers queue behind the guard's lock while it waits
+        run_backfill(self.bind, spec, batch_size=self.op.batch_size, lock_timeout=0.1, retries=50)
 
     def sealed_entry(self, entry: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         if entry is None:
