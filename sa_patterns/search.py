@@ -6,6 +6,11 @@ same expression in the model, the migration and the catalog. A GIN index on the 
 ``search_vector @@ tsquery`` an index scan. Queries are parsed with ``websearch_to_tsquery``
 (or a prefix query built from words only), so no user text can be a syntax error, and the
 rank, the filter and the headline all use the very same ``tsquery`` expression and config.
+
+Adding a generated column to a table that has rows rewrites it under ACCESS EXCLUSIVE, so there
+the vector is a plain column kept by a trigger computing the same expression
+(:func:`search_vector_sql`, :mod:`sa_patterns.alembic.adopt_search`); :func:`kept_vector` reads
+that form back from the catalog for autogenerate and the doctor.
 """
 
 from __future__ import annotations
