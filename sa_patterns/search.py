@@ -238,6 +238,10 @@ class Searchable:
         return stmt.order_by(*order) if sort else stmt  # type: ignore[return-value, unused-ignore]
 
 
+#: ``Index.info`` key of an index a pattern adds to a table (Alembic never renders index info)
+TOOLKIT_INDEX = "sa_patterns.toolkit_index"
+
+
 def _declares_table(cls: type) -> bool:
     # Abstract classes and single-table subclasses have no table of their own.
     if cls.__dict__.get("__abstract__", False):
@@ -336,6 +340,7 @@ def _attach(mapper: Mapper[Any], spec: _Spec) -> None:
             column,
             postgresql_using="gin",
             postgresql_ops={column.name: "gin_trgm_ops"},
+            info={TOOLKIT_INDEX: True},  # built CONCURRENTLY on a table that exists (online_plan)
         )
     if spec.trigram:
         register(table.metadata, Extension("pg_trgm", schema="public"))

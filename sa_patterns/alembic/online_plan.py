@@ -22,6 +22,7 @@ from alembic.operations import ops as alembic_ops
 from sqlalchemy import MetaData
 
 from ..schema.constraints import TenantReference
+from ..search import TOOLKIT_INDEX
 from .online import (
     AddUniqueUsingIndexOp,
     AutocommitBlockOp,
@@ -62,7 +63,7 @@ def _is_toolkit_index(metadata: list[MetaData], op: alembic_ops.CreateIndexOp) -
             for index in table.indexes:
                 if index.name == op.index_name:
                     columns = {getattr(c, "name", None) for c in index.expressions}
-                    return bool(columns & _TOOLKIT_COLUMNS) or _SOFT_UNIQUE in index.info
+                    return bool(columns & _TOOLKIT_COLUMNS) or bool({_SOFT_UNIQUE, TOOLKIT_INDEX} & set(index.info))
     return False
 
 

@@ -1,4 +1,4 @@
-"""``op.add_tenant_column`` without a database: what a revision holding it renders (and its
+"""``op.add_tenant_column`` (and the online plan of the toolkit's indexes) without a database: what a revision holding it renders (and its
 reverse, for the downgrade), and the SQL it prints offline (``alembic upgrade --sql``, what the
 linter reads), with every value quoted."""
 
@@ -12,10 +12,13 @@ import sqlalchemy as sa
 from alembic.autogenerate import render_python_code
 from alembic.migration import MigrationContext
 from alembic.operations import Operations, ops
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import sa_patterns.alembic  # noqa: F401  (registers the operations)
 from sa_patterns.alembic.adopt_ops import AddTenantColumnOp
+from sa_patterns.alembic.online_plan import plan_online
 from sa_patterns.errors import ConfigurationError
+from sa_patterns.search import Searchable
 from sa_patterns.tenancy.adopt import tenant_column, tenant_constant, tenant_from, tenant_source
 
 
@@ -79,3 +82,32 @@ def test_offline_every_step_is_printed_and_every_value_quoted() -> None:
         at = found
     join = offline_sql(AddTenantColumnOp("tasks", tenant_from("projects", on="project_id", key="uid")))
     assert 'NEW.tenant_id := (SELECT p.tenant_id FROM projects p WHERE p.uid = NEW.project_id);' in join
+
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Doc(Searchable, _Base):
+    __tablename__ = "docs"
+    __searchable__ = {"title": "A"}
+    __search_trigram__ = ("title",)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str]
+    code: Mapped[str] = mapped_column(index=True)
+
+
+def test_a_trigram_index_on_a_table_that_exists_is_built_concurrently() -> None:
+    """``__search_trigram__``'s GIN index is the toolkit's too: on a table that exists it moves to
+    the revision's concurrent block, as the search vector's does; a user's own index stays."""
+    indexes = {i.name: i for i in _Doc.__table__.indexes}
+    up = ops.UpgradeOps(ops=[ops.ModifyTableOps("docs", [
+        ops.CreateIndexOp.from_index(indexes["ix_docs_title_trgm"]),
+        ops.CreateIndexOp.from_index(indexes["ix_docs_code"]),
+    ])])
+    script = ops.MigrationScript("r1", up, up.reverse())
+    plan_online(MigrationContext.configure(dialect_name="postgresql", opts={"target_metadata": _Base.metadata}), script)
+    code = render_python_code(script.upgrade_ops)
+    assert "op.create_index_concurrently('ix_docs_title_trgm'" in code
+    assert "op.create_index(op.f('ix_docs_code')" in code and "create_index_concurrently('ix_docs_code'" not in code
