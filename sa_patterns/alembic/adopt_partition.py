@@ -312,7 +312,7 @@ class _PartitionSteps(OnlineSteps):
        under SHARE UPDATE EXCLUSIVE: reads and writes go on); a row outside stops here, named,
        before anything irreversible;
     3. a primary key that lacks the partition column: a unique index over the new key built
-       ``CONCURRENTLY``;
+       ``CONCURRENTLY``, which becomes the table's primary key in the swap (the old one dropped);
     4. one brief transaction under ``lock_timeout`` (retried): the table renamed to its
        partition's name (``<table>_p<period>``, so the maintenance function takes it for the
        current period's), its key, indexes and triggers renamed or moved, the partitioned table
@@ -439,13 +439,18 @@ class _PartitionSteps(OnlineSteps):
         for name, _, _, constraint in indexes:
             if not constraint and name != key_index:
                 out.append(f"ALTER INDEX {qualified(op.schema, name)} RENAME TO {quote(ident(partition, name))}")
-        if pkey is not None:
-            out.append(f"ALTER TABLE {t} RENAME CONSTRAINT {quote(pkey[0])} TO {quote(ident(partition, 'pkey'))}")
-        if key_index is not None:
-            out.append(f"ALTER TABLE {t} ADD CONSTRAINT {quote(ident(partition, 'partition_key'))} "
-                       f"UNIQUE USING INDEX {quote(key_index)}")
         for column in key_cols:
             out.append(f"ALTER TABLE {t} ALTER COLUMN {quote(column)} SET NOT NULL")  # the valid check: no scan
+        if key_index is not None:
+            # the partition's key must be the parent's (PostgreSQL 18 clones a primary key onto a
+            # partition that has another): the old one goes, the index built over the new one
+            # becomes it (no scan: its columns are NOT NULL)
+            if pkey is not None:
+                out.append(f"ALTER TABLE {t} DROP CONSTRAINT {quote(pkey[0])}")
+            out.append(f"ALTER TABLE {t} ADD CONSTRAINT {quote(ident(partition, 'pkey'))} "
+                       f"PRIMARY KEY USING INDEX {quote(key_index)}")
+        elif pkey is not None:
+            out.append(f"ALTER TABLE {t} RENAME CONSTRAINT {quote(pkey[0])} TO {quote(ident(partition, 'pkey'))}")
         out.append(f"ALTER TABLE {t} RENAME TO {p}")
         # the partitioned table under the old name
         out.append(
