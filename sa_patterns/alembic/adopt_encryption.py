@@ -404,14 +404,16 @@ class _Steps(OnlineSteps):
             self.emit(f"-- sa_patterns: the rows of {self.table} written since, converted under the lock below")
             self.brief(*self.lock_sql(), *self.swap_sql())
             return
+        # reflected before the lock: the lock is held for the rows' conversion and the DDL only
+        specs = [self.backfill(name) for name in filter(None, (self.op.table_name, self.op.history_table))]
         for attempt in range(self.retries + 1):
             self.bind.exec_driver_sql("BEGIN")
             try:
                 self.bind.exec_driver_sql(f"SET LOCAL lock_timeout = {self.lock_timeout!r}")
                 for statement in self.lock_sql():
                     self.bind.exec_driver_sql(statement)
-                for name in filter(None, (self.op.table_name, self.op.history_table)):
-                    self.convert_locked(name)
+                for spec in specs:
+                    self.convert_rows(self.bind, spec.table, spec.where)
                 for statement in self.swap_sql():
                     self.bind.exec_driver_sql(statement)
                 self.bind.exec_driver_sql("COMMIT")
@@ -434,10 +436,6 @@ class _Steps(OnlineSteps):
     def lock_sql(self) -> list[str]:
         tables = ", ".join(filter(None, (self.table, self.history)))
         return [f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"]
-
-    def convert_locked(self, table_name: str) -> None:
-        spec = self.backfill(table_name)
-        self.convert_rows(self.bind, spec.table, spec.where)
 
     # -- 6. constraints validated, NOT NULL
     def finish_constraints(self) -> None:
