@@ -4,9 +4,8 @@ generated column, a table rewrite, and ``CREATE INDEX`` under the same ACCESS EX
 vs ``op.add_search_vector`` (a plain column kept by a trigger, filled in batches, then the GIN
 index built ``CONCURRENTLY``), and the steady-state write cost of the two forms.
 
-The writer (its own connection, one short transaction every ~5 ms under ``lock_timeout = 5s``:
-inserts, updates of the searched columns, updates of another column) runs for as long as the
-migration does; its longest write and its failures are reported. The write cost compares two
+The stall cases are ``python -m bench.adoption``'s for search (its writer: inserts, updates of
+the searched columns, updates of another column). The write cost compares two
 tables of ``--steady-rows`` rows, one per form: 5,000 single-row UPDATE transactions of a
 searched column, 5,000 of an unsearched one, and one bulk UPDATE of a searched column over the
 whole table, each the median of 5 runs. Each case gets a fresh table on a scratch database of
@@ -20,15 +19,16 @@ import argparse
 import os
 import random
 import statistics
-import threading
 import time
 from collections.abc import Callable
 
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 
 import sa_patterns.alembic  # noqa: F401  (registers op.add_search_vector)
+from bench.adoption import Case
+from bench.adoption import main as adoption_main
 from sa_patterns.database import normalise_url, scratch_database
 from sa_patterns.search import search_vector_sql
 
@@ -73,43 +73,23 @@ def online(engine: Engine) -> None:
                                  "ON docs USING gin (search_vector)")
 
 
-def measure(engine: Engine, rows: int, work: Callable[[Engine], None]) -> dict[str, float]:
-    stop = threading.Event()
-    stats = {"writes": 0.0, "failed": 0.0, "longest": 0.0}
+def write(conn: Connection, rng: random.Random, rows: int) -> None:
+    """Inserts, updates of a searched column, updates of another column."""
+    choice = rng.random()
+    if choice < 0.4:
+        conn.execute(text("INSERT INTO docs (title, body) VALUES (:t, :b)"),
+                     {"t": f"new {rng.choice(WORDS)}", "b": " ".join(rng.choices(WORDS, k=24))})
+    elif choice < 0.8:
+        conn.execute(text("UPDATE docs SET title = :t WHERE id = :i"),
+                     {"t": f"edited {rng.choice(WORDS)}", "i": rng.randint(1, rows)})
+    else:
+        conn.execute(text("UPDATE docs SET touched = touched + 1 WHERE id = :i"), {"i": rng.randint(1, rows)})
 
-    def writer() -> None:
-        rng = random.Random(1)
-        with engine.connect() as conn:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    with conn.begin():
-                        conn.execute(text("SET LOCAL lock_timeout = '5s'"))
-                        choice = rng.random()
-                        if choice < 0.4:
-                            conn.execute(text("INSERT INTO docs (title, body) VALUES (:t, :b)"),
-                                         {"t": f"new {rng.choice(WORDS)}", "b": " ".join(rng.choices(WORDS, k=24))})
-                        elif choice < 0.8:
-                            conn.execute(text("UPDATE docs SET title = :t WHERE id = :i"),
-                                         {"t": f"edited {rng.choice(WORDS)}", "i": rng.randint(1, rows)})
-                        else:
-                            conn.execute(text("UPDATE docs SET touched = touched + 1 WHERE id = :i"),
-                                         {"i": rng.randint(1, rows)})
-                except Exception:  # a failed write is the finding
-                    stats["failed"] += 1
-                stats["longest"] = max(stats["longest"], time.perf_counter() - t0)
-                stats["writes"] += 1
-                time.sleep(0.005)
 
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    time.sleep(0.5)
-    t0 = time.perf_counter()
-    work(engine)
-    total = time.perf_counter() - t0
-    stop.set()
-    thread.join()
-    return {**stats, "total": total}
+CASES = [
+    Case("search", "naive transaction", build, naive, write, online=False),
+    Case("search", "op.add_search_vector", build, online, write, online=True),
+]
 
 
 def write_cost(engine: Engine, rows: int, runs: int = 5, updates: int = 5000) -> None:
@@ -168,21 +148,15 @@ def main() -> None:
     parser.add_argument("--skip-stall", action="store_true")
     parser.add_argument("--skip-steady", action="store_true")
     args = parser.parse_args()
-    server = normalise_url(os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
-    with scratch_database(server, prefix="sap_adopt_bench") as url:
-        engine = create_engine(url)
-        if not args.skip_stall:
-            for name, work in (("naive transaction", naive), ("op.add_search_vector", online)):
-                build(engine, args.rows)
-                found = measure(engine, args.rows, work)
-                print(
-                    f"{name:22} {args.rows:>9,} rows: migration {found['total']:5.1f} s, longest write "
-                    f"{found['longest'] * 1000:6.0f} ms, {found['writes']:.0f} writes, {found['failed']:.0f} failed"
-                )
-        if not args.skip_steady:
+    if not args.skip_stall:
+        adoption_main(["--only", "search", "--rows", str(args.rows)])
+    if not args.skip_steady:
+        server = normalise_url(os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
+        with scratch_database(server, prefix="sap_adopt_bench") as url:
+            engine = create_engine(url)
             print(f"steady-state writes, {args.steady_rows:,} rows, median of 5:")
             write_cost(engine, args.steady_rows)
-        engine.dispose()
+            engine.dispose()
 
 
 if __name__ == "__main__":
