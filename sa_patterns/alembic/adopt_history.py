@@ -39,7 +39,6 @@ from ..backfill import run_backfill
 from ..context import all_tenants
 from ..errors import BackfillError, ConfigurationError
 from ..schema.objects import ident, qualified
-from .adopt_ops import _metadata_tables
 from .online_steps import OnlineSteps
 
 __all__ = ["BackfillVersionsOp", "ForgetVersionsOp"]
@@ -175,7 +174,9 @@ def _backfill_new_histories(autogen_context: AutogenContext, upgrade_ops: Any, s
     (or may have) rows, so ``op.backfill_versions`` goes last in the upgrade."""
     from ..versioning import history_table
 
-    tables = _metadata_tables(autogen_context)
+    given = autogen_context.metadata
+    metadatas = [] if given is None else [given] if isinstance(given, MetaData) else list(given)
+    tables = {(t.schema or "", t.name): t for md in metadatas for t in md.tables.values()}
     created = {(o.schema or "", o.table_name) for o in upgrade_ops.ops if isinstance(o, alembic_ops.CreateTableOp)}
     for key, table in tables.items():
         try:
