@@ -101,6 +101,12 @@ def _history_body(table: Table, history: Table) -> str:
     # wrongly once the table has a dropped column (the values shift by one, or the statement
     # fails with "attribute N has wrong type").
     value = {c: f"sa_v{i}" for i, c in enumerate(cols)}
+    # A change of derived columns alone is no new version: a generated column changes only with
+    # its sources, but Searchable's trigger-kept vector is filled on its own (the adoption's
+    # backfill), which would otherwise open a version of every row.
+    derived = [c.name for c in table.columns if c.computed is not None and not c.primary_key]
+    minus = f" - ARRAY[{', '.join(quote_literal(c) for c in derived)}]::text[]" if derived else ""
+    changed = f"(to_jsonb(sa_o.*){minus}) IS DISTINCT FROM (to_jsonb(sa_n.*){minus})"
     old_key = {c: f"sa_k{i}" for i, c in enumerate(pk)}
     join = " AND ".join(f"sa_o.{quote(c)} = sa_n.{quote(c)}" for c in pk)
     selected = [f"sa_o.{quote(c)} AS {old_key[c]}" for c in pk]
@@ -109,7 +115,7 @@ def _history_body(table: Table, history: Table) -> str:
     paired_key = " AND ".join(f"h.{quote(c)} = p.{old_key[c]}" for c in pk)
     pairs = (
         f"SELECT {', '.join(selected)},\n"  # noqa: S608
-        "             to_jsonb(sa_o.*) IS DISTINCT FROM to_jsonb(sa_n.*) AS sa_changed\n"
+        f"             {changed} AS sa_changed\n"
         f"      FROM {OLD} sa_o FULL JOIN {NEW} sa_n ON {join}\n"
         "      OFFSET 0"
     )
@@ -128,7 +134,7 @@ def _history_body(table: Table, history: Table) -> str:
         f"FROM {NEW} sa_n;"
     )
     probe = one_row_probe(
-        [same_key, "to_jsonb(sa_o.*) IS DISTINCT FROM to_jsonb(sa_n.*)"], ["v_same_key", "v_changed"], "v_rows"
+        [same_key, changed], ["v_same_key", "v_changed"], "v_rows"
     )
     # quoted identifiers and literals only
     return f"""\

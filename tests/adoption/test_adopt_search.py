@@ -463,3 +463,19 @@ def test_a_versioned_table_adopts_searchable_and_its_history_copies_the_vector(
             "SELECT h.search_vector = n.search_vector AND h.search_vector @@ 'lima'::tsquery FROM as_notes_history h "
             "JOIN as_notes n USING (id) WHERE id = 42 AND h.valid_to IS NULL"))
     assert copied is True
+
+    # the vector is derived: a weights change refills every row's vector and opens no version
+    # (the history function leaves derived columns out of its change test); a real edit does
+    def versions() -> int:
+        with superuser_engine.connect() as conn:
+            return int(conn.scalar(text("SELECT count(*) FROM as_notes_history")))
+
+    before = versions()
+    project.models({"title": "B", "body": "A"})
+    project.revision("reweigh")
+    project.ok("alembic", "upgrade", "head")
+    assert wrong_vectors(superuser_engine, {"title": "B", "body": "A"}) == 0
+    assert versions() == before
+    with superuser_engine.begin() as conn:
+        conn.execute(text("UPDATE as_notes SET title = 'versioned mike' WHERE id = 42"))
+    assert versions() == before + 1
