@@ -9,7 +9,8 @@ counts only inside that call (``--toggle-collect``) and writes one total per pha
 (``--dump-after``). The database's own work is in another process and is not counted.
 
 Needs ``valgrind`` and ``DATABASE_URL``; run it under each SQLAlchemy line to compare. Prints a
-table (instructions per operation, ratio against hand-written).
+table (instructions per operation, ratio against hand-written); ``--only txn1,switch`` runs
+those phases only.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _work(phase: str, manual: bool, count: int) -> None:
 _FACTORIES: dict[str, object] = {}
 
 
-def _child(url: str, count: int) -> None:
+def _child(url: str, count: int, phases: tuple[str, ...] = PHASES) -> None:
     """Inside valgrind: set up, warm every case, then one ``sys.call_tracing`` per case."""
     from sqlalchemy import create_engine, make_url, text
     from sqlalchemy.orm import sessionmaker
@@ -78,7 +79,7 @@ def _child(url: str, count: int) -> None:
     engine = create_engine(url, connect_args={"options": f"-csearch_path={bt.SCHEMA}"})
     _FACTORIES["manual"] = sessionmaker(engine)
     _FACTORIES["ours"] = sa_patterns.install(sessionmaker(engine))
-    cases = [(phase, manual) for phase in PHASES for manual in (True, False)]
+    cases = [(phase, manual) for phase in phases for manual in (True, False)]
     for phase, manual in cases:
         _work(phase, manual, 60)
     for phase, manual in cases:
@@ -93,22 +94,25 @@ def _child(url: str, count: int) -> None:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _child(sys.argv[2], int(sys.argv[3]))
+        _child(sys.argv[2], int(sys.argv[3]), tuple(sys.argv[4].split(",")))
         return 0
     url = os.environ.get("DATABASE_URL")
     if not url:
         raise SystemExit("set DATABASE_URL")
+    phases = PHASES
+    if len(sys.argv) > 2 and sys.argv[1] == "--only":  # e.g. --only txn1,switch
+        phases = tuple(p for p in PHASES if p in sys.argv[2].split(","))
     with tempfile.TemporaryDirectory(prefix="sap_tenancy_ir_") as work:
         out = Path(work) / "cg.out"
         subprocess.run(
             ["valgrind", "--tool=callgrind", "--collect-atstart=no",
              "--toggle-collect=sys_call_tracing", "--dump-after=sys_call_tracing",
              f"--callgrind-out-file={out}", sys.executable, "-m", "bench.tenancy_instructions",
-             "--child", url, str(COUNT)],
+             "--child", url, str(COUNT), ",".join(phases)],
             check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"},
         )
         totals = []
-        for i in range(1, 2 * len(PHASES) + 1):
+        for i in range(1, 2 * len(phases) + 1):
             match = re.search(r"^(?:summary|totals): (\d+)", (Path(f"{out}.{i}")).read_text(), re.M)
             assert match is not None
             totals.append(int(match.group(1)) / COUNT)
@@ -116,7 +120,7 @@ def main() -> int:
 
     print(f"SQLAlchemy {sqlalchemy.__version__}: client instructions per operation")
     print("| phase | hand-written | sa_patterns | ratio |\n|---|---|---|---|")
-    for n, phase in enumerate(PHASES):
+    for n, phase in enumerate(phases):
         manual, ours = totals[2 * n], totals[2 * n + 1]
         print(f"| {phase} | {manual:,.0f} | {ours:,.0f} | {ours / manual:.2f}× |")
     return 0

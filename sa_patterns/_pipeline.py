@@ -71,7 +71,7 @@ def discard_settings(connection: Connection) -> None:
     _waiting.pop(connection, None)
 
 
-def _run_with(cursor: Any, context: Any, run: Any) -> bool | None:
+def _run_with(cursor: Any, context: Any, run: Any, *, own_cursor: bool = True) -> bool | None:
     if not _waiting:
         return None  # nothing waits on any connection: most statements
     settings = _waiting.pop(context.root_connection, None)
@@ -83,7 +83,10 @@ def _run_with(cursor: Any, context: Any, run: Any) -> bool | None:
         raw.execute(sql, params)
         return None
     with raw.pipeline():
-        raw.execute(sql, params)
+        # On the statement's own cursor, whose result the statement's then replaces: no second
+        # cursor (about 20,000 fewer instructions per send). Not before an executemany, whose
+        # rowcount and returned rows a pipeline would add the set_config's to.
+        (cursor if own_cursor else raw).execute(sql, params)
         run()
     return True
 
@@ -93,7 +96,9 @@ def _do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> b
 
 
 def _do_executemany(cursor: Any, statement: str, parameters: Any, context: Any) -> bool | None:
-    return _run_with(cursor, context, lambda: cursor.executemany(statement, parameters))
+    return _run_with(
+        cursor, context, lambda: cursor.executemany(statement, parameters), own_cursor=False
+    )
 
 
 def _do_execute_no_params(cursor: Any, statement: str, context: Any) -> bool | None:
