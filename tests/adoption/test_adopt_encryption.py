@@ -271,14 +271,14 @@ def plaintext_left(conn: object, needle: str = "@example.com") -> dict[str, int]
 def test_encrypting_with_a_writer_and_readers_leaves_no_plaintext_and_fails_no_statement(
     project: Project, owner_engine: Engine, db_schema: str
 ) -> None:
-    path = project.adopt(batch_size=200, quiet_for=1.0)
+    path = project.adopt(batch_size=200, lock_timeout='100ms', quiet_for=1.0)
     script = path.read_text()
     upgrade, downgrade = script.split("def upgrade() -> None:")[1].split("def downgrade() -> None:")
     ops = [line.strip() for line in upgrade.splitlines() if line.strip().startswith("op.")]
     assert ops[0] == (
         "op.encrypt_column('ae_customers', 'email', blind_index='email_bidx', normalize=('lower',), "
         "keyring='keys:KEYRING', history_table='ae_customers_history', audit_log='audit_log', "
-        "nullable=False, batch_size=200, quiet_for=1.0)"), ops
+        "nullable=False, batch_size=200, lock_timeout='100ms', quiet_for=1.0)"), ops
     # the rest is the audit and history functions replaced (the history copies email_bidx)
     assert [line.split("(")[0] for line in ops[1:]] == ["op.replace_entity"] * (len(ops) - 1), ops
     assert "op.decrypt_column('ae_customers', 'email'" in downgrade
@@ -355,6 +355,11 @@ def test_encrypting_with_a_writer_and_readers_leaves_no_plaintext_and_fails_no_s
             "WHERE e IS NOT NULL")).scalars().all()
         assert len(emails) > N_ROWS + 100 and all(e.startswith("\\x01") for e in emails)
         assert {history_type.opened_text(e) for e in emails} >= {f"user{i}@example.com" for i in range(1, 101)}
+        # the log's append-only guard, lifted for the migration's backend only, is back for everyone
+        with pytest.raises(DBAPIError, match="audit_log is append-only: UPDATE is refused"):
+            conn.execute(text("UPDATE audit_log SET actor_id = actor_id"))
+        conn.rollback()
+        conn.execute(text(f'SET search_path = "{db_schema}"'))
         # and no plaintext anywhere
         assert plaintext_left(conn) == {"ae_customers": 0, "ae_customers_history": 0, "audit_log": 0}
         # a plaintext written afterwards by a leftover of the old application is refused, never
