@@ -42,7 +42,7 @@ from sqlalchemy.dialects.postgresql import TSVECTOR
 
 from ..backfill import Backfill, run_backfill
 from ..errors import ConfigurationError
-from ..schema.objects import ident, qualified, quote
+from ..schema.objects import Function, ident, qualified, quote
 from ..search import (
     SEARCH_INFO,
     SEARCH_VECTOR,
@@ -51,6 +51,7 @@ from ..search import (
     search_vector_sql,
 )
 from .online_steps import OnlineSteps
+from .ops import ReplaceEntityOp
 
 __all__ = ["AddSearchVectorOp", "ChangeSearchVectorOp", "DropSearchVectorOp"]
 
@@ -126,8 +127,10 @@ class AddSearchVectorOp(MigrateOperation):
         batch_size: int = 1000,
         lock_timeout: str = "2s",
         retries: int = 10,
+        fill: bool = True,
     ) -> None:
         _check_timeout("add_search_vector", lock_timeout)
+        self.fill = fill
         self.table_name, self.schema = table_name, schema
         self.vector = _Vector(weights, config, config_column)
         self.index_name = index_name or ident(f"ix_{table_name}", SEARCH_VECTOR)
@@ -147,15 +150,18 @@ class AddSearchVectorOp(MigrateOperation):
         batch_size: int = 1000,
         lock_timeout: str = "2s",
         retries: int = 10,
+        fill: bool = True,
     ) -> None:
         """``weights``: the model's ``__searchable__`` by column name (``{"title": "A"}``),
         ``config`` its ``__search_config__``, ``config_column`` its ``__search_config_column__``.
         ``index_name`` is the GIN index the downgrade drops (autogenerate's build of it runs
         ``CONCURRENTLY`` after this operation). ``lock_timeout`` bounds each brief lock step,
-        retried ``retries`` times."""
+        retried ``retries`` times. ``fill=False`` leaves the existing rows to a later
+        ``op.fill_search_vector`` (a ``Versioned`` table's history is brought up to date in
+        between, so the fill opens no version)."""
         operations.invoke(cls(
             table_name, weights, config=config, config_column=config_column, schema=schema,
-            index_name=index_name, batch_size=batch_size, lock_timeout=lock_timeout, retries=retries,
+            index_name=index_name, batch_size=batch_size, lock_timeout=lock_timeout, retries=retries, fill=fill,
         ))
 
     def reverse(self) -> DropSearchVectorOp:
@@ -183,6 +189,26 @@ class DropSearchVectorOp(MigrateOperation):
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         return ("drop_search_vector", self.added.schema, self.added.table_name)
+
+
+@Operations.register_operation("fill_search_vector")
+class FillSearchVectorOp(MigrateOperation):
+    """The existing rows' vectors of an ``add_search_vector(..., fill=False)``: a resumable
+    backfill of the rows still NULL, outside the migration's transaction."""
+
+    def __init__(self, added: AddSearchVectorOp) -> None:
+        self.added = added
+
+    @classmethod
+    def fill_search_vector(cls, operations: Operations, table_name: str, weights: Weights, **kw: Any) -> None:
+        """The same arguments as the ``add_search_vector`` call whose fill it runs."""
+        operations.invoke(cls(AddSearchVectorOp(table_name, weights, **kw)))
+
+    def reverse(self) -> _NothingToRestoreOp:
+        return _NothingToRestoreOp(self.added.table_name, filled=True)
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        return ("fill_search_vector", self.added.schema, self.added.table_name)
 
 
 @Operations.register_operation("change_search_vector")
@@ -252,10 +278,11 @@ class ChangeSearchVectorOp(MigrateOperation):
 
 
 class _NothingToRestoreOp(MigrateOperation):
-    """The downgrade of a repaired trigger: what was there before was broken."""
+    """The downgrade of a repaired trigger (what was there before was broken), or of a fill
+    (``drop_search_vector`` drops the column it filled)."""
 
-    def __init__(self, table_name: str) -> None:
-        self.table_name = table_name
+    def __init__(self, table_name: str, *, filled: bool = False) -> None:
+        self.table_name, self.filled = table_name, filled
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         return ("nothing_to_restore", self.table_name)
@@ -328,7 +355,17 @@ def _add_search_vector(operations: Operations, operation: AddSearchVectorOp) -> 
                 "column already; there is nothing to adopt (remove the operation)."
             )
         steps.keep(operation.vector, add=True)
-        steps.fill(operation.vector, batch_size=operation.batch_size, fresh=found is None, only_null=True)
+        if operation.fill:
+            steps.fill(operation.vector, batch_size=operation.batch_size, fresh=found is None, only_null=True)
+            steps.forget(steps.backfill_name)
+
+
+@Operations.implementation_for(FillSearchVectorOp)
+def _fill_search_vector(operations: Operations, operation: FillSearchVectorOp) -> None:
+    added = operation.added
+    steps = _Steps(operations, added.table_name, added.schema, added.lock_timeout, added.retries)
+    with operations.get_context().autocommit_block():
+        steps.fill(added.vector, batch_size=added.batch_size, fresh=False, only_null=True)
         steps.forget(steps.backfill_name)
 
 
@@ -377,7 +414,8 @@ def _options(op: AddSearchVectorOp | ChangeSearchVectorOp, *, fill: bool) -> lis
 
 @renderers.dispatch_for(AddSearchVectorOp)
 def _render_add(autogen_context: AutogenContext, op: AddSearchVectorOp) -> str:
-    return f"op.add_search_vector({', '.join([repr(op.table_name), *op.vector.args(), *_options(op, fill=True)])})"
+    args = [repr(op.table_name), *op.vector.args(), *_options(op, fill=op.fill)]
+    return f"op.add_search_vector({', '.join([*args, *([] if op.fill else ['fill=False'])])})"
 
 
 @renderers.dispatch_for(DropSearchVectorOp)
@@ -397,7 +435,16 @@ def _render_change(autogen_context: AutogenContext, op: ChangeSearchVectorOp) ->
 
 @renderers.dispatch_for(_NothingToRestoreOp)
 def _render_nothing(autogen_context: AutogenContext, op: _NothingToRestoreOp) -> str:
+    if op.filled:
+        return f"# (the fill of {op.table_name}.{SEARCH_VECTOR}: undone by drop_search_vector)"
     return f"# (the trigger keeping {op.table_name}.{SEARCH_VECTOR} was repaired: nothing to restore)"
+
+
+@renderers.dispatch_for(FillSearchVectorOp)
+def _render_fill(autogen_context: AutogenContext, op: FillSearchVectorOp) -> str:
+    added = op.added
+    args = [repr(added.table_name), *added.vector.args(), *_options(added, fill=True)]
+    return f"op.fill_search_vector({', '.join(args)})"
 
 
 # -- autogenerate ------------------------------------------------------------------------------
@@ -460,7 +507,7 @@ def _adopt_search_vectors(autogen_context: AutogenContext, upgrade_ops: Any, sch
             add = op if isinstance(op, alembic_ops.AddColumnOp) and op.column.name == SEARCH_VECTOR else None
             vector = None if add is None or replaced else vector_of(add.column)
             if vector is not None:
-                first.append(AddSearchVectorOp(
+                first += _adoption(upgrade_ops, AddSearchVectorOp(
                     container.table_name, vector.weights, config=vector.config,
                     config_column=vector.config_column, schema=container.schema,
                 ))
@@ -473,3 +520,31 @@ def _adopt_search_vectors(autogen_context: AutogenContext, upgrade_ops: Any, sch
         upgrade_ops.ops[:] = [*first, *(o for o in upgrade_ops.ops if not (
             isinstance(o, alembic_ops.ModifyTableOps) and not o.ops))]
     return PriorityDispatchResult.CONTINUE
+
+
+def _adoption(upgrade_ops: Any, add: AddSearchVectorOp) -> list[MigrateOperation]:
+    """The operations that adopt the vector. On a ``Versioned`` table whose history gains the
+    column in this revision: the column and its trigger first, then the history's column
+    (``IF NOT EXISTS``: a rerun after an interrupted fill passes it) and its function, which
+    knows the vector is derived, and the fill last, so the fill opens no version of every row."""
+    history = ident(add.table_name, "history")
+    moved: list[MigrateOperation] = []
+    for container in upgrade_ops.ops:
+        if isinstance(container, alembic_ops.ModifyTableOps) and container.table_name == history \
+                and (container.schema or "") == (add.schema or ""):
+            column = next((o for o in container.ops if isinstance(o, alembic_ops.AddColumnOp)
+                           and o.column.name == SEARCH_VECTOR), None)
+            if column is not None:
+                container.ops.remove(column)
+                column.if_not_exists = True
+                moved.append(alembic_ops.ModifyTableOps(history, [column], schema=add.schema))
+    for op in list(upgrade_ops.ops):
+        entity = getattr(op, "entity", None)
+        if isinstance(op, ReplaceEntityOp) and isinstance(entity, Function) and entity.name == history \
+                and (entity.schema or "") == (add.schema or ""):
+            upgrade_ops.ops.remove(op)
+            moved.append(op)
+    if not moved:
+        return [add]
+    add.fill = False
+    return [add, *moved, FillSearchVectorOp(add)]
