@@ -3,33 +3,26 @@ a populated text column becomes ``EncryptedString`` with a blind index, by the n
 (the values encrypted in Python and written back in one transaction, then the plaintext column
 dropped and the ciphertext renamed into its place) vs ``op.encrypt_column``.
 
-A writer thread (its own connection, one short transaction every ~5 ms, half single-row updates
-of another column, half inserts, each under ``lock_timeout = 5s``) runs for as long as the
-migration does; its longest write and its failures are reported. Each case gets a fresh table on
-a scratch database of ``DATABASE_URL``'s server. Not part of ``python -m bench``; the figures go
-into docs/adopting.md and the report of issue 24.
+The cases of ``python -m bench.adoption`` for encryption (this module alone runs them); the
+writer updates another column of single rows and inserts rows.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
-import threading
-import time
-from collections.abc import Callable
+import sys
 
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import (
     Column,
+    Connection,
     Engine,
     Integer,
     LargeBinary,
     MetaData,
     Table,
     bindparam,
-    create_engine,
     func,
     select,
     text,
@@ -38,7 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 import sa_patterns.alembic  # noqa: F401  (registers op.encrypt_column)
-from sa_patterns.database import normalise_url, scratch_database
+from bench.adoption import Case
+from bench.adoption import main as adoption_main
 from sa_patterns.encryption import EncryptedString, Keyring
 
 KEYRING = Keyring({"k1": bytes(range(32))}, index_keys={"i1": bytes(range(32, 64))})
@@ -90,60 +84,20 @@ def online(engine: Engine) -> None:
         conn.commit()
 
 
-def measure(engine: Engine, rows: int, work: Callable[[Engine], None]) -> dict[str, float]:
-    stop = threading.Event()
-    stats = {"writes": 0.0, "failed": 0.0, "longest": 0.0}
-
-    def writer() -> None:
-        rng = random.Random(1)
-        with engine.connect() as conn:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    with conn.begin():
-                        conn.execute(text("SET LOCAL lock_timeout = '5s'"))
-                        if rng.random() < 0.5:
-                            conn.execute(text("UPDATE customers SET touched = touched + 1 WHERE id = :i"),
-                                         {"i": rng.randint(1, rows)})
-                        else:
-                            conn.execute(text("INSERT INTO customers (touched) VALUES (1)"))
-                except Exception:  # a failed write is the finding
-                    stats["failed"] += 1
-                stats["longest"] = max(stats["longest"], time.perf_counter() - t0)
-                stats["writes"] += 1
-                time.sleep(0.005)
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    time.sleep(0.5)
-    t0 = time.perf_counter()
-    work(engine)
-    total = time.perf_counter() - t0
-    stop.set()
-    thread.join()
-    return {**stats, "total": total}
+def write(conn: Connection, rng: random.Random, rows: int) -> None:
+    """Half single-row updates of another column, half inserts (the old code: plaintext email)."""
+    if rng.random() < 0.5:
+        conn.execute(text("UPDATE customers SET touched = touched + 1 WHERE id = :i"), {"i": rng.randint(1, rows)})
+    else:
+        conn.execute(text("INSERT INTO customers (touched) VALUES (1)"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    args = parser.parse_args()
-    server = normalise_url(os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
-    with scratch_database(server, prefix="sap_adopt_bench") as url:
-        engine = create_engine(url, connect_args={"prepare_threshold": None})
-        for name, work in (("naive transaction", naive), ("op.encrypt_column", online)):
-            build(engine, args.rows)
-            found = measure(engine, args.rows, work)
-            with engine.connect() as conn:  # both end with every value encrypted
-                left = conn.execute(text("SELECT count(*) FROM customers WHERE email IS NOT NULL AND "
-                                         "get_byte(email, 0) <> 1")).scalar_one()
-            print(
-                f"{name:22} {args.rows:>9,} rows: migration {found['total']:5.1f} s, longest write "
-                f"{found['longest'] * 1000:6.0f} ms, {found['writes']:.0f} writes, {found['failed']:.0f} failed, "
-                f"{left} values not encrypted"
-            )
-        engine.dispose()
-
+# the writer's statements are not prepared: the swap changes the column's type under them
+_ENGINE = {"connect_args": {"prepare_threshold": None}}
+CASES = [
+    Case("encryption", "naive transaction", build, naive, write, online=False, engine_options=_ENGINE),
+    Case("encryption", "op.encrypt_column", build, online, write, online=True, engine_options=_ENGINE),
+]
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(adoption_main(["--only", "encryption", *sys.argv[1:]]))

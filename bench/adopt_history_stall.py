@@ -9,30 +9,24 @@ populated table is adopted, the naive transaction vs the toolkit's operation:
   in one transaction that first stops writes (``LOCK TABLE ... IN SHARE MODE``, or they would be
   lost) vs ``op.partition_existing_table`` (a validated CHECK, then one brief swap and ATTACH).
 
-A writer thread (its own connection, one short transaction every ~5 ms, half single-row updates,
-half inserts, each under ``lock_timeout = 5s``) runs for as long as the migration does; its
-longest write and its failures are reported. Each case gets a fresh table on a scratch database
-of ``DATABASE_URL``'s server. Not part of ``python -m bench``; the figures go into
-docs/adopting.md and the report of issue 24.
+The cases of ``python -m bench.adoption`` for history and partitioning (this module alone runs
+them); the writer updates single rows and inserts rows.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
-import threading
-import time
-from collections.abc import Callable
+import sys
 
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import Engine, String, create_engine, text
+from sqlalchemy import Connection, Engine, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import sa_patterns.alembic  # noqa: F401  (registers op.backfill_versions, op.partition_existing_table)
+from bench.adoption import Case
+from bench.adoption import main as adoption_main
 from sa_patterns import Versioned, versioning
-from sa_patterns.database import normalise_url, scratch_database
 
 
 class Base(DeclarativeBase):
@@ -62,7 +56,7 @@ def history_ddl(conn: object) -> None:
     history.create(conn)  # type: ignore[arg-type]
     for entity in versioning.history_objects(Task.__table__, history):
         for statement in entity.create_statements():
-            conn.exec_driver_sql(statement)  # type: ignore[attr-defined]
+            conn.exec_driver_sql(statement)
 
 
 def versioned_naive(engine: Engine) -> None:
@@ -80,11 +74,11 @@ def versioned_online(engine: Engine) -> None:
         Operations(MigrationContext.configure(conn)).backfill_versions("tasks")
 
 
-def write_tasks(conn: object, rng: random.Random, rows: int) -> None:
+def write_tasks(conn: Connection, rng: random.Random, rows: int) -> None:
     if rng.random() < 0.5:
-        conn.execute(text("UPDATE tasks SET touched = touched + 1 WHERE id = :i"), {"i": rng.randint(1, rows)})  # type: ignore[attr-defined]
+        conn.execute(text("UPDATE tasks SET touched = touched + 1 WHERE id = :i"), {"i": rng.randint(1, rows)})
     else:
-        conn.execute(text("INSERT INTO tasks (title) VALUES ('w')"))  # type: ignore[attr-defined]
+        conn.execute(text("INSERT INTO tasks (title) VALUES ('w')"))
 
 
 def build_events(engine: Engine, rows: int) -> None:
@@ -122,70 +116,19 @@ def partition_online(engine: Engine) -> None:
             "events", "created_at", interval="month", primary_key=["id", "created_at"])
 
 
-def write_events(conn: object, rng: random.Random, rows: int) -> None:
+def write_events(conn: Connection, rng: random.Random, rows: int) -> None:
     if rng.random() < 0.5:
-        conn.execute(text("UPDATE events SET touched = touched + 1 WHERE id = :i"), {"i": rng.randint(1, rows)})  # type: ignore[attr-defined]
+        conn.execute(text("UPDATE events SET touched = touched + 1 WHERE id = :i"), {"i": rng.randint(1, rows)})
     else:
-        conn.execute(text("INSERT INTO events (body) VALUES ('w')"))  # type: ignore[attr-defined]
+        conn.execute(text("INSERT INTO events (body) VALUES ('w')"))
 
 
-def measure(
-    engine: Engine, rows: int, work: Callable[[Engine], None], write: Callable[[object, random.Random, int], None]
-) -> dict[str, float]:
-    stop = threading.Event()
-    stats = {"writes": 0.0, "failed": 0.0, "longest": 0.0}
-
-    def writer() -> None:
-        rng = random.Random(1)
-        with engine.connect() as conn:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    with conn.begin():
-                        conn.execute(text("SET LOCAL lock_timeout = '5s'"))
-                        write(conn, rng, rows)
-                except Exception:  # a failed write is the finding
-                    stats["failed"] += 1
-                stats["longest"] = max(stats["longest"], time.perf_counter() - t0)
-                stats["writes"] += 1
-                time.sleep(0.005)
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    time.sleep(0.5)
-    t0 = time.perf_counter()
-    work(engine)
-    total = time.perf_counter() - t0
-    stop.set()
-    thread.join()
-    return {**stats, "total": total}
-
-
-CASES = (
-    ("Versioned, naive", build_tasks, versioned_naive, write_tasks),
-    ("op.backfill_versions", build_tasks, versioned_online, write_tasks),
-    ("partition, naive copy", build_events, partition_naive, write_events),
-    ("op.partition_existing_table", build_events, partition_online, write_events),
-)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    args = parser.parse_args()
-    server = normalise_url(os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
-    with scratch_database(server, prefix="sap_adopt_bench") as url:
-        engine = create_engine(url)
-        for name, build, work, write in CASES:
-            build(engine, args.rows)
-            found = measure(engine, args.rows, work, write)
-            print(
-                f"{name:28} {args.rows:>9,} rows: migration {found['total']:5.1f} s, longest write "
-                f"{found['longest'] * 1000:6.0f} ms, {found['writes']:.0f} writes, {found['failed']:.0f} failed",
-                flush=True,
-            )
-        engine.dispose()
-
+CASES = [
+    Case("Versioned", "version 1 in the transaction", build_tasks, versioned_naive, write_tasks, online=False),
+    Case("Versioned", "op.backfill_versions", build_tasks, versioned_online, write_tasks, online=True),
+    Case("partitioning", "naive copy under LOCK ... SHARE", build_events, partition_naive, write_events, online=False),
+    Case("partitioning", "op.partition_existing_table", build_events, partition_online, write_events, online=True),
+]
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(adoption_main(["--only", "history", *sys.argv[1:]]))

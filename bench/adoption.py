@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Engine, create_engine, text
 #: the write the old application keeps doing: (connection in a transaction, rng, rows at start)
 Write = Callable[[Connection, random.Random, int], None]
 
-PATTERNS = ("tenancy", "search", "encryption", "history")
+PATTERNS = ("soft_delete", "tenancy", "search", "encryption", "history", "views")
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,6 +145,20 @@ def markdown(results: dict[Case, list[Stall]], rows: int, reps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def section(results: dict[Case, list[Stall]], rows: int) -> Any:
+    """The figures as ``bench/results.json`` keeps them (medians in seconds), for the docs."""
+    from bench.harness import Row, Section, Table
+
+    def row(case: Case, values: list[float], unit: str = "s") -> Row:
+        return Row(f"{case.pattern} {case.label}", statistics.median(values), min(values), max(values), unit=unit)
+
+    return Section("adoption", f"Adopting a pattern on a populated table ({rows:,} rows, a writer throughout)", [
+        Table("longest blocked write", [row(c, [s.longest for s in st]) for c, st in results.items()]),
+        Table("migration time", [row(c, [s.total for s in st], "seconds") for c, st in results.items()]),
+        Table("failed writes", [row(c, [float(s.failed) for s in st], "failed") for c, st in results.items()]),
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.adoption", description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -153,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from bench.__main__ import _update
+    from bench.__main__ import _record, _update
     from sa_patterns.database import scratch_database, server
 
     srv = server()
@@ -167,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     if not args.no_write and not args.only:
         _update("adoption", body)
+        _record(section(results, args.rows), f"Run {datetime.date.today()}, {args.reps} run(s) of each case")
     return 0
 
 
