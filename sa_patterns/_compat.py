@@ -14,7 +14,7 @@ import sqlalchemy
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.sql import ClauseElement, ColumnElement, Select
-from sqlalchemy.sql.elements import BindParameter, ColumnClause
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, ColumnClause
 from sqlalchemy.sql.lambdas import StatementLambdaElement
 from sqlalchemy.sql.schema import ColumnElementColumnDefault
 from sqlalchemy.sql.selectable import FromGrouping, Join, TableClause
@@ -72,7 +72,10 @@ def _where_entities(select: Select[Any]) -> list[Any]:
         info = elem._annotations.get("parententity")
         if info is not None and info not in found:
             found.append(info)
-        if isinstance(elem, ColumnElement) and not isinstance(elem, _LEAVES):
+        if type(elem) is BinaryExpression:  # its children, read directly (see nested_selects)
+            stack.append(elem.left)
+            stack.append(elem.right)
+        elif isinstance(elem, ColumnElement) and not isinstance(elem, _LEAVES):
             stack.extend(elem.get_children())
     return found
 
@@ -159,6 +162,10 @@ def nested_selects(statement: ClauseElement) -> list[Select[Any]]:
     stack: list[Any] = [statement]
     while stack:
         element = stack.pop()
+        if type(element) is BinaryExpression:  # most WHERE terms: its children, read directly
+            stack.append(element.left)
+            stack.append(element.right)
+            continue
         if isinstance(element, _LEAVES):
             continue
         if isinstance(element, Select):
