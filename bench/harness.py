@@ -34,6 +34,8 @@ class Row:
         ratio = f"{self.ratio:.2f}×" if self.ratio is not None else ""
         if self.unit == "s":
             fmt = lambda v: f"{v * 1000:.1f} ms"  # noqa: E731
+        elif self.unit == "seconds":  # durations long enough that ms would only add digits
+            fmt = lambda v: f"{v:,.1f} s"  # noqa: E731
         else:
             fmt = lambda v: f"{v:,.0f} {self.unit}"  # noqa: E731
         return [self.case, fmt(self.median), f"{fmt(self.low)} – {fmt(self.high)}", ratio]
