@@ -187,8 +187,9 @@ def project(
 
 
 class Writer(threading.Thread):
-    """The old code: inserts notes without a tenant and updates random ones, one short
-    transaction each under lock_timeout 200ms, until stopped; keeps every error.
+    """The old code: inserts notes without a tenant, updates random ones and reads them (by key
+    and by project), one short transaction each under lock_timeout 200ms, until stopped; keeps
+    every error.
 
     The old code retires at the cut-over, when the policies commit (from then on a write must
     carry a tenant: the new code's): each insert says so in the statement itself, which waits
@@ -200,7 +201,7 @@ class Writer(threading.Thread):
         self.stop, self.started = threading.Event(), threading.Event()
         self.errors: list[BaseException] = []
         self.inserted: list[int] = []
-        self.writes = 0
+        self.writes = self.reads = 0
         self.longest = 0.0
 
     def run(self) -> None:
@@ -212,7 +213,14 @@ class Writer(threading.Thread):
                     with conn.begin():
                         conn.execute(text("SET LOCAL lock_timeout = '200ms'"))
                         conn.execute(text("SELECT set_config('app.all_tenants', 'on', true)"))
-                        if rng.random() < 0.5:
+                        choice = rng.random()
+                        if choice < 0.25:  # a reader: one note, a project's notes
+                            conn.execute(text("SELECT title FROM ad_notes WHERE id = :id"),
+                                         {"id": rng.randint(1, N_NOTES)}).all()
+                            conn.execute(text("SELECT id, title FROM ad_notes WHERE project_id = :p "
+                                              "ORDER BY id LIMIT 20"), {"p": rng.randint(1, N_PROJECTS)}).all()
+                            self.reads += 1
+                        elif choice < 0.6:
                             self.inserted.extend(conn.scalars(text(
                                 "INSERT INTO ad_notes (title, org_id, project_id) SELECT 'w', :o, :p "
                                 "WHERE NOT EXISTS (SELECT FROM pg_policies WHERE tablename = 'ad_notes') "
@@ -279,7 +287,7 @@ def test_adopting_with_a_writer_loses_nothing_and_blocks_nobody(
         writer.stop.set()
         writer.join(10)
     assert writer.errors == [], writer.errors[:3]
-    assert writer.inserted and writer.writes > 20, out
+    assert writer.inserted and writer.writes > 20 and writer.reads > 5, out
     print(f"\n{kind}: {writer.writes} writes during the upgrade, longest {writer.longest * 1000:.0f} ms")
 
     with superuser_engine.connect() as conn:  # RLS never stops the superuser: every row
