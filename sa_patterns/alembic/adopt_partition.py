@@ -115,8 +115,10 @@ def _populate(operations: Operations, operation: PopulateMaterializedViewOp) -> 
     steps = OnlineSteps(operations, f"populating {view}", lock_timeout="2s", retries=0)
     block = ExitStack()
     # in the caller's own transaction (a program running the operations in it, not Alembic's)
-    # Alembic refuses the block: the view is filled in that transaction, as WITH DATA would have
-    with suppress(AssertionError):
+    # Alembic refuses the block (an AssertionError; under python -O the AttributeError of the
+    # commit it then tries on no transaction): the view is filled in that transaction, as WITH
+    # DATA would have
+    with suppress(AssertionError, AttributeError):
         block.enter_context(operations.get_context().autocommit_block())
     with block:
         function = operation.refresh_function
