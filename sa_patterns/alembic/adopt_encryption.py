@@ -294,7 +294,12 @@ class _Steps(OnlineSteps):
         wanted = self.op.blind_index if self.encrypt else None
         bidx = wanted if wanted and wanted in live.c else None
         read = [live.c[self.col]] + ([live.c[bidx]] if bidx else [])
-        rows = conn.execute(select(*key, *read).where(condition)).mappings().all()
+        # locked as read: a row that matched only after the batch's own locking select (a write
+        # committed in between cleared its ciphertext) would otherwise be read unlocked, written
+        # again by the old code, then given the ciphertext of the value read: a lost write
+        rows = conn.execute(
+            select(*key, *read).where(condition).with_for_update(key_share=True, of=live)
+        ).mappings().all()
         if not rows:
             return 0
         new = self.convert(rows, bidx)

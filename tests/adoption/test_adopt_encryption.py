@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import (
@@ -483,3 +484,42 @@ def test_a_keyring_without_an_importable_name_stops_autogenerate_with_the_fix(pr
     done = project.run("alembic", "revision", "--autogenerate", "-m", "encrypt")
     assert done.returncode != 0
     assert "has no importable name" in done.stderr and "keyring='package.module:NAME'" in done.stderr
+
+
+def test_a_batch_holds_the_rows_it_read_so_a_write_meanwhile_is_not_lost(owner_engine: Engine, db_schema: str) -> None:
+    """The conversion reads its rows ``FOR NO KEY UPDATE``: a row that matched only after the
+    batch's own locking select (a write committed in between cleared its ciphertext) is locked
+    when read, so the old code's next write waits for the batch, and its trigger then marks the
+    row to do again, instead of the batch writing the ciphertext of the value it read over it
+    (a lost write, seen once in a fresh-clone CI run)."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    from sa_patterns.alembic.adopt_encryption import EncryptColumnOp, _Steps
+
+    table = f'"{db_schema}".ae_race'
+    with owner_engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {table} (id int PRIMARY KEY, email text, email_sa_enc bytea)"))
+        conn.execute(text(f"INSERT INTO {table} (id, email) VALUES (1, 'a@example.com')"))
+    try:
+        with owner_engine.connect() as conn:
+            steps = _Steps(Operations(MigrationContext.configure(conn)),
+                           EncryptColumnOp("ae_race", "email", schema=db_schema, keyring=KEYRING), True)
+            live = Table("ae_race", MetaData(), schema=db_schema, autoload_with=conn)
+            conn.commit()
+            encrypt = steps.convert
+
+            def write_meanwhile(rows: Any, bidx: str | None) -> Any:
+                # the old code writes the row between the batch's read and its UPDATE
+                with owner_engine.connect() as writer:
+                    writer.execute(text("SET lock_timeout = '200ms'"))
+                    with pytest.raises(DBAPIError, match="lock timeout"):
+                        writer.execute(text(f"UPDATE {table} SET email = 'b@example.com' WHERE id = 1"))
+                return encrypt(rows, bidx)
+
+            steps.convert = write_meanwhile  # type: ignore[method-assign]
+            with conn.begin():
+                assert steps.convert_rows(conn, live, live.c.email_sa_enc.is_(None)) == 1
+    finally:
+        with owner_engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE {table}"))
