@@ -46,11 +46,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from alembic.autogenerate import comparators, renderers
+from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations
 from alembic.operations import ops as alembic_ops
-from alembic.util import DispatchPriority, PriorityDispatchResult
+from alembic.util import PriorityDispatchResult
 from sqlalchemy import (
     Column,
     MetaData,
@@ -75,7 +75,13 @@ from ..encryption.keyring import KeyringProvider
 from ..encryption.types import EncryptedString
 from ..errors import BackfillError, ConfigurationError
 from ..schema.objects import ident, qualified, quote
-from .online_steps import LOCK_NOT_AVAILABLE, OnlineSteps
+from .online_steps import (
+    LOCK_NOT_AVAILABLE,
+    OnlineSteps,
+    check_lock_timeout,
+    metadata_tables,
+    run_last,
+)
 
 __all__ = ["DecryptColumnOp", "EncryptColumnOp", "envelope_check"]
 
@@ -88,12 +94,6 @@ def envelope_check(column: str, *, not_null: bool = False) -> str:
         f"CASE WHEN {c} IS NULL THEN {'false' if not_null else 'true'} WHEN length({c}) < 31 THEN false "
         f"ELSE get_byte({c}, 0) = 1 AND length({c}) >= 30 + get_byte({c}, 1) END"
     )
-
-
-def _duration(value: str, what: str) -> str:
-    if not value.strip().rstrip("smin").strip().isdigit():
-        raise ConfigurationError(f"{what}(lock_timeout={value!r}): a duration such as '2s'.")
-    return value
 
 
 def _resolve_keyring(keyring: KeyringProvider | str | None) -> KeyringProvider | None:
@@ -138,7 +138,7 @@ class _ColumnOp(MigrateOperation):
         self.index_name = index_name or (ident(f"ix_{table_name}", blind_index) if blind_index else None)
         self.keyring, self.history_table, self.audit_log = keyring, history_table, audit_log
         self.nullable, self.batch_size = nullable, batch_size
-        self.lock_timeout, self.retries = _duration(lock_timeout, type(self).__name__), retries
+        self.lock_timeout, self.retries = check_lock_timeout(type(self).__name__, lock_timeout), retries
         self.quiet_for, self.max_wait = quiet_for, max_wait
         if normalize is not None and blind_index is None:
             raise ConfigurationError("normalize= shapes the blind index: name blind_index= too.")
@@ -617,12 +617,6 @@ def keyring_reference(provider: KeyringProvider | None) -> str | None:
         "or function, or pass keyring='package.module:NAME' to op.encrypt_column by hand.")
 
 
-def _metadata_tables(autogen_context: AutogenContext) -> dict[tuple[str, str], Table]:
-    given = autogen_context.metadata
-    metadatas = [] if given is None else [given] if isinstance(given, MetaData) else list(given)
-    return {(t.schema or "", t.name): t for md in metadatas for t in md.tables.values()}
-
-
 def _audited(table: Table) -> str | None:
     from ..audit import _LOG_KEY
     from ..schema.objects import Trigger
@@ -642,19 +636,13 @@ def _history_of(table: Table) -> Table | None:
     return found
 
 
-@comparators.dispatch_for("schema", priority=DispatchPriority.FIRST)
-def _install_adoption(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
-    """Run :func:`_adopt_encrypted_columns` last in this run, after every other comparator."""
-    autogen_context.comparators.dispatch_for("schema", priority=DispatchPriority.LAST)(_adopt_encrypted_columns)
-    return PriorityDispatchResult.CONTINUE
-
-
+@run_last
 def _adopt_encrypted_columns(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
     """``alter_column(type_=EncryptedString())`` of a text column (and the blind index column,
     its index, the history's copies of both) become ``op.encrypt_column`` first in the revision:
     it commits what precedes it, and the functions autogenerate replaces after it (audit,
     history) must find the new columns."""
-    tables = _metadata_tables(autogen_context)
+    tables = metadata_tables(autogen_context)
     containers = {(c.schema or "", c.table_name): c for c in upgrade_ops.ops if isinstance(c, alembic_ops.ModifyTableOps)}
     first: list[MigrateOperation] = []
     for (schema, name), container in containers.items():

@@ -28,18 +28,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from alembic.autogenerate import comparators, renderers
+from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations
 from alembic.operations import ops as alembic_ops
-from alembic.util import DispatchPriority, PriorityDispatchResult
+from alembic.util import PriorityDispatchResult
 from sqlalchemy import MetaData, Table, text
 
 from ..backfill import run_backfill
 from ..context import all_tenants
 from ..errors import BackfillError, ConfigurationError
 from ..schema.objects import ident, qualified
-from .online_steps import OnlineSteps
+from .online_steps import OnlineSteps, metadata_tables, run_last
 
 __all__ = ["BackfillVersionsOp", "ForgetVersionsOp"]
 
@@ -161,22 +161,13 @@ def _render_forget(autogen_context: AutogenContext, op: ForgetVersionsOp) -> str
 # -- autogenerate: a table that exists becomes Versioned ---------------------------------------
 
 
-@comparators.dispatch_for("schema", priority=DispatchPriority.FIRST)
-def _install(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
-    """Run :func:`_backfill_new_histories` last in this run, after the plugins' comparators
-    (which write the triggers)."""
-    autogen_context.comparators.dispatch_for("schema", priority=DispatchPriority.LAST)(_backfill_new_histories)
-    return PriorityDispatchResult.CONTINUE
-
-
+@run_last
 def _backfill_new_histories(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
     """A history table created for a source table the revision does not create: the source has
     (or may have) rows, so ``op.backfill_versions`` goes last in the upgrade."""
     from ..versioning import history_table
 
-    given = autogen_context.metadata
-    metadatas = [] if given is None else [given] if isinstance(given, MetaData) else list(given)
-    tables = {(t.schema or "", t.name): t for md in metadatas for t in md.tables.values()}
+    tables = metadata_tables(autogen_context)
     created = {(o.schema or "", o.table_name) for o in upgrade_ops.ops if isinstance(o, alembic_ops.CreateTableOp)}
     for key, table in tables.items():
         try:

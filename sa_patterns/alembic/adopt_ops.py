@@ -32,11 +32,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from alembic.autogenerate import comparators, renderers
+from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations
 from alembic.operations import ops as alembic_ops
-from alembic.util import DispatchPriority, PriorityDispatchResult
+from alembic.util import PriorityDispatchResult
 from sqlalchemy import DDL, BigInteger, MetaData, Table, func, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
@@ -44,11 +44,11 @@ from sqlalchemy.sql.type_api import TypeEngine
 
 from ..backfill import Backfill, run_backfill
 from ..context import all_tenants
-from ..errors import BackfillError, ConfigurationError
+from ..errors import BackfillError
 from ..schema.objects import ident, qualified, quote
 from ..tenancy.adopt import TenantSource, adoption_of, no_existing_rows, tenant_source
 from ..tenancy.tables import is_tenant_table
-from .online_steps import OnlineSteps
+from .online_steps import OnlineSteps, check_lock_timeout, metadata_tables, run_last
 
 __all__ = ["AddTenantColumnOp", "DropTenantColumnOp", "DropTenantFillOp"]
 
@@ -78,8 +78,7 @@ class AddTenantColumnOp(MigrateOperation):
         self.type_ = type_ if type_ is not None else BigInteger()
         self.index_name = index_name or f"ix_{table_name}_tenant_id"
         self.batch_size, self.lock_timeout, self.retries = batch_size, lock_timeout, retries
-        if not lock_timeout.strip().rstrip("smin").strip().isdigit():
-            raise ConfigurationError(f"add_tenant_column(lock_timeout={lock_timeout!r}): a duration such as '2s'.")
+        check_lock_timeout("add_tenant_column", lock_timeout)
 
     @classmethod
     def add_tenant_column(
@@ -399,21 +398,7 @@ def _render_nothing(autogen_context: AutogenContext, op: _NothingToRestoreOp) ->
 # -- autogenerate: a model decorated with @adopt_tenants ---------------------------------------
 
 
-def _metadata_tables(autogen_context: AutogenContext) -> dict[tuple[str, str], Table]:
-    given = autogen_context.metadata
-    metadatas = [] if given is None else [given] if isinstance(given, MetaData) else list(given)
-    return {(t.schema or "", t.name): t for md in metadatas for t in md.tables.values()}
-
-
-@comparators.dispatch_for("schema", priority=DispatchPriority.FIRST)
-def _install_adoption(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
-    """Run :func:`_adopt_tenant_columns` last in this autogenerate run: after the plugins'
-    comparators too (they run after the global ones of the same priority), so the policies they
-    add come before ``drop_tenant_fill``."""
-    autogen_context.comparators.dispatch_for("schema", priority=DispatchPriority.LAST)(_adopt_tenant_columns)
-    return PriorityDispatchResult.CONTINUE
-
-
+@run_last
 def _adopt_tenant_columns(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
     """``ADD COLUMN tenant_id ... NOT NULL`` and its index, on a ``TenantMixin`` table that
     exists, become ``op.add_tenant_column`` first in the revision (it commits what precedes it,
@@ -422,7 +407,7 @@ def _adopt_tenant_columns(autogen_context: AutogenContext, upgrade_ops: Any, sch
     (:func:`~sa_patterns.tenancy.adopt.adopt_tenants`); without that, the source is
     :func:`~sa_patterns.tenancy.adopt.no_existing_rows`: rows without a tenant stop the upgrade
     with what to write."""
-    tables = _metadata_tables(autogen_context)
+    tables = metadata_tables(autogen_context)
     first: list[MigrateOperation] = []
     last: list[MigrateOperation] = []
     for container in upgrade_ops.ops:

@@ -20,18 +20,18 @@ from collections.abc import Sequence
 from contextlib import ExitStack, suppress
 from typing import Any
 
-from alembic.autogenerate import comparators, renderers
+from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations
 from alembic.operations import ops as alembic_ops
-from alembic.util import DispatchPriority, PriorityDispatchResult
+from alembic.util import PriorityDispatchResult
 from sqlalchemy import DDL, MetaData, Table, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.util import find_tables
 
 from ..errors import BackfillError, ConfigurationError, DowngradeRefused
 from ..schema.objects import Entity, MaterializedView, ident, qualified, quote, quote_literal
-from .online_steps import OnlineSteps
+from .online_steps import OnlineSteps, run_last
 from .ops import CreateEntityOp, DropEntityOp, ReplaceEntityOp, render_entity
 
 __all__ = ["CreateMaterializedViewEmptyOp", "PopulateMaterializedViewOp"]
@@ -184,13 +184,7 @@ def _locked(upgrade_ops: Any) -> set[tuple[str, str]]:
     return locked
 
 
-@comparators.dispatch_for("schema", priority=DispatchPriority.FIRST)
-def _install(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
-    """Run :func:`_populate_after_commit` last in this run, after the plugins' comparators."""
-    autogen_context.comparators.dispatch_for("schema", priority=DispatchPriority.LAST)(_populate_after_commit)
-    return PriorityDispatchResult.CONTINUE
-
-
+@run_last
 def _populate_after_commit(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
     """In a transaction that locks a table that exists (a refresh policy on a table the view
     reads, a column added anywhere), a materialized view over tables that exist is created empty

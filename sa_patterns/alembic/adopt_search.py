@@ -32,11 +32,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from alembic.autogenerate import comparators, renderers
+from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations
 from alembic.operations import ops as alembic_ops
-from alembic.util import DispatchPriority, PriorityDispatchResult
+from alembic.util import PriorityDispatchResult
 from sqlalchemy import MetaData, Table, literal_column
 from sqlalchemy.dialects.postgresql import TSVECTOR
 
@@ -50,7 +50,7 @@ from ..search import (
     kept_vector_function,
     search_vector_sql,
 )
-from .online_steps import OnlineSteps
+from .online_steps import OnlineSteps, check_lock_timeout, run_last
 from .ops import ReplaceEntityOp
 
 __all__ = ["AddSearchVectorOp", "ChangeSearchVectorOp", "DropSearchVectorOp"]
@@ -105,11 +105,6 @@ class _Vector:
         return f"{dict(self.weights)!r} ({self.config}{', ' + self.config_column if self.config_column else ''})"
 
 
-def _check_timeout(name: str, lock_timeout: str) -> None:
-    if not lock_timeout.strip().rstrip("smin").strip().isdigit():
-        raise ConfigurationError(f"{name}(lock_timeout={lock_timeout!r}): a duration such as '2s'.")
-
-
 @Operations.register_operation("add_search_vector")
 class AddSearchVectorOp(MigrateOperation):
     """Add a trigger-kept ``search_vector`` to a populated table and fill it without stalling
@@ -129,7 +124,7 @@ class AddSearchVectorOp(MigrateOperation):
         retries: int = 10,
         fill: bool = True,
     ) -> None:
-        _check_timeout("add_search_vector", lock_timeout)
+        check_lock_timeout("add_search_vector", lock_timeout)
         self.fill = fill
         self.table_name, self.schema = table_name, schema
         self.vector = _Vector(weights, config, config_column)
@@ -233,7 +228,7 @@ class ChangeSearchVectorOp(MigrateOperation):
         lock_timeout: str = "2s",
         retries: int = 10,
     ) -> None:
-        _check_timeout("change_search_vector", lock_timeout)
+        check_lock_timeout("change_search_vector", lock_timeout)
         self.table_name, self.schema = table_name, schema
         self.vector = _Vector(weights, config, config_column)
         self.previous = None if previous is None else _Vector(previous, previous_config, previous_config_column)
@@ -481,14 +476,7 @@ def changed_vector(
     )
 
 
-@comparators.dispatch_for("schema", priority=DispatchPriority.FIRST)
-def _install_adoption(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
-    """Run :func:`_adopt_search_vectors` last in this autogenerate run, after the plugins'
-    comparators too (as the tenant adoption's), so nothing they add goes before it."""
-    autogen_context.comparators.dispatch_for("schema", priority=DispatchPriority.LAST)(_adopt_search_vectors)
-    return PriorityDispatchResult.CONTINUE
-
-
+@run_last
 def _adopt_search_vectors(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
     """``ADD COLUMN search_vector ... GENERATED ALWAYS AS (...) STORED`` on a table that exists
     (a table rewrite under ACCESS EXCLUSIVE) becomes ``op.add_search_vector``, and the change of a

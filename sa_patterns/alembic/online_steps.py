@@ -11,20 +11,53 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
+from alembic.autogenerate import comparators
+from alembic.autogenerate.api import AutogenContext
 from alembic.operations import Operations
-from sqlalchemy import DDL, text
+from alembic.util import DispatchPriority, PriorityDispatchResult
+from sqlalchemy import DDL, MetaData, Table, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from ..backfill import STATE_TABLE
-from ..errors import BackfillError
+from ..errors import BackfillError, ConfigurationError
 
-__all__ = ["LOCK_NOT_AVAILABLE", "OnlineSteps"]
+__all__ = ["LOCK_NOT_AVAILABLE", "OnlineSteps", "check_lock_timeout", "metadata_tables", "run_last"]
+
+Comparator = Callable[[AutogenContext, Any, Any], PriorityDispatchResult]
 
 LOCK_NOT_AVAILABLE = "55P03"
+
+
+def check_lock_timeout(what: str, value: str) -> str:
+    """``value`` when it is a duration such as ``'2s'`` (it is written into SQL as a literal)."""
+    if not value.strip().rstrip("smin").strip().isdigit():
+        raise ConfigurationError(f"{what}(lock_timeout={value!r}): a duration such as '2s'.")
+    return value
+
+
+def metadata_tables(autogen_context: AutogenContext) -> dict[tuple[str, str], Table]:
+    """The models' tables of this autogenerate run, by (schema or "", name)."""
+    given = autogen_context.metadata
+    metadatas = [] if given is None else [given] if isinstance(given, MetaData) else list(given)
+    return {(t.schema or "", t.name): t for md in metadatas for t in md.tables.values()}
+
+
+def run_last(comparator: Comparator) -> Comparator:
+    """Register a schema comparator that runs last in each autogenerate run, after the plugins'
+    comparators too (they run after the global ones of the same priority, so a global LAST is
+    not enough): a global FIRST one installs it at LAST on the run's own dispatcher."""
+
+    @comparators.dispatch_for("schema", priority=DispatchPriority.FIRST)
+    def install(autogen_context: AutogenContext, upgrade_ops: Any, schemas: Any) -> PriorityDispatchResult:
+        autogen_context.comparators.dispatch_for("schema", priority=DispatchPriority.LAST)(comparator)
+        return PriorityDispatchResult.CONTINUE
+
+    return comparator
 
 
 class OnlineSteps:
